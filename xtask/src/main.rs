@@ -1,0 +1,69 @@
+//! `cargo xtask <task>`: the developer tasks. See `cargo xtask --help`.
+//!
+//! xtask must build with the machine's default toolchain (stable 1.95 on a fresh machine),
+//! because it is what installs the pinned ones: keep its dependencies light.
+mod bench;
+mod demo;
+mod lab_cmd;
+mod setup;
+mod tasks;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for the envd path tracer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent): pinned toolchains, rust-src,
+    /// bpf-linker, Debian packages, the QEMU guest image.
+    Setup,
+    /// Build the tracer (`target/<profile>/tracer`).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// cargo fmt --check and clippy -D warnings, host crates and the eBPF crate for its target.
+    Lint,
+    /// Run every test: unit tests, then end-to-end tests on the lab (those need root).
+    Test {
+        /// Passed to cargo nextest as test filters.
+        filters: Vec<String>,
+    },
+    /// The newcomer's first run: a lab sandbox with a broken path, and the tracer naming it.
+    Demo {
+        /// Fault to inject (see `cargo xtask lab break --list`).
+        #[arg(long, default_value = "forward-drop")]
+        fault: String,
+    },
+    /// The built-in lab: a simulated E2B sandbox network with injectable faults.
+    Lab {
+        #[command(subcommand)]
+        cmd: lab_cmd::LabCmd,
+    },
+    /// Benchmark: throughput and connection rate with the tracer attached vs not.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => tasks::build(release).map(|_| ()),
+        Task::Lint => tasks::lint(),
+        Task::Test { filters } => tasks::test(&filters),
+        Task::Demo { fault } => demo::run(&fault),
+        Task::Lab { cmd } => lab_cmd::run(cmd),
+        Task::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}

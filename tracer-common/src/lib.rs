@@ -1,0 +1,185 @@
+//! `#[repr(C)]` types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Everything here crosses the user/kernel boundary byte for byte, so fields are plain integers
+//! (never Rust enums, whose invalid discriminants would be UB when read back) and every struct
+//! is padded explicitly.
+#![no_std]
+
+/// Where in the kernel an [`Event`] was recorded (`Event::point`).
+pub mod point {
+    /// `skb:kfree_skb`: the packet was dropped; `reason` holds the drop reason.
+    pub const DROP: u8 = 1;
+    /// `skb:consume_skb`: the packet was freed normally (e.g. read from a tap by the VMM).
+    pub const CONSUME: u8 = 2;
+    /// tcx ingress on a device of the path.
+    pub const TCX_INGRESS: u8 = 3;
+    /// tcx egress on a device of the path.
+    pub const TCX_EGRESS: u8 = 4;
+    /// `net:net_dev_start_xmit`: handed to the device driver.
+    pub const XMIT: u8 = 5;
+    /// `net:netif_receive_skb`: entered the stack of a device's namespace.
+    pub const RECEIVE: u8 = 6;
+    /// A netfilter hook; `hook` and `slot` say which one and where in it.
+    pub const NETFILTER: u8 = 7;
+    /// `sock:inet_sock_set_state`: `aux` = old state, `reason` = new state.
+    pub const SOCK_STATE: u8 = 8;
+    /// `tcp:tcp_send_reset`: a stack answered with RST; `reason` = `enum sk_rst_reason`.
+    pub const SEND_RESET: u8 = 9;
+    /// `tcp:tcp_receive_reset`: a socket received a RST.
+    pub const RECV_RESET: u8 = 10;
+    /// `fib:fib_table_lookup`: `reason` = lookup error (negative errno as i32), `aux` = table id,
+    /// `aux2` = resulting device ifindex.
+    pub const FIB_LOOKUP: u8 = 11;
+    /// `neigh:neigh_update` / `neigh_timer_handler`: `reason` = new NUD state, `aux` = old
+    /// state, `pkt.daddr` = the neighbour's address.
+    pub const NEIGH: u8 = 12;
+}
+
+/// Netfilter IPv4 hook numbers (`enum nf_inet_hooks`).
+pub mod hook {
+    pub const PRE_ROUTING: u8 = 0;
+    pub const LOCAL_IN: u8 = 1;
+    pub const FORWARD: u8 = 2;
+    pub const LOCAL_OUT: u8 = 3;
+    pub const POST_ROUTING: u8 = 4;
+    pub const COUNT: usize = 5;
+}
+
+/// Priorities at which the netfilter programs run, one program per slot. Each sits just after
+/// a standard table priority (raw -300, conntrack -200, mangle -150, nat dst -100, filter 0,
+/// security 50, nat src 100), so "seen at slot k, not at slot k+1" names the table in between.
+/// `i32::MIN`/`i32::MAX` are refused by the kernel, so the outer slots sit one inside them.
+pub const NF_SLOT_PRIORITIES: [i32; 9] = [i32::MIN + 1, -299, -199, -149, -99, 1, 51, 101, i32::MAX - 1];
+
+/// TCP flag bits as they appear in byte 13 of the TCP header.
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The IPv4/TCP facts of one packet. Addresses are in network byte order (as on the wire),
+/// ports and sequence numbers in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub ip_id: u16,
+    pub ttl: u8,
+    pub flags: u8,
+}
+
+/// One observation from the kernel. Fixed size; what the fields mean depends on `point`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Kernel address of the `sk_buff` (0 for socket, route and neighbour events).
+    pub skb: u64,
+    /// Kernel text address of the drop/free site (`kfree_skb`/`consume_skb`).
+    pub location: u64,
+    /// Network namespace inode (0 when unknown).
+    pub netns: u32,
+    /// Device the packet was on (0 when none).
+    pub ifindex: u32,
+    pub reason: u32,
+    pub aux: u32,
+    pub aux2: u32,
+    /// One of [`point`].
+    pub point: u8,
+    /// Netfilter hook ([`hook`]) for `point::NETFILTER`.
+    pub hook: u8,
+    /// Index into [`NF_SLOT_PRIORITIES`] for `point::NETFILTER`.
+    pub slot: u8,
+    pub _pad: u8,
+    pub cpu: u32,
+    pub pkt: Packet,
+    /// Device name, NUL padded.
+    pub ifname: [u8; 16],
+    pub _pad2: u32,
+}
+
+/// Maximum number of TCP ports the in-kernel filter matches.
+pub const MAX_PORTS: usize = 4;
+
+/// `Config::flags`: match packets in every namespace, ignoring the `NETNS` map.
+pub const CFG_ANY_NETNS: u32 = 1;
+/// `Config::flags`: match any address, ignoring the `ADDRS` map.
+pub const CFG_ANY_ADDR: u32 = 2;
+
+/// Kernel struct member offsets, read from the running kernel's BTF at load time (Rust eBPF
+/// has no CO-RE field relocations). All in bytes from the start of the named struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_ifindex: u32,
+    pub dev_name: u32,
+    /// `net_device.nd_net.net`.
+    pub dev_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `sock.__sk_common.skc_daddr` and friends.
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_net: u32,
+    pub flowi4_iif: u32,
+    pub flowi4_daddr: u32,
+    pub flowi4_saddr: u32,
+    pub nhc_dev: u32,
+    pub neigh_dev: u32,
+    pub neigh_primary_key: u32,
+    pub neigh_nud_state: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    pub nf_state_hook: u32,
+    pub nf_state_in: u32,
+    pub nf_state_out: u32,
+    pub nf_state_net: u32,
+}
+
+/// Filter and layout configuration, element 0 of the `CONFIG` array map. Userspace may rewrite
+/// it while programs run (a watcher adding sandboxes); programs read it once per invocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// TCP ports to follow (source or destination); 0 = unused slot.
+    pub ports: [u16; MAX_PORTS],
+    /// `CFG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    pub off: Offsets,
+}
+
+/// Value of the `TRACKED` map (keyed by `sk_buff` address): an skb we have reported before,
+/// so later hooks and the free follow it even where its headers no longer match the filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tracked {
+    pub first_ns: u64,
+}
+
+/// Index of the lost-event counter in the `LOST` per-CPU array.
+pub const LOST_EVENTS: u32 = 0;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, repr(C), explicitly padded.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Tracked {}
+}

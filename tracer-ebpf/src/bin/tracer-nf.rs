@@ -1,0 +1,98 @@
+//! Netfilter programs (`BPF_PROG_TYPE_NETFILTER`), one per priority slot of
+//! `tracer_common::NF_SLOT_PRIORITIES`, attached at every IPv4 hook of each namespace of the
+//! path. They never change a verdict (always NF_ACCEPT); they record that a followed packet
+//! got this far, so the hook and table where it stopped are known without touching a rule.
+//!
+//! aya cannot parse this program type; tracer/src/probes/netfilter.rs loads the "netfilter"
+//! sections of this object itself.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+use core::ffi::c_void;
+
+use tracer_common::point;
+use tracer_ebpf::{
+    emit::{event, send, set_skb},
+    filter::{config, is_tracked, packet_matches, port_matches, track},
+    kernel::{net_inum, read, skb_packet},
+};
+
+const NF_ACCEPT: i32 = 1;
+
+/// `ctx` is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`.
+#[inline(always)]
+fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
+    let Some(cfg) = config() else {
+        return NF_ACCEPT;
+    };
+    let off = &cfg.off;
+    let ctx = ctx as *const u64;
+    // SAFETY: the verifier lets netfilter programs read both context fields.
+    let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+    // Only the first slot of a hook matches packets by content; later slots follow what it
+    // marked, so NAT in between cannot hide a packet and others cost one map lookup.
+    if slot != 0 && !is_tracked(skb) {
+        return NF_ACCEPT;
+    }
+    let Some(pkt) = skb_packet(skb, off) else {
+        return NF_ACCEPT;
+    };
+    if slot == 0 && !port_matches(cfg, pkt.sport, pkt.dport) {
+        return NF_ACCEPT;
+    }
+    let netns = net_inum(read(state, off.nf_state_net).unwrap_or(0), off);
+    if slot == 0 && !packet_matches(cfg, &pkt, netns) {
+        return NF_ACCEPT;
+    }
+    let mut ev = event(point::NETFILTER);
+    set_skb(&mut ev, skb, &pkt, off);
+    ev.netns = netns;
+    ev.hook = read(state, off.nf_state_hook).unwrap_or(0);
+    ev.slot = slot;
+    let dev_in: u64 = read(state, off.nf_state_in).unwrap_or(0);
+    let dev_out: u64 = read(state, off.nf_state_out).unwrap_or(0);
+    ev.aux = read(dev_in, off.dev_ifindex).unwrap_or(0);
+    ev.aux2 = read(dev_out, off.dev_ifindex).unwrap_or(0);
+    if slot == 0 {
+        track(skb, ev.ts_ns);
+    }
+    send(&ev);
+    NF_ACCEPT
+}
+
+macro_rules! slots {
+    ($($name:ident = $slot:expr),* $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            #[unsafe(link_section = "netfilter")]
+            pub extern "C" fn $name(ctx: *mut c_void) -> i32 {
+                on_hook(ctx, $slot)
+            }
+        )*
+    };
+}
+
+slots!(
+    nf_slot0 = 0,
+    nf_slot1 = 1,
+    nf_slot2 = 2,
+    nf_slot3 = 3,
+    nf_slot4 = 4,
+    nf_slot5 = 5,
+    nf_slot6 = 6,
+    nf_slot7 = 7,
+    nf_slot8 = 8,
+);
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

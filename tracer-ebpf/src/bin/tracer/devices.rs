@@ -1,0 +1,93 @@
+//! Devices: tcx ingress/egress on the devices of the path, and the `net_dev_start_xmit` /
+//! `netif_receive_skb` tracepoints for skbs already followed (handed to a driver; entered a
+//! namespace's stack, e.g. after crossing a veth).
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::__sk_buff,
+    macros::{btf_tracepoint, classifier},
+    programs::{BtfTracePointContext, TcContext},
+};
+use tracer_common::point;
+use tracer_ebpf::{
+    emit::{event, send, set_dev, set_skb},
+    filter::{config, is_tracked, packet_matches, track},
+    kernel::{is_ipv4, skb_packet},
+};
+
+/// tcx: let the packet continue to the next program / the stack.
+const TCX_NEXT: i32 = -1;
+
+#[classifier]
+pub fn tcx_ingress(ctx: TcContext) -> i32 {
+    on_tcx(&ctx, point::TCX_INGRESS);
+    TCX_NEXT
+}
+
+#[classifier]
+pub fn tcx_egress(ctx: TcContext) -> i32 {
+    on_tcx(&ctx, point::TCX_EGRESS);
+    TCX_NEXT
+}
+
+#[inline(always)]
+fn on_tcx(ctx: &TcContext, at: u8) {
+    let raw = ctx.as_ptr() as *const __sk_buff;
+    // Cheapest test first: the ethertype is a field of the context.
+    // SAFETY: the context of a tc program is a valid __sk_buff.
+    if !is_ipv4(unsafe { (*raw).protocol } as u16) {
+        return;
+    }
+    let Some(cfg) = config() else { return };
+    let off = &cfg.off;
+    // The context of a tc program is the kernel's sk_buff: read it like any other skb, so
+    // every hook parses packets the same way and tracking uses the same address.
+    let skb = raw as u64;
+    let Some(pkt) = skb_packet(skb, off) else {
+        return;
+    };
+    if !tracer_ebpf::filter::port_matches(cfg, pkt.sport, pkt.dport) {
+        return;
+    }
+    let mut ev = event(at);
+    set_skb(&mut ev, skb, &pkt, off);
+    if !packet_matches(cfg, &pkt, ev.netns) {
+        return;
+    }
+    track(skb, ev.ts_ns);
+    send(&ev);
+}
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    if is_tracked(skb) {
+        let dev: u64 = ctx.arg(1);
+        followed(skb, dev, point::XMIT);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    if is_tracked(skb) {
+        followed(skb, 0, point::RECEIVE);
+    }
+    0
+}
+
+/// Reports a followed skb at `at`, on `dev` when given (else the skb's own device).
+#[inline(always)]
+fn followed(skb: u64, dev: u64, at: u8) {
+    let Some(cfg) = config() else { return };
+    let off = &cfg.off;
+    let Some(pkt) = skb_packet(skb, off) else {
+        return;
+    };
+    let mut ev = event(at);
+    set_skb(&mut ev, skb, &pkt, off);
+    if dev != 0 {
+        set_dev(&mut ev, dev, off);
+    }
+    send(&ev);
+}

@@ -1,0 +1,55 @@
+//! Drops and normal frees: `kfree_skb` (with the drop reason and where it happened) and
+//! `consume_skb` (e.g. a tap's reader took the packet).
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracer_common::point;
+use tracer_ebpf::{
+    emit::{event, send, set_skb},
+    filter::{config, is_tracked, packet_matches, untrack},
+    kernel::{dev_net, net_inum, read, sk_net, skb_dev, skb_packet},
+};
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    on_free(skb, location, reason, point::DROP);
+    0
+}
+
+#[btf_tracepoint(function = "consume_skb")]
+pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    // Every consumed skb of the machine passes here: only the ones we follow count.
+    if is_tracked(skb) {
+        let location: u64 = ctx.arg(1);
+        on_free(skb, location, 0, point::CONSUME);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
+    let Some(cfg) = config() else { return };
+    let off = &cfg.off;
+    let was_tracked = untrack(skb);
+    let Some(pkt) = skb_packet(skb, off) else {
+        return;
+    };
+    if !was_tracked {
+        let dev = skb_dev(skb, off);
+        let net = if dev != 0 {
+            dev_net(dev, off)
+        } else {
+            sk_net(read(skb, off.skb_sk).unwrap_or(0), off)
+        };
+        if !packet_matches(cfg, &pkt, net_inum(net, off)) {
+            return;
+        }
+    }
+    let mut ev = event(at);
+    set_skb(&mut ev, skb, &pkt, off);
+    ev.location = location;
+    ev.reason = reason;
+    send(&ev);
+}

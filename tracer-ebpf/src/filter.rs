@@ -1,0 +1,61 @@
+//! The in-kernel filter: everything that is not followed returns within a few instructions.
+use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, Packet, Tracked};
+
+use crate::maps::{ADDRS, CONFIG, NETNS, TRACKED};
+
+/// The current configuration; None before userspace wrote it.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+/// True when either port of the packet is one we follow.
+#[inline(always)]
+pub fn port_matches(cfg: &Config, sport: u16, dport: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_PORTS {
+        let p = cfg.ports[i];
+        if p != 0 && (p == sport || p == dport) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+pub fn netns_matches(cfg: &Config, netns: u32) -> bool {
+    cfg.flags & CFG_ANY_NETNS != 0 || NETNS.get_ptr(&netns).is_some()
+}
+
+#[inline(always)]
+pub fn addr_matches(cfg: &Config, a: u32, b: u32) -> bool {
+    cfg.flags & CFG_ANY_ADDR != 0 || ADDRS.get_ptr(&a).is_some() || ADDRS.get_ptr(&b).is_some()
+}
+
+/// The whole filter for a packet seen in namespace `netns`.
+#[inline(always)]
+pub fn packet_matches(cfg: &Config, pkt: &Packet, netns: u32) -> bool {
+    port_matches(cfg, pkt.sport, pkt.dport)
+        && addr_matches(cfg, pkt.saddr, pkt.daddr)
+        && netns_matches(cfg, netns)
+}
+
+#[inline(always)]
+pub fn is_tracked(skb: u64) -> bool {
+    TRACKED.get_ptr(&skb).is_some()
+}
+
+/// Follows `skb` from now on.
+#[inline(always)]
+pub fn track(skb: u64, now: u64) {
+    if !is_tracked(skb) {
+        let _ = TRACKED.insert(&skb, &Tracked { first_ns: now }, 0);
+    }
+}
+
+/// Stops following `skb` (it was freed; its address may be reused). Returns whether it was.
+#[inline(always)]
+pub fn untrack(skb: u64) -> bool {
+    TRACKED.remove(&skb).is_ok()
+}

@@ -1,0 +1,11 @@
+//! Shared code of the kernel programs: maps, the in-kernel filter, reading packets from
+//! `sk_buff`s, and emitting events.
+//!
+//! Both objects (`tracer`, `tracer-nf`) link this library and so define the same maps; at load
+//! time the netfilter object's map references are pointed at the maps aya created for `tracer`.
+#![no_std]
+
+pub mod emit;
+pub mod filter;
+pub mod kernel;
+pub mod maps;

@@ -1,0 +1,166 @@
+//! The faults the lab can inject: what each simulates in production and what the orchestrator
+//! would see. `lab.rs` applies and reverts them.
+use serde::{Deserialize, Serialize};
+
+/// What the orchestrator stand-in sees while a fault is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Symptom {
+    /// `context deadline exceeded`: attempts time out.
+    Timeout,
+    /// Connection refused (a RST came back).
+    Refused,
+    /// The kernel reports no route (in the lab, where e2b-host has no default route).
+    Unreachable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    ForwardDrop,
+    NoDnat,
+    TapDown,
+    TapMissing,
+    NoReader,
+    GuestNoListener,
+    IpForwardOff,
+    RpFilter,
+    HostRouteMissing,
+    PreroutingDropNft,
+    PreroutingDropNftCounter,
+    ReplyDrop,
+    WrongSlotRoute,
+    ForwardPolicyDrop,
+    UserChainDrop,
+    HostInputDrop,
+}
+
+impl Fault {
+    pub const ALL: &[Fault] = &[
+        Fault::ForwardDrop,
+        Fault::NoDnat,
+        Fault::TapDown,
+        Fault::TapMissing,
+        Fault::NoReader,
+        Fault::GuestNoListener,
+        Fault::IpForwardOff,
+        Fault::RpFilter,
+        Fault::HostRouteMissing,
+        Fault::PreroutingDropNft,
+        Fault::PreroutingDropNftCounter,
+        Fault::ReplyDrop,
+        Fault::WrongSlotRoute,
+        Fault::ForwardPolicyDrop,
+        Fault::UserChainDrop,
+        Fault::HostInputDrop,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ForwardDrop => "forward-drop",
+            Self::NoDnat => "no-dnat",
+            Self::TapDown => "tap-down",
+            Self::TapMissing => "tap-missing",
+            Self::NoReader => "no-reader",
+            Self::GuestNoListener => "guest-no-listener",
+            Self::IpForwardOff => "ip-forward-off",
+            Self::RpFilter => "rp-filter",
+            Self::HostRouteMissing => "host-route-missing",
+            Self::PreroutingDropNft => "prerouting-drop-nft",
+            Self::PreroutingDropNftCounter => "prerouting-drop-nft-counter",
+            Self::ReplyDrop => "reply-drop",
+            Self::WrongSlotRoute => "wrong-slot-route",
+            Self::ForwardPolicyDrop => "forward-policy-drop",
+            Self::UserChainDrop => "user-chain-drop",
+            Self::HostInputDrop => "host-input-drop",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|f| f.name() == name)
+    }
+
+    /// One line: what it simulates in production, and what the orchestrator sees.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::ForwardDrop => {
+                "an iptables DROP in the sandbox ns FORWARD chain for the envd SYN (a stray firewall rule); orchestrator: timeout"
+            }
+            Self::NoDnat => {
+                "the DNAT host IP -> 169.254.0.21 is missing in the sandbox ns (slot setup failed halfway); orchestrator: timeout"
+            }
+            Self::TapDown => {
+                "tap0 is down in the sandbox ns (VM not started or link flapped); orchestrator: timeout"
+            }
+            Self::TapMissing => {
+                "tap0 does not exist in the sandbox ns (VMM never created it); orchestrator: timeout"
+            }
+            Self::NoReader => {
+                "the VMM is gone but tap0 is kept: nobody reads the tap (Firecracker crashed or not yet attached); orchestrator: timeout"
+            }
+            Self::GuestNoListener => {
+                "the VM is up but nothing listens on 49983 (envd not started); orchestrator: connection refused"
+            }
+            Self::IpForwardOff => {
+                "net.ipv4.ip_forward=0 in the sandbox ns (inherited from a host with forwarding off); orchestrator: timeout"
+            }
+            Self::RpFilter => {
+                "strict rp_filter in the sandbox ns with a route that makes the return path asymmetric; orchestrator: timeout"
+            }
+            Self::HostRouteMissing => {
+                "the host's route to the slot's host IP is missing (lab: no default route, so unreachable; production: timeout)"
+            }
+            Self::PreroutingDropNft => {
+                "a native nftables chain (no counter) drops the SYN in the sandbox ns PREROUTING; orchestrator: timeout"
+            }
+            Self::PreroutingDropNftCounter => {
+                "a native nftables rule with a counter drops the SYN in the sandbox ns PREROUTING; orchestrator: timeout"
+            }
+            Self::ReplyDrop => {
+                "the guest's SYN-ACK is dropped in the sandbox ns FORWARD on its way back; orchestrator: timeout"
+            }
+            Self::WrongSlotRoute => {
+                "the host route for this sandbox points at another sandbox's veth (slot mix-up); orchestrator: timeout"
+            }
+            Self::ForwardPolicyDrop => {
+                "the sandbox ns FORWARD chain policy is DROP with no accept for envd; orchestrator: timeout"
+            }
+            Self::UserChainDrop => {
+                "a DROP inside a user-defined chain jumped to from FORWARD in the sandbox ns; orchestrator: timeout"
+            }
+            Self::HostInputDrop => {
+                "the host's INPUT chain drops the SYN-ACK from the sandbox (host firewall); orchestrator: timeout"
+            }
+        }
+    }
+
+    /// What the orchestrator stand-in sees in the lab.
+    pub fn symptom(self) -> Symptom {
+        match self {
+            Self::GuestNoListener => Symptom::Refused,
+            Self::HostRouteMissing => Symptom::Unreachable,
+            _ => Symptom::Timeout,
+        }
+    }
+
+    /// Faults that need a second sandbox.
+    pub fn needs_second_sandbox(self) -> bool {
+        self == Self::WrongSlotRoute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for f in Fault::ALL {
+            assert_eq!(Fault::parse(f.name()), Some(*f));
+            assert!(seen.insert(f.name()));
+            let json = serde_json::to_string(f).unwrap();
+            assert_eq!(json, format!("\"{}\"", f.name()));
+        }
+    }
+}

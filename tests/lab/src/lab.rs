@@ -1,0 +1,654 @@
+//! Building, inspecting, breaking, healing and tearing down the lab.
+use std::{collections::HashMap, fs, process::Child};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    connect::{self, ConnectReport},
+    faults::Fault,
+    guest::{self, GuestKind},
+    sh::{self, ip, run_in, run_in_with_input, sysctl},
+    state::{self, LabLock, SandboxState, State},
+    topology::{
+        BRIDGE_NAME, ENVD_PORT, GUEST_IP, HOST_NS, IptablesBackend, LAB_ALIAS, Slot, TAP_IP, TAP_MAC,
+        TAP_NAME, TAP_PREFIX, Topology, UPLINK,
+    },
+};
+
+/// How to build a lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabConfig {
+    pub sandboxes: u32,
+    pub guest: GuestKind,
+    pub iptables: IptablesBackend,
+    pub topology: Topology,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            sandboxes: 1,
+            guest: GuestKind::Userspace,
+            iptables: IptablesBackend::Nft,
+            topology: Topology::E2b,
+        }
+    }
+}
+
+/// One sandbox as `lab status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxStatus {
+    pub id: String,
+    pub slot: u32,
+    pub netns: String,
+    pub tap: String,
+    pub guest_ip: String,
+    pub host_ip: String,
+    pub veth: String,
+    pub guest: GuestKind,
+    pub guest_pid: Option<u32>,
+    pub api_sock: String,
+    pub faults: Vec<Fault>,
+    pub healthy: bool,
+}
+
+/// A running lab. Dropping it tears everything down unless it was handed over with
+/// [`Lab::keep`] or opened from the state file with [`Lab::open`].
+pub struct Lab {
+    state: State,
+    /// Guests this process started (to reap them); others are stopped by pid.
+    children: HashMap<u32, Child>,
+    owned: bool,
+    _lock: Option<LabLock>,
+}
+
+impl Lab {
+    /// Builds the lab: `e2b-host`, then slot 1..=N. Waits for another lab user (a test) to
+    /// finish first; refuses when a lab handed to the CLI is up.
+    pub fn up(config: LabConfig) -> Result<Self> {
+        if config.sandboxes == 0 {
+            bail!("a lab needs at least one sandbox");
+        }
+        let lock = LabLock::acquire()?;
+        if let Some(existing) = state::load()? {
+            bail!(
+                "a lab with {} sandbox(es) is already up; run `cargo xtask lab down` first",
+                existing.sandboxes.len()
+            );
+        }
+        check_free(&config)?;
+        let sandboxes = (1..=config.sandboxes)
+            .map(|n| SandboxState {
+                slot: Slot(n),
+                id: random_id(),
+                rand: random_id(),
+                guest_pid: None,
+                faults: vec![],
+            })
+            .collect();
+        let state = State {
+            config,
+            sandboxes,
+            owner_pid: Some(std::process::id()),
+        };
+        // Written first: whatever happens next, `lab down` knows what to remove.
+        state::save(&state)?;
+        let mut lab = Self {
+            state,
+            children: HashMap::new(),
+            owned: true,
+            _lock: Some(lock),
+        };
+        lab.create_host()?;
+        for i in 0..lab.state.sandboxes.len() {
+            lab.create_sandbox(i)?;
+            lab.start_guest(i)?;
+        }
+        Ok(lab)
+    }
+
+    /// Opens the lab described by the state file (for `lab status/break/heal/connect`).
+    pub fn open() -> Result<Self> {
+        let lock = LabLock::acquire()?;
+        let state = state::load()?.ok_or_else(|| anyhow!("no lab is up; run `cargo xtask lab up`"))?;
+        Ok(Self {
+            state,
+            children: HashMap::new(),
+            owned: false,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Hands the lab over to the state file: it stays up after this process exits.
+    pub fn keep(mut self) -> Result<()> {
+        self.state.owner_pid = None;
+        state::save(&self.state)?;
+        self.owned = false;
+        // The guests live on, reparented to init when we exit.
+        self.children.clear();
+        Ok(())
+    }
+
+    pub fn config(&self) -> &LabConfig {
+        &self.state.config
+    }
+
+    pub fn sandboxes(&self) -> &[SandboxState] {
+        &self.state.sandboxes
+    }
+
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        self.state.sandboxes.iter().map(|s| s.id.clone()).collect()
+    }
+
+    /// Index of a sandbox by id (or by slot number, for convenience).
+    pub fn find(&self, id: &str) -> Result<usize> {
+        self.state
+            .sandboxes
+            .iter()
+            .position(|s| s.id == id || s.slot.0.to_string() == id)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no sandbox {id} in the lab; sandboxes: {}",
+                    self.sandbox_ids().join(", ")
+                )
+            })
+    }
+
+    /// The sandbox to act on: the given id, or the only/first one.
+    pub fn pick(&self, id: Option<&str>) -> Result<usize> {
+        match id {
+            Some(id) => self.find(id),
+            None => Ok(0),
+        }
+    }
+
+    fn create_host(&mut self) -> Result<()> {
+        ip(None, &["netns", "add", HOST_NS])?;
+        ip(Some(HOST_NS), &["link", "set", "lo", "up"])?;
+        // As on an E2B host (forwarding serves the sandboxes' internet egress).
+        sysctl(HOST_NS, "net.ipv4.ip_forward", "1")
+    }
+
+    fn tap_dev(&self) -> &'static str {
+        match self.state.config.topology {
+            Topology::E2b => TAP_NAME,
+            Topology::Bridge => BRIDGE_NAME,
+        }
+    }
+
+    fn create_sandbox(&mut self, i: usize) -> Result<()> {
+        let sb = self.state.sandboxes[i].clone();
+        let (slot, ns, veth) = (sb.slot, sb.slot.netns(), sb.slot.veth());
+        let nsr = Some(ns.as_str());
+        ip(None, &["netns", "add", &ns])?;
+        ip(nsr, &["link", "set", "lo", "up"])?;
+        // Created directly in both namespaces: nothing ever appears in the root namespace.
+        ip(
+            Some(HOST_NS),
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        ip(nsr, &["link", "set", "eth0", "alias", LAB_ALIAS])?;
+        ip(
+            Some(HOST_NS),
+            &["addr", "add", &format!("{}/31", slot.veth_ip()), "dev", &veth],
+        )?;
+        ip(Some(HOST_NS), &["link", "set", &veth, "up"])?;
+        ip(
+            nsr,
+            &["addr", "add", &format!("{}/31", slot.peer_ip()), "dev", "eth0"],
+        )?;
+        ip(nsr, &["link", "set", "eth0", "up"])?;
+        self.create_tap(&ns)?;
+        ip(
+            nsr,
+            &["route", "add", "default", "via", &slot.veth_ip().to_string()],
+        )?;
+        self.add_host_route(slot, slot)?;
+        sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+        self.sandbox_rules(slot)?;
+        self.host_rules(slot)
+    }
+
+    /// tap0 (persistent, as E2B creates it before Firecracker opens it), on a bridge or not.
+    fn create_tap(&self, ns: &str) -> Result<()> {
+        let nsr = Some(ns);
+        ip(nsr, &["tuntap", "add", "dev", TAP_NAME, "mode", "tap"])?;
+        ip(nsr, &["link", "set", TAP_NAME, "address", TAP_MAC])?;
+        let addr = format!("{TAP_IP}/{TAP_PREFIX}");
+        match self.state.config.topology {
+            Topology::E2b => ip(nsr, &["addr", "add", &addr, "dev", TAP_NAME])?,
+            Topology::Bridge => {
+                if ip(nsr, &["link", "show", BRIDGE_NAME]).is_err() {
+                    ip(nsr, &["link", "add", BRIDGE_NAME, "type", "bridge"])?;
+                    ip(nsr, &["link", "set", BRIDGE_NAME, "address", TAP_MAC])?;
+                    ip(nsr, &["addr", "add", &addr, "dev", BRIDGE_NAME])?;
+                    ip(nsr, &["link", "set", BRIDGE_NAME, "up"])?;
+                }
+                ip(nsr, &["link", "set", TAP_NAME, "master", BRIDGE_NAME])?
+            }
+        };
+        ip(nsr, &["link", "set", TAP_NAME, "up"]).map(|_| ())
+    }
+
+    /// Route to `slot`'s host IP through `via`'s veth (via ≠ slot only for a slot mix-up).
+    fn add_host_route(&self, slot: Slot, via: Slot) -> Result<()> {
+        ip(
+            Some(HOST_NS),
+            &[
+                "route",
+                "replace",
+                &format!("{}/32", slot.host_ip()),
+                "via",
+                &via.peer_ip().to_string(),
+                "dev",
+                &via.veth(),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// E2B's rules inside the sandbox namespace: DNAT/SNAT (iptables) and the slot firewall
+    /// (nftables).
+    fn sandbox_rules(&self, slot: Slot) -> Result<()> {
+        let ns = slot.netns();
+        let rules = format!(
+            "*nat\n-A PREROUTING {}\n-A POSTROUTING {}\nCOMMIT\n",
+            dnat_rule(slot),
+            snat_rule(slot)
+        );
+        run_in_with_input(
+            Some(&ns),
+            self.state.config.iptables.restore(),
+            &["--noflush"],
+            &rules,
+        )?;
+        let tap = self.tap_dev();
+        let firewall = format!(
+            "table inet slot-firewall {{
+  chain PREROUTE_FILTER {{
+    type filter hook prerouting priority -150; policy accept;
+    iifname \"{tap}\" ct state established,related accept
+    iifname \"{tap}\" ip daddr {{ 10.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16 }} drop
+  }}
+}}
+"
+        );
+        run_in_with_input(Some(&ns), "nft", &["-f", "-"], &firewall).map(|_| ())
+    }
+
+    /// E2B's rules on the host side: FORWARD accepts to and from the uplink, masquerading of
+    /// the slot's traffic, and an egress REDIRECT (never matches orchestrator → envd).
+    fn host_rules(&self, slot: Slot) -> Result<()> {
+        let (veth, host_ip) = (slot.veth(), slot.host_ip());
+        let rules = format!(
+            "*filter\n-A FORWARD -i {veth} -o {UPLINK} -j ACCEPT\n-A FORWARD -i {UPLINK} -o {veth} -j ACCEPT\nCOMMIT\n\
+             *nat\n-A PREROUTING -i {veth} -p tcp -m tcp --dport 25 -j REDIRECT --to-ports 5025\n\
+             -A POSTROUTING -s {host_ip}/32 -o {UPLINK} -j MASQUERADE\nCOMMIT\n"
+        );
+        run_in_with_input(
+            Some(HOST_NS),
+            self.state.config.iptables.restore(),
+            &["--noflush"],
+            &rules,
+        )
+        .map(|_| ())
+    }
+
+    fn start_guest(&mut self, i: usize) -> Result<()> {
+        let sb = self.state.sandboxes[i].clone();
+        let child = guest::start(&sb, &sb.slot.netns(), self.state.config.guest)?;
+        self.state.sandboxes[i].guest_pid = Some(child.id());
+        self.children.insert(sb.slot.0, child);
+        state::save(&self.state)
+    }
+
+    fn stop_guest(&mut self, i: usize) -> Result<()> {
+        let slot = self.state.sandboxes[i].slot.0;
+        if let Some(pid) = self.state.sandboxes[i].guest_pid.take() {
+            guest::stop_pid(pid);
+        }
+        if let Some(mut child) = self.children.remove(&slot) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(self.state.sandboxes[i].api_sock());
+        state::save(&self.state)
+    }
+
+    /// Status of every sandbox, with one real connection attempt each for `healthy`.
+    pub fn status(&self) -> Vec<SandboxStatus> {
+        self.state
+            .sandboxes
+            .iter()
+            .map(|sb| SandboxStatus {
+                id: sb.id.clone(),
+                slot: sb.slot.0,
+                netns: sb.slot.netns(),
+                tap: TAP_NAME.into(),
+                guest_ip: GUEST_IP.to_string(),
+                host_ip: sb.slot.host_ip().to_string(),
+                veth: sb.slot.veth(),
+                guest: self.state.config.guest,
+                guest_pid: sb.guest_pid.filter(|p| guest::is_lab_vmm(*p)),
+                api_sock: sb.api_sock().display().to_string(),
+                faults: sb.faults.clone(),
+                healthy: connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, 3, true)
+                    .map(|r| r.succeeded())
+                    .unwrap_or(false),
+            })
+            .collect()
+    }
+
+    /// The orchestrator stand-in against one sandbox.
+    pub fn connect(&self, i: usize, attempts: u32) -> Result<ConnectReport> {
+        let sb = &self.state.sandboxes[i];
+        connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, attempts, false)
+    }
+
+    /// Injects a fault into sandbox `i`.
+    pub fn break_fault(&mut self, i: usize, fault: Fault) -> Result<()> {
+        if self.state.sandboxes[i].faults.contains(&fault) {
+            return Ok(());
+        }
+        if fault.needs_second_sandbox() && self.state.sandboxes.len() < 2 {
+            bail!(
+                "{} needs a second sandbox: `cargo xtask lab up --sandboxes 2`",
+                fault.name()
+            );
+        }
+        self.apply(i, fault, true)
+            .with_context(|| format!("break {}", fault.name()))?;
+        self.state.sandboxes[i].faults.push(fault);
+        state::save(&self.state)
+    }
+
+    /// Reverts every fault of sandbox `i`, newest first.
+    pub fn heal(&mut self, i: usize) -> Result<()> {
+        while let Some(fault) = self.state.sandboxes[i].faults.pop() {
+            self.apply(i, fault, false)
+                .with_context(|| format!("heal {}", fault.name()))?;
+            state::save(&self.state)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, i: usize, fault: Fault, on: bool) -> Result<()> {
+        let slot = self.state.sandboxes[i].slot;
+        let ns = slot.netns();
+        let tap = self.tap_dev();
+        let ipt = self.state.config.iptables.iptables();
+        let (add, del) = ("-I", "-D");
+        let op = if on { add } else { del };
+        let ipt_ns = |args: &[&str]| run_in(Some(&ns), ipt, args).map(|_| ());
+        match fault {
+            Fault::ForwardDrop => ipt_ns(&split(&format!(
+                "{op} FORWARD -i eth0 -o {tap} -p tcp -m tcp --dport {ENVD_PORT} -j DROP"
+            ))),
+            Fault::ReplyDrop => ipt_ns(&split(&format!(
+                "{op} FORWARD -i {tap} -o eth0 -p tcp -m tcp --sport {ENVD_PORT} --tcp-flags SYN,ACK SYN,ACK -j DROP"
+            ))),
+            Fault::NoDnat => {
+                let op = if on { "-D" } else { "-A" };
+                ipt_ns(&split(&format!("-t nat {op} PREROUTING {}", dnat_rule(slot))))
+            }
+            Fault::ForwardPolicyDrop => ipt_ns(&["-P", "FORWARD", if on { "DROP" } else { "ACCEPT" }]),
+            Fault::UserChainDrop => {
+                if on {
+                    ipt_ns(&["-N", "LAB-GUARD"])?;
+                    ipt_ns(&split(&format!(
+                        "-A LAB-GUARD -p tcp -m tcp --dport {ENVD_PORT} -j DROP"
+                    )))?;
+                    ipt_ns(&["-I", "FORWARD", "-i", "eth0", "-j", "LAB-GUARD"])
+                } else {
+                    ipt_ns(&["-D", "FORWARD", "-i", "eth0", "-j", "LAB-GUARD"])?;
+                    ipt_ns(&["-F", "LAB-GUARD"])?;
+                    ipt_ns(&["-X", "LAB-GUARD"])
+                }
+            }
+            Fault::HostInputDrop => run_in(
+                Some(HOST_NS),
+                ipt,
+                &split(&format!(
+                    "{op} INPUT -i {} -p tcp -m tcp --sport {ENVD_PORT} -j DROP",
+                    slot.veth()
+                )),
+            )
+            .map(|_| ()),
+            Fault::TapDown => ip(
+                Some(&ns),
+                &["link", "set", TAP_NAME, if on { "down" } else { "up" }],
+            )
+            .map(|_| ()),
+            Fault::TapMissing => {
+                if on {
+                    self.stop_guest(i)?;
+                    ip(Some(&ns), &["link", "del", TAP_NAME]).map(|_| ())
+                } else {
+                    self.create_tap(&ns)?;
+                    self.start_guest(i)
+                }
+            }
+            Fault::NoReader => {
+                if on {
+                    self.stop_guest(i)
+                } else {
+                    self.start_guest(i)
+                }
+            }
+            Fault::GuestNoListener => {
+                let sock = self.state.sandboxes[i].api_sock();
+                guest::control(&sock, if on { "listener off" } else { "listener on" }).map(|_| ())
+            }
+            Fault::IpForwardOff => sysctl(&ns, "net.ipv4.ip_forward", if on { "0" } else { "1" }),
+            Fault::RpFilter => {
+                let v = if on { "1" } else { "0" };
+                sysctl(&ns, "net.ipv4.conf.all.rp_filter", v)?;
+                sysctl(&ns, "net.ipv4.conf.eth0.rp_filter", v)?;
+                let route = format!("{}/32", slot.veth_ip());
+                ip(
+                    Some(&ns),
+                    &["route", if on { "add" } else { "del" }, &route, "dev", tap],
+                )
+                .map(|_| ())
+            }
+            Fault::HostRouteMissing => {
+                if on {
+                    ip(
+                        Some(HOST_NS),
+                        &["route", "del", &format!("{}/32", slot.host_ip())],
+                    )
+                    .map(|_| ())
+                } else {
+                    self.add_host_route(slot, slot)
+                }
+            }
+            Fault::WrongSlotRoute => {
+                let other = self.state.sandboxes[if i == 0 { 1 } else { 0 }].slot;
+                self.add_host_route(slot, if on { other } else { slot })
+            }
+            Fault::PreroutingDropNft | Fault::PreroutingDropNftCounter => {
+                let (table, stmt) = if fault == Fault::PreroutingDropNft {
+                    ("lab-fault", "drop")
+                } else {
+                    ("lab-fault-counter", "counter drop")
+                };
+                if on {
+                    let text = format!(
+                        "table ip {table} {{\n  chain pre {{\n    type filter hook prerouting priority filter; policy accept;\n    tcp dport {ENVD_PORT} {stmt}\n  }}\n}}\n"
+                    );
+                    run_in_with_input(Some(&ns), "nft", &["-f", "-"], &text).map(|_| ())
+                } else {
+                    run_in(Some(&ns), "nft", &["delete", "table", "ip", table]).map(|_| ())
+                }
+            }
+        }
+    }
+
+    /// Tears the lab down (also what Drop does for an owned lab).
+    pub fn down(mut self) -> Result<()> {
+        self.owned = false;
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        for i in 0..self.state.sandboxes.len() {
+            let _ = self.stop_guest(i);
+        }
+        let mut errors = Vec::new();
+        for sb in &self.state.sandboxes {
+            if let Err(e) = delete_netns(&sb.slot.netns()) {
+                errors.push(e.to_string());
+            }
+            let _ = fs::remove_file(sb.log_path());
+        }
+        if let Err(e) = delete_netns(HOST_NS) {
+            errors.push(e.to_string());
+        }
+        state::remove()?;
+        if !errors.is_empty() {
+            bail!("teardown left errors: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.owned
+            && let Err(e) = self.teardown()
+        {
+            eprintln!("lab: teardown failed: {e:#}");
+        }
+    }
+}
+
+/// `lab down`: removes the lab of the state file and any leftovers of crashed runs (lab-vmm
+/// processes, namespaces whose eth0 carries the lab's alias, e2b-host). Safe to run twice.
+pub fn down_all() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    if let Some(state) = state::load()? {
+        let lab = Lab {
+            state,
+            children: HashMap::new(),
+            owned: false,
+            _lock: None,
+        };
+        lab.down()?;
+    }
+    for pid in guest::all_lab_vmms() {
+        guest::stop_pid(pid);
+    }
+    for ns in lab_namespaces() {
+        delete_netns(&ns)?;
+    }
+    state::remove()
+}
+
+/// Namespaces the lab made: e2b-host, and ns-N whose eth0 has the lab's alias.
+fn lab_namespaces() -> Vec<String> {
+    let Ok(out) = ip(None, &["netns", "list"]) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| {
+            *ns == HOST_NS
+                || (ns.starts_with("ns-")
+                    && ip(Some(ns), &["link", "show", "eth0"])
+                        .is_ok_and(|o| o.contains(&format!("alias {LAB_ALIAS}"))))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn delete_netns(ns: &str) -> Result<()> {
+    let exists = ip(None, &["netns", "list"])?
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(ns));
+    if exists {
+        ip(None, &["netns", "del", ns])?;
+    }
+    Ok(())
+}
+
+/// Refuses to build over namespaces that exist already (never adopt or delete what is not
+/// ours, e.g. on a real E2B node).
+fn check_free(config: &LabConfig) -> Result<()> {
+    let list = ip(None, &["netns", "list"])?;
+    let existing: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let wanted = std::iter::once(HOST_NS.to_string()).chain((1..=config.sandboxes).map(|n| Slot(n).netns()));
+    for ns in wanted {
+        if existing.contains(&ns.as_str()) {
+            bail!(
+                "network namespace {ns} already exists; if it is a leftover of the lab, run `cargo xtask lab down`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `-d <hostIP>/32 -i eth0 -j DNAT --to-destination 169.254.0.21`, as iptables-save prints it.
+pub fn dnat_rule(slot: Slot) -> String {
+    format!(
+        "-d {}/32 -i eth0 -j DNAT --to-destination {GUEST_IP}",
+        slot.host_ip()
+    )
+}
+
+pub fn snat_rule(slot: Slot) -> String {
+    format!("-s {GUEST_IP}/32 -o eth0 -j SNAT --to-source {}", slot.host_ip())
+}
+
+fn split(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
+/// 20 lowercase alphanumerics, like E2B's sandbox ids.
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 20];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Runs a shell-like command line for debugging (`lab exec`).
+pub fn exec_in(ns: &str, argv: &[String]) -> Result<String> {
+    let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("nothing to run"))?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh::run_in(Some(ns), prog, &args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_like_iptables_save() {
+        assert_eq!(
+            dnat_rule(Slot(1)),
+            "-d 10.11.0.1/32 -i eth0 -j DNAT --to-destination 169.254.0.21"
+        );
+        assert_eq!(
+            snat_rule(Slot(300)),
+            "-s 169.254.0.21/32 -o eth0 -j SNAT --to-source 10.11.1.44"
+        );
+    }
+
+    #[test]
+    fn ids_look_like_e2b_ids() {
+        let id = random_id();
+        assert_eq!(id.len(), 20);
+        assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert_ne!(id, random_id());
+    }
+}

@@ -1,0 +1,24 @@
+//! The lab: E2B's sandbox network (network v1) rebuilt slot by slot on one machine, with a
+//! guest per sandbox and faults to inject. The demo, the end-to-end tests and the benchmarks
+//! all run on it.
+//!
+//! One deliberate difference from production: the orchestrator side is not the root
+//! namespace but a namespace `e2b-host` with no uplink and no default route, so no fault can
+//! ever send a packet off the machine. Nothing is ever added to the machine's root namespace.
+//!
+//! [`Lab`] owns what it creates and tears it down on drop, unless [`Lab::keep`] hands it over
+//! to the state file (the `cargo xtask lab` commands).
+pub mod connect;
+pub mod faults;
+pub mod guest;
+pub mod lab;
+pub mod sh;
+pub mod state;
+pub mod testing;
+pub mod topology;
+
+pub use connect::{Attempt, AttemptResult, ConnectReport};
+pub use faults::Fault;
+pub use guest::GuestKind;
+pub use lab::{Lab, LabConfig, SandboxStatus};
+pub use topology::{IptablesBackend, Slot, Topology};

@@ -1,0 +1,199 @@
+//! Shared helpers of the end-to-end tests: namespaces with guards, running code inside a
+//! namespace, and driving the tracer binary.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::{Duration, Instant},
+};
+
+pub use lab::testing::require_root;
+
+/// A namespace created for one test, deleted on drop (success or failure).
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// Runs a command inside the namespace, panicking with its stderr on failure.
+    pub fn run(&self, argv: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = Path::new("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open netns");
+            // SAFETY: plain syscall; the thread ends in this namespace.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+pub fn sh(argv: &[&str]) -> String {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}",
+        argv.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces joined by a veth pair: `a` (10.99.0.1/24, va) and `b` (10.99.0.2/24, vb).
+pub fn veth_pair(tag: &str) -> (TestNetns, TestNetns) {
+    let a = TestNetns::new(&format!("{tag}a"));
+    let b = TestNetns::new(&format!("{tag}b"));
+    sh(&[
+        "ip", "-n", &a.name, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name,
+    ]);
+    sh(&["ip", "-n", &a.name, "addr", "add", "10.99.0.1/24", "dev", "va"]);
+    sh(&["ip", "-n", &b.name, "addr", "add", "10.99.0.2/24", "dev", "vb"]);
+    sh(&["ip", "-n", &a.name, "link", "set", "va", "up"]);
+    sh(&["ip", "-n", &b.name, "link", "set", "vb", "up"]);
+    (a, b)
+}
+
+/// The tracer binary under test, with its stdout read line by line on a thread.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<String>,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl Tracer {
+    /// Starts `tracer <args>` and waits until it says it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let stderr_path =
+            std::env::temp_dir().join(format!("tracer-e2e-{}-{}.err", std::process::id(), rand_suffix()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("start tracer");
+        let lines = spawn_reader(child.stdout.take().expect("stdout"));
+        let t = Self {
+            child,
+            lines,
+            stderr_path,
+        };
+        t.wait_stderr("attached", Duration::from_secs(20));
+        t
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) {
+        let found = lab::testing::wait_for(timeout, Duration::from_millis(10), || {
+            std::fs::read_to_string(&self.stderr_path)
+                .ok()
+                .filter(|s| s.contains(needle))
+                .map(|_| ())
+        });
+        assert!(
+            found.is_some(),
+            "tracer never printed {needle:?}; stderr: {}",
+            self.stderr()
+        );
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The next JSON line that satisfies `pred`, within `timeout`. Lines before it are
+    /// returned too (for "nothing else came first" checks).
+    pub fn next_json(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let deadline = Instant::now() + timeout;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no matching output within {timeout:?}; before: {before:?}; stderr: {}",
+                    self.stderr()
+                )
+            });
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+            if pred(&v) {
+                return (v, before);
+            }
+            before.push(v);
+        }
+    }
+
+    /// Sends SIGINT and waits for the exit code.
+    pub fn stop(mut self) -> i32 {
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait tracer");
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+fn spawn_reader(out: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,167 @@
+//! Command-line interface.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+/// Follows the orchestrator's connections to envd (TCP 49983) between a host and its
+/// Firecracker microVMs, through every device, namespace and netfilter hook, and names where
+/// and why packets die.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  tracer list                                   sandboxes on this host
+  tracer trace --vm i2x0abcdef0123456789a --probe   probe a sandbox now, verdict in ~1 s
+  tracer trace --vm i2x0abcdef0123456789a           watch the orchestrator's own attempts
+  tracer trace --port 49983                     every dropped envd packet, any namespace
+  tracer doctor --vm i2x0abcdef0123456789a      read-only check of the sandbox's network
+
+Exit codes: 0 = path works, 1 = a failure was found and named, 2 = usage or environment error.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow envd connection attempts and name where they die.
+    Trace(TraceArgs),
+    /// List the Firecracker sandboxes on this host.
+    List(ListArgs),
+    /// Check a sandbox's network configuration, without changing anything.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = ArgGroup::new("target").args(["vm", "netns", "pid"]).multiple(true))]
+pub struct TraceArgs {
+    /// Sandbox id (20 lowercase alphanumerics, from the orchestrator's logs). Finds its
+    /// namespace, tap, addresses and host side, and attaches to that path only.
+    #[arg(long, value_name = "SANDBOX_ID")]
+    pub vm: Option<String>,
+
+    /// Like --vm, for VMMs without E2B naming: the namespace (name under /var/run/netns) that
+    /// holds the tap.
+    #[arg(long = "netns", value_name = "NAME", conflicts_with = "vm")]
+    pub netns: Vec<String>,
+
+    /// Like --vm, for VMMs without E2B naming: the VMM's process id.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["vm", "netns"])]
+    pub pid: Option<u32>,
+
+    /// TCP port(s) to follow (source or destination).
+    #[arg(long = "port", value_name = "PORT", default_value = "49983")]
+    pub ports: Vec<u16>,
+
+    /// Only packets to or from these addresses (any namespace). Default with --vm: the
+    /// sandbox's host IP, guest IP and veth addresses.
+    #[arg(long = "dst", value_name = "IP")]
+    pub addrs: Vec<Ipv4Addr>,
+
+    /// Make our own connection attempts from the host side, like the orchestrator (a new
+    /// connection each, GET /health, 50 ms timeout), and stop at the first verdict.
+    #[arg(long, requires = "target")]
+    pub probe: bool,
+
+    /// Number of attempts with --probe.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub attempts: u32,
+
+    /// Stop after this long (e.g. 10s, 500ms). Default: until Ctrl-C (with --probe: at the
+    /// verdict).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Machine-readable output: one JSON object per line (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print every hop of every journey, not only the aggregated verdicts.
+    #[arg(long)]
+    pub all_hops: bool,
+
+    /// To name an nft rule that has no counter: add an nft trace rule in the namespace where
+    /// the drop happens, read the trace events, and remove it again. This CHANGES the
+    /// ruleset while it runs; without this flag the tracer never does.
+    #[arg(long)]
+    pub nft_trace: bool,
+
+    /// Write the raw events of every journey as pcapng to this file.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    /// True when a sandbox (or explicit VMM namespace) was named.
+    pub fn has_target(&self) -> bool {
+        self.vm.is_some() || !self.netns.is_empty() || self.pid.is_some()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Sandbox id to check.
+    #[arg(long, value_name = "SANDBOX_ID", required_unless_present = "all")]
+    pub vm: Option<String>,
+    /// Check every sandbox on this host.
+    #[arg(long, conflicts_with = "vm")]
+    pub all: bool,
+    /// Skip the one short connection attempt to envd.
+    #[arg(long)]
+    pub no_connect: bool,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (s, 1000.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 10s or 500ms)"))?;
+    if v.is_nan() || v < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_micros((v * mult_ms * 1000.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn probe_needs_a_target() {
+        assert!(Cli::try_parse_from(["tracer", "trace", "--probe"]).is_err());
+        assert!(Cli::try_parse_from(["tracer", "trace", "--vm", "x", "--probe"]).is_ok());
+    }
+}

@@ -1,0 +1,110 @@
+//! Errors that are the operator's to fix, each one clear sentence, and the exit codes.
+//!
+//! Exit codes (all commands): 0 = the path works / nothing wrong, 1 = a failure was found and
+//! named, 2 = usage or environment error (the message says which and what to do).
+use std::fmt;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FOUND: i32 = 1;
+pub const EXIT_ENV: i32 = 2;
+
+/// A usage or environment error: printed as one sentence, exit code 2.
+#[derive(Debug)]
+pub enum EnvError {
+    /// Not root and missing the capabilities to load and attach programs.
+    NoPrivileges,
+    /// The kernel exposes no BTF.
+    NoBtf(String),
+    /// The kernel refused a program type or attach point we need.
+    KernelFeature { program: String, detail: String },
+    /// No sandbox with that id on this host.
+    UnknownSandbox { id: String, known: Vec<String> },
+    /// The sandbox id is not 20 lowercase alphanumerics.
+    MalformedSandboxId(String),
+    /// Anything else the operator must fix (bad flag combination, missing namespace, ...).
+    Usage(String),
+}
+
+impl EnvError {
+    /// Classifies an aya load error of the whole object.
+    pub fn from_load(detail: &str) -> Self {
+        if is_permission(detail) {
+            Self::NoPrivileges
+        } else {
+            Self::KernelFeature {
+                program: "maps".into(),
+                detail: detail.into(),
+            }
+        }
+    }
+
+    /// Classifies a program load/attach error.
+    pub fn from_program(program: &str, detail: &str) -> Self {
+        if is_permission(detail) && !is_root() {
+            Self::NoPrivileges
+        } else {
+            Self::KernelFeature {
+                program: program.into(),
+                detail: detail.into(),
+            }
+        }
+    }
+}
+
+fn is_permission(detail: &str) -> bool {
+    detail.contains("Operation not permitted") || detail.contains("EPERM") || detail.contains("os error 1)")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: trivial syscall.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl fmt::Display for EnvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoPrivileges => write!(
+                f,
+                "the tracer needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN) to load eBPF programs and enter namespaces; run it with sudo"
+            ),
+            Self::NoBtf(d) => write!(
+                f,
+                "this kernel exposes no BTF at /sys/kernel/btf/vmlinux ({d}); the tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+            ),
+            Self::KernelFeature { program, detail } => write!(
+                f,
+                "the kernel refused the {program} program ({detail}); it needs Linux 6.6+ with tp_btf, tcx and BPF netfilter links enabled"
+            ),
+            Self::UnknownSandbox { id, known } if known.is_empty() => write!(
+                f,
+                "no sandbox {id} on this host, and no Firecracker sandbox was found at all; check the id, or use --netns/--pid for other setups"
+            ),
+            Self::UnknownSandbox { id, known } => write!(
+                f,
+                "no sandbox {id} on this host; known sandboxes: {}",
+                known.join(", ")
+            ),
+            Self::MalformedSandboxId(id) => write!(
+                f,
+                "{id:?} is not a sandbox id (expected 20 lowercase letters and digits, as in the orchestrator's logs)"
+            ),
+            Self::Usage(msg) => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for EnvError {}
+
+/// The exit code for an error that ended a command. Unexpected failures count as environment
+/// errors too: either way the command could not do its job.
+pub fn exit_code(_err: &anyhow::Error) -> i32 {
+    EXIT_ENV
+}
+
+/// The sentence to print for an error: the EnvError's own words when there is one.
+pub fn describe(err: &anyhow::Error) -> String {
+    match err.chain().find_map(|e| e.downcast_ref::<EnvError>()) {
+        Some(env) => env.to_string(),
+        None => format!("{err:#}"),
+    }
+}

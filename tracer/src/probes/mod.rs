@@ -1,0 +1,293 @@
+//! Loading the kernel programs, attaching them where the path runs, and detaching.
+//!
+//! Every attachment is a BPF link held by an fd of this process (tp_btf, tcx, netfilter), so
+//! whatever way the process ends (return, signal, panic, SIGKILL) the kernel detaches
+//! everything when the fds close. Nothing is pinned.
+pub mod netfilter;
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, SchedClassifier, TcAttachType, links::LinkOrder, tc::TcAttach},
+};
+use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, NF_SLOT_PRIORITIES, Offsets, hook};
+
+use crate::{error::EnvError, netns::Netns};
+
+/// The main object (tracepoints, tcx, maps), built by build.rs.
+static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+/// The netfilter object, loaded by [`netfilter`].
+static NF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-nf"));
+
+/// Tracepoints, by program name (= tracepoint name).
+pub const DROP_TRACEPOINTS: &[&str] = &["kfree_skb"];
+pub const ALL_TRACEPOINTS: &[&str] = &[
+    "kfree_skb",
+    "consume_skb",
+    "net_dev_start_xmit",
+    "netif_receive_skb",
+    "inet_sock_set_state",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "fib_table_lookup",
+    "neigh_update",
+    "neigh_timer_handler",
+];
+
+/// What the kernel filter lets through.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub ports: Vec<u16>,
+    /// Namespace inodes; empty = every namespace.
+    pub netns: Vec<u32>,
+    /// Addresses; empty = any address.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// Loaded programs and their attachments.
+pub struct Probes {
+    ebpf: Ebpf,
+    nf_programs: Vec<OwnedFd>,
+    /// Netfilter links, per namespace inode.
+    nf_links: HashMap<u32, Vec<OwnedFd>>,
+    btf: aya::Btf,
+    /// Time spent attaching, for reports and benchmarks.
+    pub attach_time: std::time::Duration,
+}
+
+impl Probes {
+    /// Loads the main object, writes the filter and the kernel's struct offsets.
+    pub fn load(offsets: Offsets, filter: &Filter) -> Result<Self> {
+        if filter.ports.is_empty() || filter.ports.len() > MAX_PORTS {
+            return Err(anyhow!("between 1 and {MAX_PORTS} ports can be followed"));
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| EnvError::NoBtf(e.to_string()))?;
+        let ebpf = EbpfLoader::new()
+            .btf(&btf)
+            .load(MAIN_OBJ)
+            .map_err(|e| EnvError::from_load(&e.to_string()))?;
+        let mut probes = Self {
+            ebpf,
+            nf_programs: Vec::new(),
+            nf_links: HashMap::new(),
+            btf,
+            attach_time: Default::default(),
+        };
+        probes.write_filter(offsets, filter)?;
+        Ok(probes)
+    }
+
+    fn write_filter(&mut self, offsets: Offsets, filter: &Filter) -> Result<()> {
+        let mut cfg = Config {
+            off: offsets,
+            ..Default::default()
+        };
+        for (slot, port) in cfg.ports.iter_mut().zip(&filter.ports) {
+            *slot = *port;
+        }
+        if filter.netns.is_empty() {
+            cfg.flags |= CFG_ANY_NETNS;
+        }
+        if filter.addrs.is_empty() {
+            cfg.flags |= CFG_ANY_ADDR;
+        }
+        for ns in &filter.netns {
+            self.add_netns(*ns)?;
+        }
+        for a in &filter.addrs {
+            self.add_addr(*a)?;
+        }
+        let mut config: Array<_, Config> = Array::try_from(self.map_mut("CONFIG")?)?;
+        config.set(0, &cfg, 0).context("write CONFIG")?;
+        Ok(())
+    }
+
+    /// Follows packets in one more namespace (a watcher adds sandboxes as they appear).
+    pub fn add_netns(&mut self, inode: u32) -> Result<()> {
+        let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("NETNS")?)?;
+        m.insert(&inode, &1, 0).context("update NETNS")
+    }
+
+    pub fn remove_netns(&mut self, inode: u32) -> Result<()> {
+        let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("NETNS")?)?;
+        let _ = m.remove(&inode);
+        self.nf_links.remove(&inode);
+        Ok(())
+    }
+
+    /// Follows packets to or from one more address.
+    pub fn add_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("ADDRS")?)?;
+        m.insert(&u32::from_ne_bytes(addr.octets()), &1, 0)
+            .context("update ADDRS")
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    /// Loads and attaches tracepoint programs (tp_btf: typed, no tracefs needed).
+    pub fn attach_tracepoints(&mut self, names: &[&str]) -> Result<()> {
+        let start = Instant::now();
+        for name in names {
+            let prog: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            prog.load(name, &self.btf)
+                .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+            prog.attach()
+                .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+        }
+        self.attach_time += start.elapsed();
+        Ok(())
+    }
+
+    /// Attaches tcx ingress and egress to device `ifindex` of namespace `ns`.
+    pub fn attach_tcx(&mut self, ns: &Netns, ifindex: u32) -> Result<()> {
+        let start = Instant::now();
+        for (name, dir) in [
+            ("tcx_ingress", TcAttachType::Ingress),
+            ("tcx_egress", TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+            }
+            // tcx attaches in the caller's namespace: enter, attach, return.
+            let _inside = ns.enter()?;
+            prog.attach(
+                aya::programs::NetworkInterface::Index(ifindex),
+                TcAttach::Tcx {
+                    attach_type: dir,
+                    order: LinkOrder::default(),
+                },
+            )
+            .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))
+            .with_context(|| format!("attach {name} to ifindex {ifindex} in {}", ns.label()))?;
+        }
+        self.attach_time += start.elapsed();
+        Ok(())
+    }
+
+    /// Attaches the netfilter programs at every IPv4 hook and slot of namespace `ns`.
+    pub fn attach_netfilter(&mut self, ns: &Netns) -> Result<()> {
+        let start = Instant::now();
+        if self.nf_programs.is_empty() {
+            self.load_netfilter()?;
+        }
+        let mut links = Vec::new();
+        {
+            let _inside = ns.enter()?;
+            for hooknum in 0..hook::COUNT as u8 {
+                for (prog, prio) in self.nf_programs.iter().zip(NF_SLOT_PRIORITIES) {
+                    let link = netfilter::attach(prog.as_fd(), hooknum, prio)
+                        .map_err(|e| EnvError::from_program("netfilter", &format!("BPF_LINK_CREATE: {e}")))?;
+                    links.push(link);
+                }
+            }
+        }
+        self.nf_links.insert(ns.inode, links);
+        self.attach_time += start.elapsed();
+        Ok(())
+    }
+
+    fn load_netfilter(&mut self) -> Result<()> {
+        let fds = self.map_fds()?;
+        let programs = netfilter::link_programs(NF_OBJ, &fds)?;
+        for prog in &programs {
+            let fd =
+                netfilter::load(prog).map_err(|e| EnvError::from_program("netfilter", &format!("{e:#}")))?;
+            self.nf_programs.push(fd);
+        }
+        Ok(())
+    }
+
+    /// Raw fds of the main object's maps, by name, for the netfilter loader.
+    fn map_fds(&self) -> Result<HashMap<String, RawFd>> {
+        let mut fds = HashMap::new();
+        for (name, map) in self.ebpf.maps() {
+            fds.insert(name.to_string(), map_data(map)?.fd().as_fd().as_raw_fd());
+        }
+        Ok(fds)
+    }
+
+    /// The event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Events the kernel could not queue because the ring buffer was full.
+    pub fn lost_events(&self) -> Result<u64> {
+        let map = self.ebpf.map("LOST").ok_or_else(|| anyhow!("map LOST missing"))?;
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(lost.get(&0, 0)?.iter().sum())
+    }
+
+    /// Number of netfilter links currently attached (for tests and reports).
+    pub fn netfilter_links(&self) -> usize {
+        self.nf_links.values().map(Vec::len).sum()
+    }
+}
+
+fn map_data(map: &Map) -> Result<&MapData> {
+    Ok(match map {
+        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => m,
+        other => return Err(anyhow!("unexpected map type {other:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netfilter_object_links_every_slot() {
+        let fds: HashMap<String, RawFd> = ["EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), 100 + i as RawFd))
+            .collect();
+        let progs = netfilter::link_programs(NF_OBJ, &fds).unwrap();
+        let names: Vec<&str> = progs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), NF_SLOT_PRIORITIES.len(), "{names:?}");
+        for p in &progs {
+            for (i, ins) in p.insns.iter().enumerate() {
+                if ins.code == 0x85 && ins.regs >> 4 == 1 {
+                    let target = i as i64 + 1 + ins.imm as i64;
+                    assert!(
+                        (0..p.insns.len() as i64).contains(&target),
+                        "{}: call out of range",
+                        p.name
+                    );
+                }
+            }
+            let map_refs = p
+                .insns
+                .iter()
+                .filter(|i| i.code == 0x18 && i.regs >> 4 == 1)
+                .count();
+            assert!(map_refs > 0, "{} references no map", p.name);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! From what the operator typed (--vm, --netns, --pid) to a sandbox and its expected path.
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+
+use crate::{
+    cache,
+    cli::TraceArgs,
+    error::EnvError,
+    netns::Netns,
+    path::{ExpectedPath, NsRef},
+    sandbox::{self, Sandbox},
+};
+
+/// E2B's defaults, used when the namespace's rules do not say (e.g. the DNAT is the fault).
+const DEFAULT_GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
+
+/// The sandbox named on the command line, or None for the plain drop log.
+pub fn sandbox_of(args: &TraceArgs) -> Result<Option<Sandbox>> {
+    if let Some(id) = &args.vm {
+        return find_by_id(id).map(Some);
+    }
+    if let Some(name) = args.netns.first() {
+        return sandbox::from_netns(name).map(Some);
+    }
+    if let Some(pid) = args.pid {
+        return sandbox::from_pid(pid).map(Some);
+    }
+    Ok(None)
+}
+
+/// A sandbox by id: its running VMM, else the namespace it was last seen in (the VMM may be
+/// exactly what died).
+pub fn find_by_id(id: &str) -> Result<Sandbox> {
+    match sandbox::find(id) {
+        Ok(sb) => {
+            cache::remember(&[&sb]);
+            Ok(sb)
+        }
+        Err(e) => {
+            let unknown = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(EnvError::UnknownSandbox { .. })));
+            let Some(seen) = unknown.then(|| cache::recall(id)).flatten() else {
+                return Err(e);
+            };
+            let mut sb = sandbox::from_netns(&seen.netns)?;
+            sb.id = Some(id.to_string());
+            sb.warnings.insert(
+                0,
+                format!(
+                    "no VMM process of sandbox {id} is running (last seen as pid {}); tracing its namespace {}",
+                    seen.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                    seen.netns
+                ),
+            );
+            Ok(sb)
+        }
+    }
+}
+
+/// The expected path of a sandbox. What discovery could not read falls back to E2B's
+/// conventions, with a warning (a missing DNAT must not stop the trace that shows it).
+pub fn path_of(sb: &Sandbox, port: u16) -> Result<(ExpectedPath, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let host_ip = match (sb.host_ip, sb.slot) {
+        (Some(ip), _) => ip,
+        (None, Some(slot)) => {
+            let ip = sandbox::e2b_host_ip(slot);
+            warnings.push(format!(
+                "no DNAT rule in {}: assuming E2B's host IP {ip} for slot {slot}",
+                sb.netns.label()
+            ));
+            ip
+        }
+        (None, None) => {
+            return Err(EnvError::Usage(format!(
+                "cannot tell the host IP of {}: no DNAT rule and no E2B slot name; pass --dst",
+                sb.label()
+            ))
+            .into());
+        }
+    };
+    let guest_ip = sb.guest_ip.unwrap_or(DEFAULT_GUEST_IP);
+    let own = Netns::current()?;
+    let host_ns = sb.host_ns.clone().unwrap_or_else(|| {
+        warnings.push(format!(
+            "the host side of {}'s veth was not found; assuming this namespace",
+            sb.netns.label()
+        ));
+        own
+    });
+    let path = ExpectedPath {
+        sandbox_id: sb.id.clone(),
+        vmm_pid: sb.pid,
+        host_ns: NsRef {
+            inode: host_ns.inode,
+            name: host_ns.name.clone(),
+        },
+        sandbox_ns: NsRef {
+            inode: sb.netns.inode,
+            name: sb.netns.name.clone(),
+        },
+        host_veth: sb.host_veth.clone().unwrap_or_default(),
+        ns_veth: sb.ns_veth.clone().unwrap_or_else(|| "eth0".into()),
+        tap: sb.tap.clone().unwrap_or_else(|| "tap0".into()),
+        bridge: sb.bridge.clone(),
+        host_ip,
+        guest_ip,
+        host_veth_ip: sb.host_veth_ip,
+        ns_veth_ip: sb.ns_veth_ip,
+        port,
+    };
+    Ok((path, warnings))
+}

@@ -1,0 +1,604 @@
+//! Correlation: hops in, journeys out. A journey is one connection attempt (the SYN, the
+//! reply, the client socket's transitions, route lookups and neighbour changes on the way),
+//! keyed by the client's address, port and initial sequence number — which NAT on the way to
+//! envd never changes. Pure logic: the one-shot trace and the watcher feed it the same way.
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use serde::Serialize;
+
+use crate::hop::{Hop, HopKind, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT};
+
+/// A connection attempt: client address, port and initial sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct ConnKey {
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub isn: u32,
+}
+
+/// Which way a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leg {
+    /// Client → envd.
+    Request,
+    /// envd (or whoever answers) → client.
+    Reply,
+    /// Not a packet: socket, route or neighbour event.
+    Control,
+}
+
+/// What a journey is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JourneyId {
+    Conn(ConnKey),
+    /// A connect() that found no route: no packet ever existed.
+    NoRoute {
+        netns: u32,
+        dst: Ipv4Addr,
+        at_ns: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Journey {
+    pub id: JourneyId,
+    /// Hops in arrival order, each with its leg.
+    pub hops: Vec<(Leg, Hop)>,
+    /// The destination the client asked for (before any NAT).
+    pub target: Option<(Ipv4Addr, u16)>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// When an event arrived that decides the outcome (the journey is then finished after a
+    /// short settle time that lets events from other CPUs arrive).
+    #[serde(skip)]
+    pub decided_at: Option<u64>,
+}
+
+impl Journey {
+    fn new(id: JourneyId, ts: u64) -> Self {
+        Self {
+            id,
+            hops: Vec::new(),
+            target: None,
+            first_ns: ts,
+            last_ns: ts,
+            decided_at: None,
+        }
+    }
+
+    fn push(&mut self, leg: Leg, hop: Hop) {
+        self.last_ns = self.last_ns.max(hop.ts_ns);
+        self.first_ns = self.first_ns.min(hop.ts_ns);
+        self.hops.push((leg, hop));
+    }
+
+    fn decide(&mut self, ts: u64) {
+        self.decided_at.get_or_insert(ts);
+    }
+
+    /// Hops of one leg.
+    pub fn leg(&self, leg: Leg) -> impl Iterator<Item = &Hop> {
+        self.hops.iter().filter(move |(l, _)| *l == leg).map(|(_, h)| h)
+    }
+
+    pub fn client(&self) -> Option<(Ipv4Addr, u16)> {
+        match self.id {
+            JourneyId::Conn(k) => Some((k.client, k.client_port)),
+            JourneyId::NoRoute { .. } => None,
+        }
+    }
+}
+
+/// Timing of the correlator, in ns.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// After a deciding event, wait this long for stragglers.
+    pub settle_ns: u64,
+    /// A journey with no event for this long is finished anyway.
+    pub quiet_ns: u64,
+    /// Route/socket events wait this long for the packet they belong to.
+    pub pending_ns: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            settle_ns: 15_000_000,
+            quiet_ns: 400_000_000,
+            pending_ns: 20_000_000,
+        }
+    }
+}
+
+/// `-EAGAIN`: a fib table had no matching route (`fib_lookup` turns it into ENETUNREACH).
+const FIB_NO_MATCH: i32 = -11;
+const RT_TABLE_MAIN: u32 = 254;
+
+/// Builds journeys from hops.
+pub struct Correlator {
+    ports: Vec<u16>,
+    timing: Timing,
+    open: HashMap<ConnKey, Journey>,
+    /// Latest journey per client address and port.
+    by_client: HashMap<(Ipv4Addr, u16), ConnKey>,
+    /// Socket events that came before their SYN.
+    pending_sock: HashMap<(Ipv4Addr, u16), Vec<Hop>>,
+    /// Route lookups not yet matched to a packet.
+    pending_route: Vec<Hop>,
+    /// Clients whose journey is finished, to ignore their late packets (FIN, ACKs).
+    finished: HashMap<(Ipv4Addr, u16), u64>,
+    /// Latest neighbour state per (netns, address).
+    neigh: HashMap<(u32, Ipv4Addr), (u32, u64)>,
+    /// Journeys finished without a connection (route failures).
+    ready: Vec<Journey>,
+}
+
+impl Correlator {
+    pub fn new(ports: &[u16], timing: Timing) -> Self {
+        Self {
+            ports: ports.to_vec(),
+            timing,
+            open: HashMap::new(),
+            by_client: HashMap::new(),
+            pending_sock: HashMap::new(),
+            pending_route: Vec::new(),
+            finished: HashMap::new(),
+            neigh: HashMap::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Latest known neighbour state (NUD bits) of `addr` in namespace `netns`.
+    pub fn neigh_state(&self, netns: u32, addr: Ipv4Addr) -> Option<u32> {
+        self.neigh.get(&(netns, addr)).map(|(s, _)| *s)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn push(&mut self, hop: Hop) {
+        match &hop.kind {
+            HopKind::Socket { .. } | HopKind::RecvReset => self.push_socket(hop),
+            HopKind::Route { .. } => self.push_route(hop),
+            HopKind::Neigh {
+                address, new_state, ..
+            } => {
+                self.neigh.insert((hop.netns, *address), (*new_state, hop.ts_ns));
+                self.push_neigh(hop);
+            }
+            _ => self.push_packet(hop),
+        }
+    }
+
+    /// Client address/port of a packet, and its leg; None when it is not ours.
+    fn classify(&self, hop: &Hop) -> Option<((Ipv4Addr, u16), Leg)> {
+        if self.ports.contains(&hop.pkt.dport) {
+            Some(((hop.src(), hop.pkt.sport), Leg::Request))
+        } else if self.ports.contains(&hop.pkt.sport) {
+            Some(((hop.dst(), hop.pkt.dport), Leg::Reply))
+        } else {
+            None
+        }
+    }
+
+    fn push_packet(&mut self, hop: Hop) {
+        let Some((client, leg)) = self.classify(&hop) else {
+            return;
+        };
+        let key = match leg {
+            Leg::Request if hop.is_syn() => Some(ConnKey {
+                client: client.0,
+                client_port: client.1,
+                isn: hop.pkt.seq,
+            }),
+            Leg::Reply if hop.is_syn_ack() || (hop.is_rst() && hop.pkt.ack != 0) => Some(ConnKey {
+                client: client.0,
+                client_port: client.1,
+                isn: hop.pkt.ack.wrapping_sub(1),
+            }),
+            _ => None,
+        };
+        let key = match key {
+            Some(k) => k,
+            // Other packets of the connection go to its latest journey, if still open.
+            None => match self.by_client.get(&client) {
+                Some(k) if self.open.contains_key(k) => *k,
+                _ => return,
+            },
+        };
+        if !self.open.contains_key(&key) {
+            if self.finished.contains_key(&client) && leg == Leg::Reply {
+                return;
+            }
+            self.start(key, &hop);
+        }
+        let is_drop = matches!(hop.kind, HopKind::Drop { .. });
+        let handshake = hop.is_syn() || hop.is_syn_ack() || hop.is_rst();
+        let ts = hop.ts_ns;
+        let j = self.open.get_mut(&key).expect("journey just ensured");
+        // Once decided, only the handshake matters: the data exchange that follows a
+        // connection is not part of the attempt.
+        if j.decided_at.is_some() && !handshake {
+            return;
+        }
+        if leg == Leg::Request && j.target.is_none() {
+            j.target = Some((hop.dst(), hop.pkt.dport));
+        }
+        j.push(leg, hop);
+        if is_drop {
+            j.decide(ts);
+        }
+    }
+
+    /// Opens a journey, with the socket and route events that came before its first packet.
+    fn start(&mut self, key: ConnKey, first: &Hop) {
+        let client = (key.client, key.client_port);
+        self.finished.remove(&client);
+        let mut j = Journey::new(JourneyId::Conn(key), first.ts_ns);
+        for h in self.pending_sock.remove(&client).unwrap_or_default() {
+            j.push(Leg::Control, h);
+        }
+        let dst = first.dst();
+        let (routes, rest): (Vec<Hop>, Vec<Hop>) = std::mem::take(&mut self.pending_route)
+            .into_iter()
+            .partition(|r| r.dst() == dst && (r.netns == first.netns || r.netns == 0));
+        self.pending_route = rest;
+        for r in routes {
+            j.push(Leg::Control, r);
+        }
+        j.hops.sort_by_key(|(_, h)| h.ts_ns);
+        self.by_client.insert(client, key);
+        self.open.insert(key, j);
+    }
+
+    fn push_socket(&mut self, hop: Hop) {
+        // A client socket: the port we follow is its remote port.
+        if !self.ports.contains(&hop.pkt.dport) {
+            return;
+        }
+        let client = (hop.src(), hop.pkt.sport);
+        let decisive = match hop.kind {
+            HopKind::Socket {
+                old_state, new_state, ..
+            } => new_state == TCP_ESTABLISHED || (old_state == TCP_SYN_SENT && new_state == TCP_CLOSE),
+            _ => true,
+        };
+        let starting = matches!(
+            hop.kind,
+            HopKind::Socket {
+                new_state: TCP_SYN_SENT,
+                ..
+            }
+        );
+        match self.by_client.get(&client).copied() {
+            Some(k) if self.open.contains_key(&k) && !starting => {
+                let ts = hop.ts_ns;
+                let j = self.open.get_mut(&k).expect("checked");
+                if j.decided_at.is_some() && !decisive {
+                    return;
+                }
+                j.push(Leg::Control, hop);
+                if decisive {
+                    j.decide(ts);
+                }
+            }
+            _ if self.finished.contains_key(&client) && !starting => {}
+            _ => self.pending_sock.entry(client).or_default().push(hop),
+        }
+    }
+
+    fn push_route(&mut self, hop: Hop) {
+        let dst = hop.dst();
+        let recent = hop.ts_ns.saturating_sub(self.timing.pending_ns);
+        // The journey whose packet is being routed: same destination, same namespace, recent.
+        let target = self.open.values_mut().filter(|j| j.last_ns >= recent).find(|j| {
+            j.hops
+                .iter()
+                .rev()
+                .find(|(l, h)| *l != Leg::Control && h.is_packet())
+                .is_some_and(|(_, h)| h.dst() == dst && (h.netns == hop.netns || hop.netns == 0))
+        });
+        match target {
+            Some(j) => j.push(Leg::Control, hop),
+            None => self.pending_route.push(hop),
+        }
+    }
+
+    fn push_neigh(&mut self, hop: Hop) {
+        let recent = hop.ts_ns.saturating_sub(3_000_000_000);
+        for j in self.open.values_mut() {
+            if j.last_ns >= recent
+                && j.hops
+                    .iter()
+                    .any(|(l, h)| *l == Leg::Request && h.netns == hop.netns)
+            {
+                j.push(Leg::Control, hop.clone());
+            }
+        }
+    }
+
+    /// Journeys that are finished at `now_ns` (monotonic).
+    pub fn take_due(&mut self, now_ns: u64) -> Vec<Journey> {
+        self.expire(now_ns);
+        let t = self.timing;
+        let due: Vec<ConnKey> = self
+            .open
+            .iter()
+            .filter(|(_, j)| match j.decided_at {
+                Some(d) => now_ns >= d + t.settle_ns,
+                None => now_ns >= j.last_ns + t.quiet_ns,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = std::mem::take(&mut self.ready);
+        for k in due {
+            if let Some(j) = self.open.remove(&k) {
+                self.finished.insert((k.client, k.client_port), now_ns);
+                out.push(j);
+            }
+        }
+        out.sort_by_key(|j| j.first_ns);
+        out
+    }
+
+    /// Everything still open (at exit).
+    pub fn take_all(&mut self) -> Vec<Journey> {
+        self.expire(u64::MAX);
+        let mut out = std::mem::take(&mut self.ready);
+        out.extend(self.open.drain().map(|(_, j)| j));
+        out.sort_by_key(|j| j.first_ns);
+        out
+    }
+
+    /// Drops stale bookkeeping; route failures nobody claimed become no-route journeys.
+    fn expire(&mut self, now_ns: u64) {
+        let cutoff = now_ns.saturating_sub(self.timing.pending_ns);
+        let (old, keep): (Vec<Hop>, Vec<Hop>) = std::mem::take(&mut self.pending_route)
+            .into_iter()
+            .partition(|r| r.ts_ns < cutoff);
+        self.pending_route = keep;
+        for r in old {
+            if let HopKind::Route { table, error, .. } = r.kind
+                && is_route_failure(table, error)
+            {
+                let mut j = Journey::new(
+                    JourneyId::NoRoute {
+                        netns: r.netns,
+                        dst: r.dst(),
+                        at_ns: r.ts_ns,
+                    },
+                    r.ts_ns,
+                );
+                j.target = Some((r.dst(), 0));
+                j.push(Leg::Control, r);
+                self.ready.push(j);
+            }
+        }
+        self.pending_sock.retain(|_, hops| {
+            hops.last()
+                .is_some_and(|h| h.ts_ns >= cutoff.saturating_sub(1_000_000_000))
+        });
+        let keep_finished = now_ns.saturating_sub(2_000_000_000);
+        self.finished.retain(|_, t| *t >= keep_finished);
+    }
+}
+
+/// True when a fib lookup event means "no route" (not the per-table miss before the next
+/// table is tried).
+pub fn is_route_failure(table: u32, error: i32) -> bool {
+    error != 0 && (error != FIB_NO_MATCH || table == RT_TABLE_MAIN)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use tracer_common::{Packet, tcp_flag};
+
+    use super::*;
+    use crate::hop::Hook;
+
+    /// Fixture builder: hops of one namespace/device, in order.
+    pub fn ip(s: &str) -> u32 {
+        u32::from_ne_bytes(s.parse::<Ipv4Addr>().unwrap().octets())
+    }
+
+    pub fn pkt(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, seq: u32, ack: u32) -> Packet {
+        Packet {
+            saddr: ip(src),
+            daddr: ip(dst),
+            sport,
+            dport,
+            seq,
+            ack,
+            ip_id: 1,
+            ttl: 64,
+            flags,
+        }
+    }
+
+    pub fn hop(ts: u64, ns: &str, dev: &str, kind: HopKind, p: Packet) -> Hop {
+        Hop {
+            ts_ns: ts,
+            netns: ns.bytes().map(u32::from).sum(),
+            netns_name: Some(ns.into()),
+            ifindex: 2,
+            device: (!dev.is_empty()).then(|| dev.to_string()),
+            kind,
+            pkt: p,
+            skb: 0xffff_8880_0000_1000,
+            location: None,
+            function: None,
+        }
+    }
+
+    pub fn syn() -> Packet {
+        pkt("10.12.0.2", 40000, "10.11.0.1", 49983, tcp_flag::SYN, 1000, 0)
+    }
+
+    pub fn syn_dnat() -> Packet {
+        pkt("10.12.0.2", 40000, "169.254.0.21", 49983, tcp_flag::SYN, 1000, 0)
+    }
+
+    pub fn syn_ack_guest() -> Packet {
+        pkt(
+            "169.254.0.21",
+            49983,
+            "10.12.0.2",
+            40000,
+            tcp_flag::SYN | tcp_flag::ACK,
+            5000,
+            1001,
+        )
+    }
+
+    pub fn nf(hook: Hook, slot: u8) -> HopKind {
+        HopKind::Netfilter {
+            hook,
+            slot,
+            priority: tracer_common::NF_SLOT_PRIORITIES[slot as usize],
+            in_ifindex: 0,
+            out_ifindex: 0,
+            in_dev: None,
+            out_dev: None,
+        }
+    }
+
+    pub fn sock(old: u32, new: u32) -> HopKind {
+        HopKind::Socket {
+            old: crate::hop::tcp_state_name(old),
+            new: crate::hop::tcp_state_name(new),
+            old_state: old,
+            new_state: new,
+        }
+    }
+
+    fn sock_hop(ts: u64, old: u32, new: u32) -> Hop {
+        hop(
+            ts,
+            "e2b-host",
+            "",
+            sock(old, new),
+            pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
+        )
+    }
+
+    #[test]
+    fn request_and_reply_meet_across_nat() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        c.push(sock_hop(1, 7, TCP_SYN_SENT));
+        c.push(hop(
+            2,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            syn(),
+        ));
+        c.push(hop(3, "ns-1", "eth0", nf(Hook::Forward, 0), syn_dnat()));
+        c.push(hop(
+            4,
+            "ns-1",
+            "tap0",
+            HopKind::Tcx { ingress: true },
+            syn_ack_guest(),
+        ));
+        c.push(sock_hop(5, TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(c.take_due(5).is_empty(), "settling");
+        let done = c.take_due(5 + Timing::default().settle_ns);
+        assert_eq!(done.len(), 1);
+        let j = &done[0];
+        assert_eq!(
+            j.hops.len(),
+            5,
+            "socket start, request, NATed request, reply, established"
+        );
+        assert_eq!(j.leg(Leg::Reply).count(), 1);
+        assert_eq!(j.target, Some(("10.11.0.1".parse().unwrap(), 49983)));
+    }
+
+    #[test]
+    fn a_second_client_is_a_separate_journey() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        c.push(hop(
+            1,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            syn(),
+        ));
+        let other = pkt("10.12.0.4", 40000, "10.11.0.2", 49983, tcp_flag::SYN, 1000, 0);
+        c.push(hop(
+            2,
+            "e2b-host",
+            "veth-2",
+            HopKind::Tcx { ingress: false },
+            other,
+        ));
+        assert_eq!(c.open_count(), 2);
+    }
+
+    #[test]
+    fn quiet_journeys_finish_and_late_packets_are_ignored() {
+        let t = Timing::default();
+        let mut c = Correlator::new(&[49983], t);
+        c.push(hop(
+            1,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            syn(),
+        ));
+        assert_eq!(c.take_due(1 + t.quiet_ns).len(), 1);
+        // A FIN of that client afterwards opens nothing.
+        let fin = pkt(
+            "10.12.0.2",
+            40000,
+            "10.11.0.1",
+            49983,
+            tcp_flag::FIN | tcp_flag::ACK,
+            1001,
+            1,
+        );
+        c.push(hop(
+            2 + t.quiet_ns,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            fin,
+        ));
+        assert_eq!(c.open_count(), 0);
+    }
+
+    #[test]
+    fn unclaimed_route_failure_is_a_no_route_journey() {
+        let t = Timing::default();
+        let mut c = Correlator::new(&[49983], t);
+        let r = hop(
+            1,
+            "e2b-host",
+            "",
+            HopKind::Route {
+                table: 254,
+                error: -11,
+                iif: 1,
+            },
+            pkt("0.0.0.0", 0, "10.11.0.1", 0, 0, 0, 0),
+        );
+        c.push(r);
+        let done = c.take_due(1 + t.pending_ns + 1);
+        assert_eq!(done.len(), 1);
+        assert!(matches!(done[0].id, JourneyId::NoRoute { .. }));
+    }
+
+    #[test]
+    fn route_failure_rules() {
+        assert!(
+            !is_route_failure(255, -11),
+            "local table miss: the main table is next"
+        );
+        assert!(is_route_failure(254, -11));
+        assert!(is_route_failure(254, -101));
+        assert!(!is_route_failure(254, 0));
+    }
+}

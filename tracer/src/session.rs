@@ -1,0 +1,394 @@
+//! A trace of one sandbox's path: attach to its devices and namespaces, correlate events
+//! into journeys, decide, report. The one-shot `--probe` and the passive watch share it.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddrV4,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    btf::{KernelBtf, ReasonNames},
+    cli::TraceArgs,
+    enrich::RuleBaseline,
+    error::{EXIT_FOUND, EXIT_OK, EnvError},
+    events::{Clock, Names, decode},
+    hop::{Hop, HopKind},
+    journey::{Correlator, Journey, JourneyId, Timing},
+    kallsyms::Kallsyms,
+    netns::Netns,
+    netstate,
+    path::ExpectedPath,
+    probe::{self, ProbeAttempt},
+    probes::{ALL_TRACEPOINTS, Filter, Probes},
+    report::Reporter,
+    sandbox::Sandbox,
+    verdict::{self, Outcome, Verdict},
+};
+
+/// How often finished journeys are collected (bounds verdict latency with the settle time).
+const TICK: Duration = Duration::from_millis(5);
+/// With --probe: how long to wait for a verdict after the last attempt ended.
+const PROBE_GRACE: Duration = Duration::from_millis(1500);
+
+/// Everything attached for one sandbox.
+struct Attached {
+    probes: Probes,
+    /// ifindex → device name, per namespace inode (to name netfilter in/out devices).
+    ifnames: HashMap<u32, HashMap<u32, String>>,
+    devices: usize,
+}
+
+pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
+    let port = args.ports.first().copied().unwrap_or(49983);
+    let (path, mut warnings) = crate::target::path_of(&sb, port)?;
+    warnings.extend(sb.warnings.iter().cloned());
+    let host_ns = sb.host_ns.clone().unwrap_or(Netns::current()?);
+    let sandbox_ns = sb.netns.clone();
+    // Rulesets are read while the programs attach: both take tens of milliseconds.
+    let namespaces = vec![host_ns.clone(), sandbox_ns.clone()];
+    let baseline = std::thread::spawn(move || RuleBaseline::capture(&namespaces));
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "sandbox found");
+    // Kernel symbols are only needed for the report: read them while the programs attach.
+    let kallsyms = std::thread::spawn(Kallsyms::load);
+    let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+    let reasons = ReasonNames::load(&btf)?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "BTF read");
+    let attach_start = Instant::now();
+    let mut attached = attach(&btf, &path, &host_ns, &sandbox_ns, &args)?;
+    let attach_time = attach_start.elapsed();
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "attached");
+    let baseline = baseline
+        .join()
+        .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;
+    let kallsyms = kallsyms
+        .join()
+        .map_err(|_| anyhow::anyhow!("kallsyms reader panicked"))??;
+    let names = Names::new(reasons, kallsyms);
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "ready");
+    for w in &warnings {
+        eprintln!("tracer: warning: {w}");
+    }
+    eprintln!(
+        "tracer: sandbox {} — {} {} → {} {} ({} → {}); attached to {} devices, 2 namespaces in {} ms{}",
+        path.sandbox_id.as_deref().unwrap_or("-"),
+        path.host_ns.label(),
+        if path.host_veth.is_empty() {
+            "?"
+        } else {
+            &path.host_veth
+        },
+        path.sandbox_ns.label(),
+        path.tap,
+        path.host_ip,
+        path.guest_ip,
+        attached.devices,
+        attach_time.as_millis(),
+        if args.probe {
+            "; probing"
+        } else {
+            "; watching (Ctrl-C to stop)"
+        }
+    );
+    let events = attached.probes.take_events()?;
+    let mut session = Session {
+        reporter: Reporter::new(args.json, args.all_hops, Some(&path)),
+        correlator: Correlator::new(&args.ports, Timing::default()),
+        path,
+        sandbox_ns,
+        host_ns,
+        names,
+        ifnames: std::mem::take(&mut attached.ifnames),
+        baseline,
+        resolved: HashMap::new(),
+        probe_ports: HashSet::new(),
+        failures: 0,
+        decided: None,
+        nft_trace: args.nft_trace,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(session.run_loop(events, &args));
+    crate::trace::report_lost(&attached.probes)?;
+    let result = result?;
+    if args.probe {
+        eprintln!(
+            "tracer: verdict {} ms after start (attach {} ms)",
+            started.elapsed().as_millis(),
+            attach_time.as_millis()
+        );
+    }
+    Ok(result)
+}
+
+/// Loads the programs and attaches them to the path's devices and namespaces only.
+fn attach(
+    btf: &KernelBtf,
+    path: &ExpectedPath,
+    host_ns: &Netns,
+    sandbox_ns: &Netns,
+    args: &TraceArgs,
+) -> Result<Attached> {
+    let mut addrs = path.addresses();
+    addrs.extend(&args.addrs);
+    let filter = Filter {
+        ports: args.ports.clone(),
+        netns: vec![host_ns.inode, sandbox_ns.inode],
+        addrs,
+    };
+    let mut probes = Probes::load(btf.offsets()?, &filter)?;
+    probes.attach_tracepoints(ALL_TRACEPOINTS)?;
+    let mut ifnames = HashMap::new();
+    let mut devices = 0;
+    let host_devs = [path.host_veth.as_str()];
+    let sandbox_devs = [
+        path.ns_veth.as_str(),
+        path.tap.as_str(),
+        path.bridge.as_deref().unwrap_or(""),
+    ];
+    for (ns, devs) in [(host_ns, &host_devs[..]), (sandbox_ns, &sandbox_devs[..])] {
+        let snap = netstate::snapshot(ns).with_context(|| format!("read the links of {}", ns.label()))?;
+        for dev in devs.iter().filter(|d| !d.is_empty()) {
+            // A missing device (tap-missing, ...) is a finding of the trace, not an error.
+            if let Some(link) = snap.link(dev) {
+                probes.attach_tcx(ns, link.ifindex)?;
+                devices += 1;
+            }
+        }
+        ifnames.insert(
+            ns.inode,
+            snap.links.iter().map(|l| (l.ifindex, l.name.clone())).collect(),
+        );
+        probes.attach_netfilter(ns)?;
+    }
+    Ok(Attached {
+        probes,
+        ifnames,
+        devices,
+    })
+}
+
+struct Session {
+    reporter: Reporter,
+    correlator: Correlator,
+    path: ExpectedPath,
+    sandbox_ns: Netns,
+    host_ns: Netns,
+    names: Names,
+    ifnames: HashMap<u32, HashMap<u32, String>>,
+    baseline: RuleBaseline,
+    /// Rule lookups already done, by (netns, hook, window): counters only grow, so once is
+    /// enough (and the watcher must not run iptables-save per attempt).
+    resolved: HashMap<String, crate::verdict::DropInfo>,
+    probe_ports: HashSet<u16>,
+    failures: u64,
+    /// With --probe: the verdict that ends the run.
+    decided: Option<Outcome>,
+    nft_trace: bool,
+}
+
+impl Session {
+    async fn run_loop(&mut self, events: RingBuf<MapData>, args: &TraceArgs) -> Result<i32> {
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+        let mut fd =
+            unsafe { AsyncFd::register(events) }.map_err(|e| anyhow::anyhow!("poll ring buffer: {e}"))?;
+        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(TICK);
+        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        tokio::pin!(deadline);
+        let (tx, rx) = mpsc::channel::<ProbeAttempt>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut prober = args
+            .probe
+            .then(|| self.start_probe(args.attempts, tx, stop.clone()));
+        let mut probe_done_at: Option<Instant> = None;
+        let mut out = std::io::stdout().lock();
+        loop {
+            tokio::select! {
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        if let Some(ev) = decode(&item) && let Some(hop) = Hop::from_event(&ev, &mut self.names) {
+                            self.correlator.push(self.name_devices(hop));
+                        }
+                    }
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    while let Ok(a) = rx.try_recv() {
+                        self.probe_ports.insert(a.local_port);
+                    }
+                    if prober.as_ref().is_some_and(|h| h.is_finished()) && probe_done_at.is_none() {
+                        probe_done_at = Some(Instant::now());
+                        if let Some(h) = prober.take() {
+                            h.join().map_err(|_| anyhow::anyhow!("prober panicked"))??;
+                        }
+                    }
+                    let due = self.correlator.take_due(Clock::now_mono_ns());
+                    self.handle(due, &mut out)?;
+                    if self.decided.is_some() || probe_done_at.is_some_and(|t| t.elapsed() > PROBE_GRACE) {
+                        break;
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = &mut deadline => break,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        if args.probe && self.decided.is_none() {
+            let rest = self.correlator.take_all();
+            self.handle(rest, &mut out)?;
+        }
+        self.reporter.print_repeats(&mut out)?;
+        Ok(self.exit_code(args.probe))
+    }
+
+    fn start_probe(
+        &self,
+        attempts: u32,
+        tx: mpsc::Sender<ProbeAttempt>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<Result<()>> {
+        let target = SocketAddrV4::new(self.path.host_ip, self.path.port);
+        let own = Netns::current().ok().map(|n| n.inode);
+        let ns = (own != Some(self.host_ns.inode)).then(|| self.host_ns.clone());
+        probe::spawn(ns, target, attempts, tx, stop)
+    }
+
+    fn exit_code(&self, probe: bool) -> i32 {
+        match (probe, self.decided) {
+            (true, Some(Outcome::Connected)) => EXIT_OK,
+            (true, _) => EXIT_FOUND,
+            (false, _) if self.failures > 0 => EXIT_FOUND,
+            _ => EXIT_OK,
+        }
+    }
+
+    /// Names the in/out devices of netfilter hops from the namespace's links.
+    fn name_devices(&self, mut hop: Hop) -> Hop {
+        if let HopKind::Netfilter {
+            in_ifindex,
+            out_ifindex,
+            in_dev,
+            out_dev,
+            ..
+        } = &mut hop.kind
+            && let Some(names) = self.ifnames.get(&hop.netns)
+        {
+            *in_dev = names.get(in_ifindex).cloned();
+            *out_dev = names.get(out_ifindex).cloned();
+        }
+        hop
+    }
+
+    /// Journeys of this sandbox: to its host IP, or through its namespace.
+    fn relevant(&self, j: &Journey) -> bool {
+        match j.id {
+            JourneyId::NoRoute { dst, .. } => dst == self.path.host_ip,
+            JourneyId::Conn(_) => {
+                j.target.is_some_and(|(ip, _)| ip == self.path.host_ip)
+                    || j.hops.iter().any(|(_, h)| h.netns == self.path.sandbox_ns.inode)
+            }
+        }
+    }
+
+    fn is_probe(&self, j: &Journey) -> bool {
+        match j.id {
+            JourneyId::Conn(k) => self.probe_ports.contains(&k.client_port),
+            JourneyId::NoRoute { .. } => true,
+        }
+    }
+
+    fn handle(&mut self, journeys: Vec<Journey>, out: &mut impl std::io::Write) -> Result<()> {
+        let probing = !self.probe_ports.is_empty();
+        for j in journeys {
+            if !self.relevant(&j) || (probing && !self.is_probe(&j)) || self.decided.is_some() {
+                continue;
+            }
+            let v = self.decide(&j);
+            if v.outcome != Outcome::Connected {
+                self.failures += 1;
+            }
+            self.reporter.add(&j, &v, out)?;
+            if probing {
+                self.decided = Some(v.outcome);
+            }
+        }
+        Ok(())
+    }
+
+    fn decide(&mut self, j: &Journey) -> Verdict {
+        let neigh_snapshot = std::cell::OnceCell::new();
+        let sandbox_ns = self.sandbox_ns.clone();
+        let correlator = &self.correlator;
+        let lookup = |ns: u32, addr: std::net::Ipv4Addr| {
+            correlator.neigh_state(ns, addr).or_else(|| {
+                // Not seen changing during the trace: read the namespace's table.
+                let snap = neigh_snapshot.get_or_init(|| netstate::snapshot(&sandbox_ns).ok());
+                let n = snap.as_ref()?.neighbours.iter().find(|n| n.addr == addr)?;
+                Some(nud_bits(&n.state))
+            })
+        };
+        let mut v = verdict::decide(j, Some(&self.path), &lookup);
+        self.resolve_rule(j, &mut v);
+        v
+    }
+
+    /// Names the rule of a netfilter drop (cached per place).
+    fn resolve_rule(&mut self, j: &Journey, v: &mut Verdict) {
+        let Some(d) = v.drop.as_mut() else { return };
+        if d.reason != "NETFILTER_DROP" || d.hook.is_none() {
+            return;
+        }
+        let Some(inode) = v.failing_hop.and_then(|i| j.hops.get(i)).map(|(_, h)| h.netns) else {
+            return;
+        };
+        let key = format!("{inode}/{:?}/{:?}", d.hook, d.priority_window);
+        if let Some(done) = self.resolved.get(&key) {
+            *d = done.clone();
+        } else if let Some(ns) = self.netns_by_inode(inode) {
+            self.baseline.resolve(&ns, d);
+            if self.nft_trace && d.rule.is_none() {
+                crate::nftrace::resolve(&ns, &self.path, d);
+            }
+            self.resolved.insert(key, d.clone());
+        }
+        // The summary was written before the rule was known.
+        v.summary = verdict::summary_for(v, j);
+        v.fix = verdict::fix_for(v, Some(&self.path));
+    }
+
+    fn netns_by_inode(&self, inode: u32) -> Option<Netns> {
+        [&self.host_ns, &self.sandbox_ns]
+            .into_iter()
+            .find(|n| n.inode == inode)
+            .cloned()
+            .or_else(|| crate::netns::all_named().into_iter().find(|n| n.inode == inode))
+    }
+}
+
+/// `ip neigh` state names to NUD bits.
+fn nud_bits(state: &str) -> u32 {
+    match state {
+        "INCOMPLETE" => 0x01,
+        "REACHABLE" => 0x02,
+        "STALE" => 0x04,
+        "DELAY" => 0x08,
+        "PROBE" => 0x10,
+        "FAILED" => 0x20,
+        "NOARP" => 0x40,
+        "PERMANENT" => 0x80,
+        _ => 0,
+    }
+}

@@ -33,13 +33,22 @@ pub struct ProbeAttempt {
     pub latency: Duration,
 }
 
-/// Starts `attempts` attempts on a thread inside `ns` (None: this namespace); each result is
-/// sent as it completes. Stops early when `stop` is set.
+/// What the prober tells the trace.
+#[derive(Debug, Clone)]
+pub enum ProbeEvent {
+    /// An attempt is about to connect from this local port (sent first, so its journey is
+    /// known as ours however fast it ends).
+    Bound(u16),
+    Done(ProbeAttempt),
+}
+
+/// Starts `attempts` attempts on a thread inside `ns` (None: this namespace). Stops early when
+/// `stop` is set.
 pub fn spawn(
     ns: Option<Netns>,
     target: SocketAddrV4,
     attempts: u32,
-    tx: Sender<ProbeAttempt>,
+    tx: Sender<ProbeEvent>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> JoinHandle<Result<()>> {
     std::thread::spawn(move || {
@@ -52,7 +61,11 @@ pub fn spawn(
             if i > 0 {
                 std::thread::sleep(RETRY_DELAY);
             }
-            if tx.send(attempt(target)).is_err() {
+            let report = |port| tx.send(ProbeEvent::Bound(port)).is_ok();
+            if tx
+                .send(ProbeEvent::Done(attempt_reporting(target, report)))
+                .is_err()
+            {
                 break;
             }
         }
@@ -62,11 +75,17 @@ pub fn spawn(
 
 /// One attempt: bind, connect (50 ms), GET /health, read the status line.
 pub fn attempt(target: SocketAddrV4) -> ProbeAttempt {
+    attempt_reporting(target, |_| true)
+}
+
+/// Like [`attempt`], telling `bound` the local port before connecting.
+fn attempt_reporting(target: SocketAddrV4, bound: impl FnOnce(u16) -> bool) -> ProbeAttempt {
     let start = Instant::now();
     let (local_port, result) = match Conn::bind() {
         Err(e) => (0, ProbeResult::Error(e.to_string())),
         Ok(c) => {
             let port = c.port;
+            bound(port);
             (port, c.run(target, start))
         }
     };

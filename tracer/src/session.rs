@@ -27,7 +27,7 @@ use crate::{
     netns::Netns,
     netstate,
     path::ExpectedPath,
-    probe::{self, ProbeAttempt},
+    probe::{self, ProbeEvent},
     probes::{ALL_TRACEPOINTS, Filter, Probes},
     report::Reporter,
     sandbox::Sandbox,
@@ -57,13 +57,19 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let namespaces = vec![host_ns.clone(), sandbox_ns.clone()];
     let baseline = std::thread::spawn(move || RuleBaseline::capture(&namespaces));
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "sandbox found");
-    // Kernel symbols are only needed for the report: read them while the programs attach.
+    // Kernel symbols, struct offsets and reason names are read while the programs attach:
+    // the programs stay silent until the configuration is written.
     let kallsyms = std::thread::spawn(Kallsyms::load);
-    let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
-    let reasons = ReasonNames::load(&btf)?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "BTF read");
+    let btf_facts = std::thread::spawn(|| -> Result<_> {
+        let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+        Ok((btf.offsets()?, ReasonNames::load(&btf)?))
+    });
     let attach_start = Instant::now();
-    let mut attached = attach(&btf, &path, &host_ns, &sandbox_ns, &args)?;
+    let (mut attached, filter) = attach(&path, &host_ns, &sandbox_ns, &args)?;
+    let (offsets, reasons) = btf_facts
+        .join()
+        .map_err(|_| anyhow::anyhow!("BTF reader panicked"))??;
+    attached.probes.configure(offsets, &filter)?;
     let attach_time = attach_start.elapsed();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "attached");
     let baseline = baseline
@@ -110,6 +116,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         baseline,
         resolved: HashMap::new(),
         probe_ports: HashSet::new(),
+        probing: args.probe,
         failures: 0,
         decided: None,
         nft_trace: args.nft_trace,
@@ -132,12 +139,11 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
 
 /// Loads the programs and attaches them to the path's devices and namespaces only.
 fn attach(
-    btf: &KernelBtf,
     path: &ExpectedPath,
     host_ns: &Netns,
     sandbox_ns: &Netns,
     args: &TraceArgs,
-) -> Result<Attached> {
+) -> Result<(Attached, Filter)> {
     let mut addrs = path.addresses();
     addrs.extend(&args.addrs);
     let filter = Filter {
@@ -145,7 +151,7 @@ fn attach(
         netns: vec![host_ns.inode, sandbox_ns.inode],
         addrs,
     };
-    let mut probes = Probes::load(btf.offsets()?, &filter)?;
+    let mut probes = Probes::open(&filter)?;
     probes.attach_tracepoints(ALL_TRACEPOINTS)?;
     let mut ifnames = HashMap::new();
     let mut devices = 0;
@@ -170,11 +176,14 @@ fn attach(
         );
         probes.attach_netfilter(ns)?;
     }
-    Ok(Attached {
-        probes,
-        ifnames,
-        devices,
-    })
+    Ok((
+        Attached {
+            probes,
+            ifnames,
+            devices,
+        },
+        filter,
+    ))
 }
 
 struct Session {
@@ -190,6 +199,8 @@ struct Session {
     /// enough (and the watcher must not run iptables-save per attempt).
     resolved: HashMap<String, crate::verdict::DropInfo>,
     probe_ports: HashSet<u16>,
+    /// --probe: only our own attempts are reported, and the first verdict ends the run.
+    probing: bool,
     failures: u64,
     /// With --probe: the verdict that ends the run.
     decided: Option<Outcome>,
@@ -206,7 +217,7 @@ impl Session {
         let mut tick = tokio::time::interval(TICK);
         let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
-        let (tx, rx) = mpsc::channel::<ProbeAttempt>();
+        let (tx, rx) = mpsc::channel::<ProbeEvent>();
         let stop = Arc::new(AtomicBool::new(false));
         let mut prober = args
             .probe
@@ -225,8 +236,10 @@ impl Session {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
-                    while let Ok(a) = rx.try_recv() {
-                        self.probe_ports.insert(a.local_port);
+                    while let Ok(ev) = rx.try_recv() {
+                        if let ProbeEvent::Bound(port) = ev {
+                            self.probe_ports.insert(port);
+                        }
                     }
                     if prober.as_ref().is_some_and(|h| h.is_finished()) && probe_done_at.is_none() {
                         probe_done_at = Some(Instant::now());
@@ -257,7 +270,7 @@ impl Session {
     fn start_probe(
         &self,
         attempts: u32,
-        tx: mpsc::Sender<ProbeAttempt>,
+        tx: mpsc::Sender<ProbeEvent>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<Result<()>> {
         let target = SocketAddrV4::new(self.path.host_ip, self.path.port);
@@ -311,7 +324,7 @@ impl Session {
     }
 
     fn handle(&mut self, journeys: Vec<Journey>, out: &mut impl std::io::Write) -> Result<()> {
-        let probing = !self.probe_ports.is_empty();
+        let probing = self.probing;
         for j in journeys {
             if !self.relevant(&j) || (probing && !self.is_probe(&j)) || self.decided.is_some() {
                 continue;

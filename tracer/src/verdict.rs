@@ -104,6 +104,9 @@ pub struct Verdict {
     pub reset: Option<ResetInfo>,
     pub unreachable: Option<UnreachableInfo>,
     pub findings: Vec<Finding>,
+    /// The finding that caused the outcome (no DNAT, a wrong route), when there is one: the
+    /// place to fix, which may differ from where the packet finally died.
+    pub cause: Option<Finding>,
     /// Index into the journey's hops of the hop where it went wrong.
     pub failing_hop: Option<usize>,
     pub summary: String,
@@ -120,6 +123,7 @@ impl Verdict {
             reset: None,
             unreachable: None,
             findings: Vec::new(),
+            cause: None,
             failing_hop: None,
             summary,
             fix: None,
@@ -148,6 +152,7 @@ pub fn decide(j: &Journey, path: Option<&ExpectedPath>, neigh: NeighLookup<'_>) 
     let mut v = outcome(j, path, neigh);
     if v.outcome != Outcome::Connected {
         v.findings = findings(j, path);
+        v.cause = v.findings.iter().find(|f| CAUSES.contains(&f.kind)).cloned();
         v.summary = summary(&v, j);
         v.fix = fix(&v, path);
     }
@@ -255,7 +260,9 @@ fn first_drop(j: &Journey) -> Option<Verdict> {
     let HopKind::Drop { reason } = &h.kind else {
         return None;
     };
-    if reason.starts_with("NEIGH_") {
+    // Packets queued for an unresolved neighbour die in the neighbour code when it gives up
+    // (NEIGH_FAILED) or is flushed (QUEUE_PURGE when the tap lost its reader).
+    if reason.starts_with("NEIGH_") || h.function.as_deref().is_some_and(|f| f.starts_with("neigh_")) {
         let mut v = Verdict::new(Outcome::Unreachable, String::new());
         v.unreachable = Some(UnreachableInfo {
             kind: "neighbour".into(),
@@ -604,11 +611,28 @@ fn summary(v: &Verdict, j: &Journey) -> String {
         }
         Outcome::Connected => unreachable!("connected has its own summary"),
     };
-    for f in &v.findings {
+    // A cause found on the way (no DNAT, wrong route) leads; what happened to the packet follows.
+    let (causes, rest): (Vec<&Finding>, Vec<&Finding>) =
+        v.findings.iter().partition(|f| CAUSES.contains(&f.kind));
+    if !causes.is_empty() {
+        let lead: Vec<&str> = causes.iter().map(|f| f.detail.as_str()).collect();
+        s = format!("{}; as a result, {s}", capitalize(&lead.join("; ")));
+    }
+    for f in rest {
         s += "; ";
         s += &f.detail;
     }
     s
+}
+
+/// Findings that are the cause of what followed, not just an observation.
+const CAUSES: &[&str] = &["no_dnat", "wrong_route"];
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// The likely fix, in one line.

@@ -130,6 +130,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Leaves everything in place as a killed process would, but keeps the lab locked: for
+    /// tests of `down` after a crash. The returned lock goes to [`down_all_locked`].
+    pub fn crash(mut self) -> Option<LabLock> {
+        self.owned = false;
+        self.children.clear();
+        self._lock.take()
+    }
+
     pub fn config(&self) -> &LabConfig {
         &self.state.config
     }
@@ -489,9 +497,16 @@ impl Lab {
     }
 
     /// Tears the lab down (also what Drop does for an owned lab).
-    pub fn down(mut self) -> Result<()> {
+    pub fn down(self) -> Result<()> {
+        self.down_and_hold().map(drop)
+    }
+
+    /// Tears the lab down and keeps it locked, so a test can check that nothing is left
+    /// before another lab is built.
+    pub fn down_and_hold(mut self) -> Result<Option<LabLock>> {
         self.owned = false;
-        self.teardown()
+        self.teardown()?;
+        Ok(self._lock.take())
     }
 
     fn teardown(&mut self) -> Result<()> {
@@ -529,7 +544,12 @@ impl Drop for Lab {
 /// `lab down`: removes the lab of the state file and any leftovers of crashed runs (lab-vmm
 /// processes, namespaces whose eth0 carries the lab's alias, e2b-host). Safe to run twice.
 pub fn down_all() -> Result<()> {
-    let _lock = LabLock::acquire()?;
+    let lock = LabLock::acquire()?;
+    down_all_locked(&lock)
+}
+
+/// [`down_all`] for a caller that already holds the lab lock.
+pub fn down_all_locked(_lock: &LabLock) -> Result<()> {
     if let Some(state) = state::load()? {
         let lab = Lab {
             state,

@@ -66,6 +66,15 @@ pub struct Probes {
 impl Probes {
     /// Loads the main object, writes the filter and the kernel's struct offsets.
     pub fn load(offsets: Offsets, filter: &Filter) -> Result<Self> {
+        let mut probes = Self::open(filter)?;
+        probes.configure(offsets, filter)?;
+        Ok(probes)
+    }
+
+    /// Loads the main object and the address/namespace sets, without the configuration:
+    /// until [`Probes::configure`] the programs return at once, so they can be attached while
+    /// the offsets are still being read from BTF.
+    pub fn open(filter: &Filter) -> Result<Self> {
         if filter.ports.is_empty() || filter.ports.len() > MAX_PORTS {
             return Err(anyhow!("between 1 and {MAX_PORTS} ports can be followed"));
         }
@@ -81,11 +90,17 @@ impl Probes {
             btf,
             attach_time: Default::default(),
         };
-        probes.write_filter(offsets, filter)?;
+        for ns in &filter.netns {
+            probes.add_netns(*ns)?;
+        }
+        for a in &filter.addrs {
+            probes.add_addr(*a)?;
+        }
         Ok(probes)
     }
 
-    fn write_filter(&mut self, offsets: Offsets, filter: &Filter) -> Result<()> {
+    /// Writes the configuration (ports, flags, offsets): from here on the programs report.
+    pub fn configure(&mut self, offsets: Offsets, filter: &Filter) -> Result<()> {
         let mut cfg = Config {
             off: offsets,
             ..Default::default()
@@ -98,12 +113,6 @@ impl Probes {
         }
         if filter.addrs.is_empty() {
             cfg.flags |= CFG_ANY_ADDR;
-        }
-        for ns in &filter.netns {
-            self.add_netns(*ns)?;
-        }
-        for a in &filter.addrs {
-            self.add_addr(*a)?;
         }
         let mut config: Array<_, Config> = Array::try_from(self.map_mut("CONFIG")?)?;
         config.set(0, &cfg, 0).context("write CONFIG")?;

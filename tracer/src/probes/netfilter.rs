@@ -123,7 +123,12 @@ fn read_code(file: &object::File) -> Result<Code> {
         let bytes = data
             .get(start..end)
             .ok_or_else(|| anyhow!("symbol {:?} out of bounds", sym.name()))?;
-        let insns = bytes.as_chunks::<INSN>().0.iter().map(|c| Insn::from_bytes(c)).collect();
+        let insns = bytes
+            .as_chunks::<INSN>()
+            .0
+            .iter()
+            .map(|c| Insn::from_bytes(c))
+            .collect();
         funcs.insert((sec, sym.address()), (sym.name()?.to_string(), insns));
     }
     let mut relocs = HashMap::new();

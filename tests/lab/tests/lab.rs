@@ -1,0 +1,187 @@
+//! The lab itself (issue 3): built, healthy, broken the way production breaks, healed, and
+//! gone without a trace afterwards. Needs root; runs serially (the lab lock).
+use std::{path::Path, process::Command};
+
+use lab::{
+    AttemptResult, Fault, GuestKind, IptablesBackend, Lab, LabConfig, Topology, faults::Symptom,
+    testing::require_root,
+};
+
+fn netns_list() -> String {
+    String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned()
+}
+
+/// Nothing of the lab is left: namespaces, guests, sockets, state.
+fn assert_nothing_left(ids: &[String]) {
+    let list = netns_list();
+    for ns in ["e2b-host", "ns-1", "ns-2"] {
+        assert!(
+            !list.lines().any(|l| l.split_whitespace().next() == Some(ns)),
+            "{ns} left behind: {list}"
+        );
+    }
+    assert!(lab::guest::all_lab_vmms().is_empty(), "lab-vmm processes left");
+    assert!(!Path::new("/run/e2b-lab/state.json").exists(), "state file left");
+    for id in ids {
+        let left: Vec<_> = std::fs::read_dir("/tmp")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("fc-{id}-")))
+            .collect();
+        assert!(left.is_empty(), "api sockets left: {left:?}");
+    }
+}
+
+fn healthy(lab: &Lab, i: usize) {
+    let r = lab.connect(i, 3).unwrap();
+    assert!(r.succeeded(), "sandbox {i} should answer: {}", r.summary());
+}
+
+fn up_connect_down(guest: GuestKind) {
+    let start = std::time::Instant::now();
+    let lab = Lab::up(LabConfig {
+        guest,
+        ..Default::default()
+    })
+    .unwrap();
+    eprintln!("{guest:?}: up and ready in {:?}", start.elapsed());
+    let ids = lab.sandbox_ids();
+    healthy(&lab, 0);
+    let status = lab.status();
+    assert_eq!(status.len(), 1);
+    assert!(status[0].healthy && status[0].guest_pid.is_some());
+    assert_eq!(status[0].host_ip, "10.11.0.1");
+    let _lock = lab.down_and_hold().unwrap();
+    assert_nothing_left(&ids);
+}
+
+#[test]
+fn userspace_guest_up_connect_down() {
+    if require_root("userspace_guest_up_connect_down") {
+        up_connect_down(GuestKind::Userspace);
+    }
+}
+
+#[test]
+fn qemu_guest_up_connect_down() {
+    if require_root("qemu_guest_up_connect_down") {
+        up_connect_down(GuestKind::Qemu);
+    }
+}
+
+/// What the orchestrator stand-in sees during a fault.
+fn symptom_of(r: &lab::ConnectReport) -> Option<Symptom> {
+    match r.last()? {
+        AttemptResult::Timeout => Some(Symptom::Timeout),
+        AttemptResult::Refused => Some(Symptom::Refused),
+        AttemptResult::Unreachable { .. } => Some(Symptom::Unreachable),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_fault_fails_like_production_and_heals() {
+    if !require_root("every_fault_fails_like_production_and_heals") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        sandboxes: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    for &fault in Fault::ALL {
+        lab.break_fault(0, fault).unwrap();
+        let r = lab.connect(0, 3).unwrap();
+        assert!(
+            !r.succeeded(),
+            "{}: the connection should fail: {}",
+            fault.name(),
+            r.summary()
+        );
+        assert_eq!(
+            symptom_of(&r),
+            Some(fault.symptom()),
+            "{}: {}",
+            fault.name(),
+            r.summary()
+        );
+        // The other sandbox is independent.
+        healthy(&lab, 1);
+        lab.heal(0).unwrap();
+        healthy(&lab, 0);
+    }
+}
+
+#[test]
+fn legacy_iptables_backend_works_and_breaks() {
+    if !require_root("legacy_iptables_backend_works_and_breaks") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        iptables: IptablesBackend::Legacy,
+        ..Default::default()
+    })
+    .unwrap();
+    healthy(&lab, 0);
+    let save = lab::sh::run_in(Some("ns-1"), "iptables-legacy-save", &["-t", "nat"]).unwrap();
+    assert!(save.contains("-j DNAT --to-destination 169.254.0.21"), "{save}");
+    lab.break_fault(0, Fault::ForwardDrop).unwrap();
+    assert_eq!(symptom_of(&lab.connect(0, 2).unwrap()), Some(Symptom::Timeout));
+    lab.heal(0).unwrap();
+    healthy(&lab, 0);
+}
+
+#[test]
+fn bridge_variant() {
+    if !require_root("bridge_variant") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        topology: Topology::Bridge,
+        ..Default::default()
+    })
+    .unwrap();
+    healthy(&lab, 0);
+    let link = lab::sh::ip(Some("ns-1"), &["link", "show", "tap0"]).unwrap();
+    assert!(link.contains("master br0"), "tap0 must be a port of br0: {link}");
+    for fault in [Fault::ForwardDrop, Fault::NoReader, Fault::GuestNoListener] {
+        lab.break_fault(0, fault).unwrap();
+        let r = lab.connect(0, 3).unwrap();
+        assert_eq!(
+            symptom_of(&r),
+            Some(fault.symptom()),
+            "{}: {}",
+            fault.name(),
+            r.summary()
+        );
+        lab.heal(0).unwrap();
+        healthy(&lab, 0);
+    }
+}
+
+#[test]
+fn down_cleans_up_after_a_crashed_run_and_twice() {
+    if !require_root("down_cleans_up_after_a_crashed_run_and_twice") {
+        return;
+    }
+    let lab = Lab::up(LabConfig {
+        sandboxes: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let ids = lab.sandbox_ids();
+    // As if the process had been killed before it wrote its final state: no teardown ran,
+    // and only the leftovers themselves tell what to remove.
+    let lock = lab.crash().unwrap();
+    std::fs::remove_file("/run/e2b-lab/state.json").unwrap();
+    lab::lab::down_all_locked(&lock).unwrap();
+    assert_nothing_left(&ids);
+    lab::lab::down_all_locked(&lock).unwrap();
+}

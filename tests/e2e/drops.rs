@@ -27,6 +27,8 @@ fn iptables_drop_is_reported_with_reason_netns_and_device() {
     if !require_root("iptables_drop_is_reported") {
         return;
     }
+    // Tracer runs take the lab lock: the detach test checks that no program of ours is loaded.
+    let _lock = lab::state::LabLock::acquire().unwrap();
     let (a, b) = veth_pair("tr2");
     b.run(&[
         "iptables-nft",
@@ -63,6 +65,7 @@ fn no_drop_is_reported_without_the_rule() {
     if !require_root("no_drop_is_reported_without_the_rule") {
         return;
     }
+    let _lock = lab::state::LabLock::acquire().unwrap();
     let (a, b) = veth_pair("tr2n");
     // A listener in b: a connection that works leaves no drop behind.
     let listener = b.within(|| TcpListener::bind(("10.99.0.2", PORT)).expect("bind"));

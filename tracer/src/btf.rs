@@ -9,6 +9,14 @@ use tracer_common::Offsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Where the kernel's BTF is read: /sys/kernel/btf/vmlinux, or $TRACER_BTF (a kernel built
+/// without /sys BTF, but with a matching vmlinux BTF file at hand).
+pub fn vmlinux_path() -> std::path::PathBuf {
+    std::env::var_os("TRACER_BTF")
+        .map(Into::into)
+        .unwrap_or_else(|| VMLINUX_BTF.into())
+}
+
 /// The running kernel's BTF.
 pub struct KernelBtf {
     btf: Btf,
@@ -16,7 +24,7 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn load() -> Result<Self> {
-        Self::from_file(Path::new(VMLINUX_BTF))
+        Self::from_file(&vmlinux_path())
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {

@@ -69,7 +69,7 @@ impl fmt::Display for EnvError {
             ),
             Self::NoBtf(d) => write!(
                 f,
-                "this kernel exposes no BTF at /sys/kernel/btf/vmlinux ({d}); the tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+                "cannot read the kernel's BTF ({d}); the tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (or TRACER_BTF pointing at its vmlinux BTF)"
             ),
             Self::KernelFeature { program, detail } => write!(
                 f,

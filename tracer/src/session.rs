@@ -72,6 +72,10 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     attached.probes.configure(offsets, &filter)?;
     let attach_time = attach_start.elapsed();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "attached");
+    // Test hook: the detach tests prove nothing stays attached after a panic.
+    if std::env::var_os("TRACER_TEST_PANIC").is_some() {
+        panic!("TRACER_TEST_PANIC is set: panicking with everything attached");
+    }
     let baseline = baseline
         .join()
         .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;

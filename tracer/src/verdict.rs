@@ -678,6 +678,12 @@ fn fix(v: &Verdict, path: Option<&ExpectedPath>) -> Option<String> {
                 ("NETFILTER_DROP", Some(r)) if r.starts_with("-P ") => {
                     format!("accept envd traffic before the policy applies, or change it: ip netns exec {ns} iptables {}", r.replace("DROP", "ACCEPT"))
                 }
+                ("NETFILTER_DROP", Some(r)) if r.contains("# handle ") => format!(
+                    "delete that rule: ip netns exec {ns} nft delete rule {} {} handle {}",
+                    d.table.as_deref().unwrap_or("?"),
+                    d.chain.as_deref().unwrap_or("?"),
+                    r.rsplit("# handle ").next().unwrap_or("?").trim()
+                ),
                 ("NETFILTER_DROP", _) => format!("find the dropping rule: ip netns exec {ns} nft list ruleset (or rerun with --nft-trace)"),
                 ("IP_RPFILTER", _) => format!("the return path is asymmetric: fix the routes, or relax rp_filter: ip netns exec {ns} sysctl net.ipv4.conf.all.rp_filter=2"),
                 ("DEV_READY", _) | ("FULL_RING", _) | ("QDISC_DROP", _) => "the VMM does not read the tap: check that Firecracker is running and attached (tracer doctor)".into(),

@@ -197,3 +197,107 @@ fn rand_suffix() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// Runs `tracer trace --vm ID --probe --json <extra>`: (exit code, the verdict, stderr).
+pub fn probe(id: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["trace", "--vm", id, "--probe", "--json"])
+        .args(extra)
+        .output()
+        .expect("run tracer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "--probe prints exactly one verdict; got {lines:?}; stderr: {stderr}"
+    );
+    let v = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]));
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+/// Runs the tracer with arbitrary arguments: (exit code, stdout, stderr).
+pub fn tracer(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(args)
+        .output()
+        .expect("run tracer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Names of every BPF program loaded on the machine (BPF_PROG_GET_NEXT_ID / GET_INFO).
+pub fn loaded_program_names() -> Vec<String> {
+    const GET_NEXT_ID: libc::c_long = 11;
+    const GET_FD_BY_ID: libc::c_long = 13;
+    const OBJ_GET_INFO: libc::c_long = 15;
+    let mut names = Vec::new();
+    let mut id: u32 = 0;
+    loop {
+        let mut attr = [0u32; 4];
+        attr[0] = id;
+        // SAFETY: attr is a valid bpf_attr prefix.
+        if unsafe { libc::syscall(libc::SYS_bpf, GET_NEXT_ID, attr.as_mut_ptr(), 16) } != 0 {
+            break;
+        }
+        id = attr[1];
+        let mut by_id = [0u32; 4];
+        by_id[0] = id;
+        // SAFETY: as above.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, GET_FD_BY_ID, by_id.as_mut_ptr(), 16) } as i32;
+        if fd < 0 {
+            continue;
+        }
+        let mut info = [0u8; 256];
+        let mut req = [0u64; 2];
+        req[0] = fd as u64 | ((info.len() as u64) << 32);
+        req[1] = info.as_mut_ptr() as u64;
+        // SAFETY: info buffer of the declared length.
+        unsafe { libc::syscall(libc::SYS_bpf, OBJ_GET_INFO, req.as_mut_ptr(), 16) };
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        let name = &info[64..80];
+        let end = name.iter().position(|b| *b == 0).unwrap_or(16);
+        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+    }
+    names
+}
+
+/// Program names only the tracer loads.
+pub const OUR_PROGRAMS: &[&str] = &[
+    "tcx_ingress",
+    "tcx_egress",
+    "nf_slot0",
+    "nf_slot8",
+    "neigh_timer_han",
+    "fib_table_looku",
+];
+
+impl Tracer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the tracer to exit by itself.
+    pub fn wait(mut self) -> i32 {
+        self.child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1)
+    }
+
+    /// SIGINT, then every JSON line printed until exit.
+    pub fn stop_and_collect(mut self) -> Vec<serde_json::Value> {
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                out.push(v);
+            }
+        }
+        out
+    }
+}

@@ -78,7 +78,8 @@ impl Probes {
         if filter.ports.is_empty() || filter.ports.len() > MAX_PORTS {
             return Err(anyhow!("between 1 and {MAX_PORTS} ports can be followed"));
         }
-        let btf = aya::Btf::from_sys_fs().map_err(|e| EnvError::NoBtf(e.to_string()))?;
+        let btf = aya::Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
+            .map_err(|e| EnvError::NoBtf(e.to_string()))?;
         let ebpf = EbpfLoader::new()
             .btf(&btf)
             .load(MAIN_OBJ)

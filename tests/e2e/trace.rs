@@ -1,0 +1,441 @@
+//! Issues 4 and 5: `tracer trace --vm ID` on the lab names where and why envd connections
+//! die, for every lab fault; keeps sandboxes apart; works passively; detaches cleanly; and
+//! fails clearly. Root; the lab lock serializes these tests.
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{OUR_PROGRAMS, Tracer, loaded_program_names, probe, require_root, tracer};
+use lab::{Fault, GuestKind, Lab, LabConfig, Topology};
+use serde_json::Value;
+
+fn s<'a>(v: &'a Value, path: &str) -> &'a str {
+    path.split('.').fold(v, |v, k| &v[k]).as_str().unwrap_or("")
+}
+
+fn kinds(v: &Value) -> Vec<String> {
+    v["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f["kind"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// What the verdict must name for each fault, on sandbox 0 (ns-1) of a two-sandbox lab.
+fn expect(fault: Fault, v: &Value) {
+    let ctx = format!("{}: {}", fault.name(), serde_json::to_string_pretty(v).unwrap());
+    let is = |path: &str, want: &str| assert_eq!(s(v, path), want, "{path} — {ctx}");
+    let has = |path: &str, want: &str| {
+        assert!(
+            s(v, path).contains(want),
+            "{path} should contain {want:?} — {ctx}"
+        )
+    };
+    match fault {
+        Fault::ForwardDrop | Fault::ForwardPolicyDrop | Fault::UserChainDrop => {
+            is("outcome", "dropped");
+            is("drop.direction", "request");
+            is("drop.netns", "ns-1");
+            is("drop.hook", "FORWARD");
+            is("drop.table", "filter");
+            is("drop.reason", "NETFILTER_DROP");
+            match fault {
+                Fault::ForwardDrop => {
+                    is("drop.chain", "FORWARD");
+                    is(
+                        "drop.rule",
+                        "-A FORWARD -i eth0 -o tap0 -p tcp -m tcp --dport 49983 -j DROP",
+                    );
+                }
+                Fault::ForwardPolicyDrop => is("drop.rule", "-P FORWARD DROP"),
+                _ => {
+                    is("drop.chain", "LAB-GUARD");
+                    is("drop.rule", "-A LAB-GUARD -p tcp -m tcp --dport 49983 -j DROP");
+                }
+            }
+        }
+        Fault::ReplyDrop => {
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "ns-1");
+            is("drop.hook", "FORWARD");
+            has("drop.rule", "--sport 49983");
+        }
+        Fault::HostInputDrop => {
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "e2b-host");
+            is("drop.hook", "INPUT");
+            is("drop.chain", "INPUT");
+            has("drop.rule", "-A INPUT -i veth-1");
+        }
+        Fault::NoDnat => {
+            is("cause.kind", "no_dnat");
+            is("cause.netns", "ns-1");
+            is("cause.hook", "PREROUTING");
+            is("cause.table", "nat");
+        }
+        Fault::TapDown | Fault::TapMissing => {
+            assert!(kinds(v).contains(&"routed_back".to_string()), "{ctx}");
+            let why = v["explained_by"].to_string();
+            assert!(why.contains("tap0"), "the doctor tie-in names tap0 — {ctx}");
+        }
+        Fault::NoReader => {
+            is("outcome", "unreachable");
+            is("unreachable.kind", "neighbour");
+            is("unreachable.netns", "ns-1");
+            is("unreachable.device", "tap0");
+            is("unreachable.address", "169.254.0.21");
+        }
+        Fault::GuestNoListener => {
+            is("outcome", "reset");
+            is("reset.by", "guest");
+            is("reset.netns", "ns-1");
+        }
+        Fault::IpForwardOff => {
+            is("outcome", "dropped");
+            is("drop.netns", "ns-1");
+            is("drop.device", "eth0");
+            is("drop.function", "ip_error");
+            assert!(v["explained_by"].to_string().contains("ip_forward"), "{ctx}");
+        }
+        Fault::RpFilter => {
+            is("outcome", "dropped");
+            is("drop.netns", "ns-1");
+            is("drop.device", "eth0");
+            is("drop.reason", "IP_RPFILTER");
+        }
+        Fault::HostRouteMissing => {
+            is("outcome", "unreachable");
+            is("unreachable.kind", "no_route");
+            is("unreachable.netns", "e2b-host");
+            is("unreachable.address", "10.11.0.1");
+        }
+        Fault::PreroutingDropNft => {
+            is("outcome", "dropped");
+            is("drop.netns", "ns-1");
+            is("drop.hook", "PREROUTING");
+            is("drop.table", "ip lab-fault");
+            is("drop.chain", "pre");
+            assert!(
+                v["drop"]["rule"].is_null(),
+                "no counter: the rule is not guessed — {ctx}"
+            );
+            has("drop.rule_note", "--nft-trace");
+        }
+        Fault::PreroutingDropNftCounter => {
+            is("drop.table", "ip lab-fault-counter");
+            is("drop.chain", "pre");
+            has("drop.rule", "tcp dport 49983 counter drop");
+        }
+        Fault::WrongSlotRoute => {
+            is("cause.kind", "wrong_route");
+            is("cause.device", "veth-2");
+            assert!(kinds(v).contains(&"other_namespace".to_string()), "{ctx}");
+        }
+    }
+}
+
+fn assert_connected(id: &str) -> Value {
+    let (code, v, err) = probe(id, &[]);
+    assert_eq!(s(&v, "outcome"), "connected", "{v}\n{err}");
+    assert_eq!(code, 0);
+    v
+}
+
+#[test]
+fn every_lab_fault_is_named() {
+    if !require_root("every_lab_fault_is_named") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        sandboxes: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    // Discovery remembers the sandbox: when its VMM is what dies, the trace still finds it.
+    assert_eq!(tracer(&["list"]).0, 0);
+    assert_connected(&id);
+    for &fault in Fault::ALL {
+        lab.break_fault(0, fault).unwrap();
+        let (code, v, err) = probe(&id, &[]);
+        assert_eq!(code, 1, "{}: a failure found exits 1; {err}", fault.name());
+        assert_eq!(s(&v, "sandbox.id"), id);
+        assert!(
+            v["hops"].as_array().is_some_and(|h| !h.is_empty()) || s(&v, "outcome") == "unreachable",
+            "{v}"
+        );
+        expect(fault, &v);
+        lab.heal(0).unwrap();
+    }
+    assert_connected(&id);
+}
+
+#[test]
+fn healthy_journey_shows_every_hop_and_the_sandbox() {
+    if !require_root("healthy_journey_shows_every_hop") {
+        return;
+    }
+    let lab = Lab::up(LabConfig::default()).unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    let v = assert_connected(&id);
+    assert_eq!(s(&v, "sandbox.netns"), "ns-1");
+    assert_eq!(s(&v, "sandbox.tap"), "tap0");
+    assert_eq!(s(&v, "sandbox.guest_ip"), "169.254.0.21");
+    assert_eq!(s(&v, "sandbox.host_ip"), "10.11.0.1");
+    assert!(v["sandbox"]["pid"].as_u64().is_some());
+    let hops = v["hops"].as_array().unwrap();
+    let seen = |leg: &str, ns: &str, dev: &str, point: &str| {
+        hops.iter()
+            .any(|h| h["leg"] == leg && h["netns"] == ns && h["device"] == dev && s(h, "point") == point)
+    };
+    assert!(
+        seen("request", "e2b-host", "veth-1", "tcx/egress"),
+        "left the host by veth-1"
+    );
+    assert!(
+        seen("request", "ns-1", "eth0", "tcx/ingress"),
+        "entered ns-1 by eth0"
+    );
+    assert!(
+        hops.iter().any(|h| h["netns"] == "ns-1"
+            && s(h, "point") == "nf/PREROUTING"
+            && s(h, "tuple").contains("169.254.0.21:49983")),
+        "DNATed to the guest in PREROUTING"
+    );
+    assert!(seen("request", "ns-1", "tap0", "xmit"), "handed to tap0");
+    assert!(seen("request", "ns-1", "tap0", "consumed"), "read by the VMM");
+    assert!(
+        seen("reply", "ns-1", "tap0", "tcx/ingress"),
+        "the guest's SYN-ACK came in on tap0"
+    );
+    assert!(
+        seen("reply", "e2b-host", "veth-1", "tcx/ingress"),
+        "and back into the host"
+    );
+    assert!(
+        hops.iter().any(|h| s(h, "detail") == "SYN_SENT → ESTABLISHED"),
+        "the client socket connected"
+    );
+}
+
+#[test]
+fn another_sandbox_is_never_mixed_in_and_passive_mode_sees_the_orchestrator() {
+    if !require_root("passive_mode") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        sandboxes: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    // Healthy: all attempts of sandbox 1 connect; sandbox 2's traffic is not reported.
+    let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
+    assert!(lab.connect(1, 20).unwrap().succeeded());
+    assert!(lab.connect(0, 5).unwrap().succeeded());
+    let (first, _) = t.next_json(Duration::from_secs(10), |v| v["type"] == "journey");
+    assert_eq!(s(&first, "outcome"), "connected", "{first}");
+    assert_eq!(t.stop(), 0, "only connections: exit 0");
+
+    // Broken: the orchestrator's failing attempts are caught and aggregated.
+    lab.break_fault(0, Fault::ForwardDrop).unwrap();
+    let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
+    assert!(!lab.connect(0, 20).unwrap().succeeded());
+    assert!(lab.connect(1, 10).unwrap().succeeded());
+    let (drop, before) = t.next_json(Duration::from_secs(10), |v| v["outcome"] == "dropped");
+    assert!(before.is_empty(), "nothing else first: {before:?}");
+    assert_eq!(s(&drop, "drop.netns"), "ns-1");
+    assert_eq!(s(&drop, "target"), "10.11.0.1:49983");
+    // The sandbox-2 connections made meanwhile must not appear; the 20 failures are one
+    // journey plus a repeat count, printed at exit.
+    // SAFETY: signal to our own child.
+    let rest = t.stop_and_collect();
+    let repeat = rest
+        .iter()
+        .find(|v| v["type"] == "repeat")
+        .unwrap_or_else(|| panic!("no repeat record: {rest:?}"));
+    assert!(repeat["count"].as_u64().unwrap() >= 15, "{repeat}");
+    for v in rest.iter().chain([&drop]) {
+        assert_eq!(s(v, "sandbox.netns"), "ns-1");
+        assert_ne!(s(v, "target"), "10.11.0.2:49983", "sandbox 2 mixed in: {v}");
+        for h in v["hops"].as_array().into_iter().flatten() {
+            assert_ne!(h["netns"], "ns-2", "sandbox 2 mixed in: {v}");
+        }
+    }
+}
+
+#[test]
+fn bridge_variant_shows_the_bridge_hops_and_drops() {
+    if !require_root("bridge_variant") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        topology: Topology::Bridge,
+        ..Default::default()
+    })
+    .unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    let v = assert_connected(&id);
+    let hops = v["hops"].as_array().unwrap();
+    assert!(
+        hops.iter()
+            .any(|h| h["device"] == "br0" && s(h, "point") == "xmit"),
+        "through br0: {v}"
+    );
+    assert!(
+        hops.iter()
+            .any(|h| h["device"] == "tap0" && s(h, "point") == "tcx/egress"),
+        "out the tap port: {v}"
+    );
+    lab.break_fault(0, Fault::ForwardDrop).unwrap();
+    let (_, v, _) = probe(&id, &[]);
+    assert_eq!(s(&v, "drop.out_device"), "br0", "{v}");
+    lab.heal(0).unwrap();
+    lab.break_fault(0, Fault::NoReader).unwrap();
+    let (_, v, _) = probe(&id, &[]);
+    assert_eq!(s(&v, "drop.device"), "br0", "dropped at the bridge: {v}");
+    assert_eq!(s(&v, "drop.function"), "br_dev_xmit", "{v}");
+}
+
+#[test]
+fn qemu_guest_healthy_forward_drop_and_no_reader() {
+    if !require_root("qemu_guest") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig {
+        guest: GuestKind::Qemu,
+        ..Default::default()
+    })
+    .unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    assert_eq!(tracer(&["list"]).0, 0);
+    assert_connected(&id);
+    for fault in [Fault::ForwardDrop, Fault::NoReader] {
+        lab.break_fault(0, fault).unwrap();
+        let (code, v, _) = probe(&id, &[]);
+        assert_eq!(code, 1);
+        expect(fault, &v);
+        lab.heal(0).unwrap();
+    }
+    assert_connected(&id);
+}
+
+#[test]
+fn nft_trace_names_an_uncounted_rule_and_removes_itself() {
+    if !require_root("nft_trace") {
+        return;
+    }
+    let mut lab = Lab::up(LabConfig::default()).unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    lab.break_fault(0, Fault::PreroutingDropNft).unwrap();
+    // Rule counters move with traffic; the set of tables and rules must not.
+    let shape = || {
+        lab::sh::run_in(Some("ns-1"), "nft", &["-a", "list", "ruleset"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("counter"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = shape();
+    let (_, v, err) = probe(&id, &["--nft-trace"]);
+    assert!(s(&v, "drop.rule").contains("tcp dport 49983 drop"), "{v}\n{err}");
+    let after = shape();
+    assert_eq!(before, after, "the ruleset is exactly as before");
+}
+
+#[test]
+fn nothing_stays_attached_after_exit_signal_or_panic() {
+    if !require_root("detach") {
+        return;
+    }
+    let lab = Lab::up(LabConfig::default()).unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+    let ours = || {
+        loaded_program_names()
+            .into_iter()
+            .filter(|n| OUR_PROGRAMS.contains(&n.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let gone = || {
+        lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+            ours().is_empty().then_some(())
+        })
+    };
+    assert!(gone().is_some(), "programs of an earlier run: {:?}", ours());
+
+    assert_connected(&id);
+    assert!(gone().is_some(), "after a normal exit: {:?}", ours());
+
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let t = Tracer::start(&["trace", "--vm", &id]);
+        assert!(!ours().is_empty(), "attached while running");
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(t.pid() as i32, signal) };
+        t.wait();
+        assert!(gone().is_some(), "after signal {signal}: {:?}", ours());
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["trace", "--vm", &id, "--probe"])
+        .env("TRACER_TEST_PANIC", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(101), "it panicked");
+    assert!(gone().is_some(), "after a panic: {:?}", ours());
+}
+
+#[test]
+fn errors_are_one_sentence_with_exit_code_2() {
+    if !require_root("errors") {
+        return;
+    }
+    let lab = Lab::up(LabConfig::default()).unwrap();
+    let id = lab.sandbox_ids()[0].clone();
+
+    let (code, _, err) = tracer(&["trace", "--vm", "NOT-AN-ID", "--probe"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a sandbox id"), "{err}");
+
+    let (code, _, err) = tracer(&["trace", "--vm", "zzzzzzzzzzzzzzzzzzzz", "--probe"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no sandbox zzzzzzzzzzzzzzzzzzzz") && err.contains(&id),
+        "lists the known ids: {err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["trace", "--vm", &id, "--probe"])
+        .env("TRACER_BTF", "/nonexistent/vmlinux")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BTF"), "{out:?}");
+
+    // Without privileges (as nobody).
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_tracer"),
+            "trace",
+            "--vm",
+            &id,
+        ])
+        .output()
+        .unwrap();
+    if out.status.code() != Some(126) && out.status.code() != Some(127) {
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("needs root"),
+            "{out:?}"
+        );
+    }
+
+    let (code, _, err) = tracer(&["trace", "--probe"]);
+    assert_eq!(code, 2, "usage error: {err}");
+}

@@ -51,6 +51,20 @@ pub mod hook {
 /// `i32::MIN`/`i32::MAX` are refused by the kernel, so the outer slots sit one inside them.
 pub const NF_SLOT_PRIORITIES: [i32; 9] = [i32::MIN + 1, -299, -199, -149, -99, 1, 51, 101, i32::MAX - 1];
 
+/// The slots attached at each hook (indexed by hook number): every hook function that may
+/// drop sits between two of them, but each hook only gets the slots around the tables it
+/// has (raw/conntrack/nat-dst only at PREROUTING/OUTPUT, filter/security not at PREROUTING or
+/// POSTROUTING, ...). Every slot is a program run per packet, also for traffic that is not
+/// followed, so fewer slots keep the tracer cheap. nft chains at other priorities still fall
+/// into a window between two slots and are found in the ruleset.
+pub const NF_HOOK_SLOTS: [&[u8]; hook::COUNT] = [
+    &[0, 1, 2, 3, 4, 8],       // PREROUTING: raw, conntrack, mangle, nat
+    &[0, 3, 5, 6, 7, 8],       // INPUT: mangle, filter, security, nat (src)
+    &[0, 3, 5, 6, 8],          // FORWARD: mangle, filter, security
+    &[0, 1, 2, 3, 4, 5, 6, 8], // OUTPUT: raw, conntrack, mangle, nat, filter, security
+    &[0, 3, 7, 8],             // POSTROUTING: mangle, nat (src)
+];
+
 /// TCP flag bits as they appear in byte 13 of the TCP header.
 pub mod tcp_flag {
     pub const FIN: u8 = 0x01;

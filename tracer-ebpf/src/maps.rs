@@ -28,3 +28,9 @@ pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(1638
 /// Events that did not fit in `EVENTS`.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the last skb the first netfilter slot found not followed. The later slots of the
+/// same hook run right after on the same CPU and skip it with one inlined array read instead
+/// of a hash lookup (most of the tracer's cost on non-matching traffic).
+#[map]
+pub static NF_SKIP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -76,18 +76,20 @@ const STANDARD: &[(&str, i32, &[Hook])] = &[
     ("conntrack-confirm", i32::MAX, &[Hook::Input, Hook::Postrouting]),
 ];
 
-/// Priority window in which a hook function must sit to run after slot `slot` and before
-/// slot `slot + 1` (the last slot's window ends at i32::MAX).
-pub fn slot_window(slot: u8) -> (i32, i32) {
+/// Priority window in which a hook function must sit to run after slot `slot` of `hook` and
+/// before that hook's next slot (the last slot's window ends at i32::MAX).
+pub fn slot_window(hook: Hook, slot: u8) -> (i32, i32) {
     let p = tracer_common::NF_SLOT_PRIORITIES;
+    let slots = tracer_common::NF_HOOK_SLOTS[hook as usize];
+    let next = slots.iter().copied().find(|s| *s > slot);
     let lo = p.get(slot as usize).copied().unwrap_or(i32::MAX);
-    let hi = p.get(slot as usize + 1).copied().unwrap_or(i32::MAX);
+    let hi = next.and_then(|n| p.get(n as usize).copied()).unwrap_or(i32::MAX);
     (lo, hi)
 }
 
 /// Standard tables of `hook` whose priority is in the window after `slot`.
 pub fn tables_after_slot(hook: Hook, slot: u8) -> Vec<&'static str> {
-    let (lo, hi) = slot_window(slot);
+    let (lo, hi) = slot_window(hook, slot);
     STANDARD
         .iter()
         .filter(|(_, prio, hooks)| hooks.contains(&hook) && *prio > lo && (*prio < hi || hi == i32::MAX))
@@ -106,6 +108,11 @@ mod tests {
         assert_eq!(tables_after_slot(Hook::Prerouting, 0), vec!["raw"]);
         assert_eq!(tables_after_slot(Hook::Prerouting, 2), vec!["mangle"]);
         assert_eq!(tables_after_slot(Hook::Postrouting, 6), vec!["nat"]);
-        assert!(tables_after_slot(Hook::Forward, 0).is_empty());
+        assert_eq!(
+            tables_after_slot(Hook::Forward, 0),
+            vec!["mangle"],
+            "FORWARD has no slot between entry and mangle"
+        );
+        assert_eq!(slot_window(Hook::Forward, 5), (1, 51));
     }
 }

@@ -76,6 +76,8 @@ pub struct JourneyRecord {
     pub count: u64,
     pub first_seen: String,
     pub last_seen: String,
+    /// µs from the kernel event that decided the outcome to this record (report latency).
+    pub verdict_latency_us: u64,
     pub hops: Vec<HopRecord>,
 }
 
@@ -210,6 +212,7 @@ impl Reporter {
             count: 1,
             first_seen: hms(self.clock.unix_ns(j.first_ns)),
             last_seen: hms(self.clock.unix_ns(j.last_ns)),
+            verdict_latency_us: Clock::now_mono_ns().saturating_sub(j.decided_at.unwrap_or(j.last_ns)) / 1000,
             hops: j.hops.iter().map(|(leg, h)| hop_record(*leg, h, t0)).collect(),
         }
     }

@@ -327,7 +327,7 @@ fn drop_info(j: &Journey, i: usize, leg: Leg, h: &Hop, reason: &str) -> DropInfo
         )) = last_nf.map(|(l, x)| (l, &x.kind))
         {
             d.hook = Some(*hook);
-            d.priority_window = Some(slot_window(*slot));
+            d.priority_window = Some(slot_window(*hook, *slot));
             let tables = tables_after_slot(*hook, *slot);
             d.table = (tables.len() == 1).then(|| tables[0].to_string());
             if in_dev.is_some() {

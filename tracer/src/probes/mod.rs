@@ -18,7 +18,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, SchedClassifier, TcAttachType, links::LinkOrder, tc::TcAttach},
 };
-use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, NF_SLOT_PRIORITIES, Offsets, hook};
+use tracer_common::{
+    CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, NF_HOOK_SLOTS, NF_SLOT_PRIORITIES, Offsets, hook,
+};
 
 use crate::{error::EnvError, netns::Netns};
 
@@ -273,7 +275,7 @@ mod tests {
 
     #[test]
     fn netfilter_object_links_every_slot() {
-        let fds: HashMap<String, RawFd> = ["EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST"]
+        let fds: HashMap<String, RawFd> = ["EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST", "NF_SKIP"]
             .iter()
             .enumerate()
             .map(|(i, n)| (n.to_string(), 100 + i as RawFd))

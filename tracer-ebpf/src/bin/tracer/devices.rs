@@ -38,6 +38,13 @@ fn on_tcx(ctx: &TcContext, at: u8) {
         return;
     }
     let Some(cfg) = config() else { return };
+    // Ports straight from the packet (direct access, no helper calls): most traffic on a
+    // path device is not ours and must cost next to nothing.
+    if let Some((sport, dport)) = linear_ports(ctx)
+        && !tracer_ebpf::filter::port_matches(cfg, sport, dport)
+    {
+        return;
+    }
     let off = &cfg.off;
     // The context of a tc program is the kernel's sk_buff: read it like any other skb, so
     // every hook parses packets the same way and tracking uses the same address.
@@ -55,6 +62,33 @@ fn on_tcx(ctx: &TcContext, at: u8) {
     }
     track(skb, ev.ts_ns);
     send(&ev);
+}
+
+/// TCP ports of an Ethernet/IPv4 frame whose headers are in the linear area; None when they
+/// are not (then the slower generic parse decides).
+#[inline(always)]
+fn linear_ports(ctx: &TcContext) -> Option<(u16, u16)> {
+    const ETH: usize = 14;
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH + 20 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above against data_end, as the verifier requires.
+    let vihl = unsafe { *((data + ETH) as *const u8) };
+    let proto = unsafe { *((data + ETH + 9) as *const u8) };
+    if proto != 6 {
+        return Some((0, 0));
+    }
+    let l4 = data + ETH + ((vihl & 0x0f) as usize) * 4;
+    if l4 + 4 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    let ports = unsafe { *(l4 as *const [u8; 4]) };
+    Some((
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    ))
 }
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]

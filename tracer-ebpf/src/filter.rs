@@ -1,7 +1,7 @@
 //! The in-kernel filter: everything that is not followed returns within a few instructions.
 use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, Packet, Tracked};
 
-use crate::maps::{ADDRS, CONFIG, NETNS, TRACKED};
+use crate::maps::{ADDRS, CONFIG, NETNS, NF_SKIP, TRACKED};
 
 /// The current configuration; None before userspace wrote it.
 #[inline(always)]
@@ -58,4 +58,24 @@ pub fn track(skb: u64, now: u64) {
 #[inline(always)]
 pub fn untrack(skb: u64) -> bool {
     TRACKED.remove(&skb).is_ok()
+}
+
+/// True when this CPU's last look at `skb` (by a netfilter hook) found it not followed. The
+/// same skb passes several hooks and tracepoints on one CPU in a row (OUTPUT, POSTROUTING,
+/// xmit, the peer's receive, PREROUTING ...): they all skip it for one array read. A stale
+/// mark only costs the full check. Only NAT could make a foreign packet ours between two
+/// hooks (e.g. a DNAT *to* a sandbox's envd); such a packet is still seen by tcx and drops.
+#[inline(always)]
+pub fn marked_foreign(skb: u64) -> bool {
+    // SAFETY: this CPU's slot.
+    NF_SKIP.get_ptr(0).is_some_and(|p| unsafe { *p } == skb)
+}
+
+/// Marks `skb` as not followed (see [`marked_foreign`]), or clears the mark (`skb` = 0).
+#[inline(always)]
+pub fn mark_foreign(skb: u64) {
+    if let Some(p) = NF_SKIP.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
+        unsafe { *p = skb };
+    }
 }

@@ -16,10 +16,10 @@ use crate::{setup, tasks};
 #[derive(Args)]
 pub struct BenchArgs {
     /// Rounds per configuration (attached / not attached alternate).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     pub rounds: u32,
     /// Seconds of iperf3 per round.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub seconds: u32,
     /// envd-like connections per round.
     #[arg(long, default_value_t = 300)]
@@ -31,6 +31,9 @@ pub struct BenchArgs {
 struct Round {
     /// iperf3 through the path, traffic the filter does not match (Gbit/s).
     gbps: f64,
+    /// CPU time (all CPUs, without steal) spent per Gbit moved: what the tracer adds per
+    /// packet, less sensitive than throughput to this VM's noisy neighbours.
+    cpu_ms_per_gbit: f64,
     /// envd-like connections (matched, followed, decided) per second.
     conn_per_s: f64,
 }
@@ -71,20 +74,28 @@ fn measure(
         let t = Attached::start(tracer, &["trace", "--vm", id])?;
         on.push(round(args, lab)?);
         t.stop();
+        let (a, b) = (off[off.len() - 1], on[on.len() - 1]);
+        eprintln!(
+            "bench:   without {:.2} Gbit/s {:.1} ms/Gbit {:.0} conn/s; with {:.2} Gbit/s {:.1} ms/Gbit {:.0} conn/s",
+            a.gbps, a.cpu_ms_per_gbit, a.conn_per_s, b.gbps, b.cpu_ms_per_gbit, b.conn_per_s
+        );
     }
     Ok((off, on))
 }
 
 fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {
+    let secs = args.seconds.to_string();
+    let cpu0 = busy_ms()?;
     let out = sh::run_in(
         Some("e2b-host"),
         "iperf3",
-        &["-c", "10.12.0.3", "-t", &args.seconds.to_string(), "-J"],
+        &["-c", "10.12.0.3", "-t", &secs, "-A", "0,1", "-J"],
     )?;
+    let cpu = busy_ms()? - cpu0;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 result")?;
+    let sum = &v["end"]["sum_received"];
+    let bps = sum["bits_per_second"].as_f64().context("iperf3 result")?;
+    let gbits = sum["bytes"].as_f64().context("iperf3 bytes")? * 8.0 / 1e9;
     let start = Instant::now();
     let report = lab.connect(0, args.connections)?;
     let ok = report
@@ -94,8 +105,26 @@ fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {
         .count();
     Ok(Round {
         gbps: bps / 1e9,
+        cpu_ms_per_gbit: cpu / gbits,
         conn_per_s: ok as f64 / start.elapsed().as_secs_f64(),
     })
+}
+
+/// Busy CPU time of the machine so far in ms (user, nice, system, irq, softirq; not idle,
+/// iowait or steal), from /proc/stat.
+fn busy_ms() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("/proc/stat")?;
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    // SAFETY: trivial libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy * 1000.0 / hz)
 }
 
 /// The server takes a moment to listen; a bounded wait on the condition itself.
@@ -115,6 +144,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn report(off: &[Round], on: &[Round]) {
+    // This machine is a VM with noisy neighbours: show the spread and the paired ratios too.
+    let spread = |r: &[Round]| {
+        let v: Vec<f64> = r.iter().map(|x| x.gbps).collect();
+        (
+            v.iter().copied().fold(f64::MAX, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    let paired = median(off.iter().zip(on).map(|(a, b)| b.gbps / a.gbps).collect());
+    let ((lo0, hi0), (lo1, hi1)) = (spread(off), spread(on));
+    println!(
+        "  throughput spread: {lo0:.1}–{hi0:.1} Gbit/s without, {lo1:.1}–{hi1:.1} with; median of paired ratios {paired:.3}"
+    );
+    let cpu = |r: &[Round]| median(r.iter().map(|x| x.cpu_ms_per_gbit).collect());
+    println!(
+        "  CPU per Gbit moved: {:.1} ms without, {:.1} ms with the tracer: ratio {:.3} ({:+.1} %)",
+        cpu(off),
+        cpu(on),
+        cpu(on) / cpu(off),
+        (cpu(on) / cpu(off) - 1.0) * 100.0
+    );
     let g = |r: &[Round]| median(r.iter().map(|x| x.gbps).collect());
     let c = |r: &[Round]| median(r.iter().map(|x| x.conn_per_s).collect());
     println!("bench: {} rounds each, alternating; medians", off.len());

@@ -13,9 +13,8 @@ use core::ffi::c_void;
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
-    filter::{config, is_tracked, packet_matches, port_matches, track},
+    filter::{config, is_tracked, mark_foreign, marked_foreign, packet_matches, port_matches, track},
     kernel::{net_inum, read, skb_packet},
-    maps::NF_SKIP,
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -33,33 +32,22 @@ fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
     // Only the first slot of a hook matches packets by content; later slots follow what it
     // marked, so NAT in between cannot hide a packet. What the first slot passed over, the
     // others skip at the cost of an array read.
-    let skip = NF_SKIP.get_ptr_mut(0);
-    if slot != 0 {
-        if let Some(last) = skip
-            && unsafe { *last } == skb
-        {
-            return NF_ACCEPT;
-        }
-        if !is_tracked(skb) {
-            return NF_ACCEPT;
-        }
+    if marked_foreign(skb) || (slot != 0 && !is_tracked(skb)) {
+        return NF_ACCEPT;
     }
-    let pass = |skip: Option<*mut u64>| {
-        if let Some(last) = skip {
-            // SAFETY: this CPU's slot; programs on one CPU do not run concurrently.
-            unsafe { *last = skb };
-        }
+    let pass = || {
+        mark_foreign(skb);
         NF_ACCEPT
     };
     let Some(pkt) = skb_packet(skb, off) else {
-        return if slot == 0 { pass(skip) } else { NF_ACCEPT };
+        return if slot == 0 { pass() } else { NF_ACCEPT };
     };
     if slot == 0 && !port_matches(cfg, pkt.sport, pkt.dport) {
-        return pass(skip);
+        return pass();
     }
     let netns = net_inum(read(state, off.nf_state_net).unwrap_or(0), off);
     if slot == 0 && !packet_matches(cfg, &pkt, netns) {
-        return pass(skip);
+        return pass();
     }
     let mut ev = event(point::NETFILTER);
     set_skb(&mut ev, skb, &pkt, off);
@@ -72,10 +60,6 @@ fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
     ev.aux2 = read(dev_out, off.dev_ifindex).unwrap_or(0);
     if slot == 0 {
         track(skb, ev.ts_ns);
-        if let Some(last) = skip {
-            // SAFETY: as above. A stale mark for this address must not hide it from later slots.
-            unsafe { *last = 0 };
-        }
     }
     send(&ev);
     NF_ACCEPT

@@ -208,7 +208,11 @@ impl Probes {
         {
             let _inside = ns.enter()?;
             for hooknum in 0..hook::COUNT as u8 {
-                for (prog, prio) in self.nf_programs.iter().zip(NF_SLOT_PRIORITIES) {
+                for &slot in NF_HOOK_SLOTS[hooknum as usize] {
+                    let (prog, prio) = (
+                        &self.nf_programs[slot as usize],
+                        NF_SLOT_PRIORITIES[slot as usize],
+                    );
                     let link = netfilter::attach(prog.as_fd(), hooknum, prio)
                         .map_err(|e| EnvError::from_program("netfilter", &format!("BPF_LINK_CREATE: {e}")))?;
                     links.push(link);
@@ -275,11 +279,12 @@ mod tests {
 
     #[test]
     fn netfilter_object_links_every_slot() {
-        let fds: HashMap<String, RawFd> = ["EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST", "NF_SKIP"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), 100 + i as RawFd))
-            .collect();
+        let fds: HashMap<String, RawFd> =
+            ["EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST", "NF_SKIP"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), 100 + i as RawFd))
+                .collect();
         let progs = netfilter::link_programs(NF_OBJ, &fds).unwrap();
         let names: Vec<&str> = progs.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names.len(), NF_SLOT_PRIORITIES.len(), "{names:?}");

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_dev, set_skb},
-    filter::{config, is_tracked, packet_matches, track},
+    filter::{config, is_tracked, marked_foreign, packet_matches, track},
     kernel::{is_ipv4, skb_packet},
 };
 
@@ -61,6 +61,9 @@ fn on_tcx(ctx: &TcContext, at: u8) {
         return;
     }
     track(skb, ev.ts_ns);
+    if marked_foreign(skb) {
+        tracer_ebpf::filter::mark_foreign(0);
+    }
     send(&ev);
 }
 
@@ -94,7 +97,7 @@ fn linear_ports(ctx: &TcContext) -> Option<(u16, u16)> {
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if is_tracked(skb) {
+    if !marked_foreign(skb) && is_tracked(skb) {
         let dev: u64 = ctx.arg(1);
         followed(skb, dev, point::XMIT);
     }
@@ -104,7 +107,7 @@ pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if is_tracked(skb) {
+    if !marked_foreign(skb) && is_tracked(skb) {
         followed(skb, 0, point::RECEIVE);
     }
     0

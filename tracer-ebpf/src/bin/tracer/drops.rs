@@ -4,7 +4,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
-    filter::{config, is_tracked, packet_matches, untrack},
+    filter::{config, is_tracked, marked_foreign, packet_matches, untrack},
     kernel::{dev_net, net_inum, read, sk_net, skb_dev, skb_packet},
 };
 
@@ -21,7 +21,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     // Every consumed skb of the machine passes here: only the ones we follow count.
-    if is_tracked(skb) {
+    if !marked_foreign(skb) && is_tracked(skb) {
         let location: u64 = ctx.arg(1);
         on_free(skb, location, 0, point::CONSUME);
     }

@@ -547,7 +547,11 @@ fn summary(v: &Verdict, j: &Journey) -> String {
             } else {
                 "the reply from"
             };
-            let mut s = format!("{dir} {target} was dropped in {}", place(&d.netns, &d.device));
+            let dev = match (&d.device, &d.out_device) {
+                (Some(i), Some(o)) => Some(format!("{i} → {o}")),
+                (i, _) => i.clone(),
+            };
+            let mut s = format!("{dir} {target} was dropped in {}", place(&d.netns, &dev));
             if let Some(hook) = d.hook {
                 s += &format!(", {} hook", hook.name());
             }

@@ -559,13 +559,27 @@ pub fn down_all_locked(_lock: &LabLock) -> Result<()> {
         };
         lab.down()?;
     }
+    // Guests of the lab are the lab-vmm processes inside the lab's namespaces (not, e.g.,
+    // lab-vmm's own tests in theirs).
+    let namespaces = lab_namespaces();
+    let inodes: Vec<u64> = namespaces
+        .iter()
+        .filter_map(|ns| netns_inode(&format!("/var/run/netns/{ns}")))
+        .collect();
     for pid in guest::all_lab_vmms() {
-        guest::stop_pid(pid);
+        if netns_inode(&format!("/proc/{pid}/ns/net")).is_some_and(|i| inodes.contains(&i)) {
+            guest::stop_pid(pid);
+        }
     }
-    for ns in lab_namespaces() {
+    for ns in namespaces {
         delete_netns(&ns)?;
     }
     state::remove()
+}
+
+fn netns_inode(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path).ok().map(|m| m.ino())
 }
 
 /// Namespaces the lab made: e2b-host, and ns-N whose eth0 has the lab's alias.

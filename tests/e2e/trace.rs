@@ -155,6 +155,7 @@ fn every_lab_fault_is_named() {
     })
     .unwrap();
     let id = lab.sandbox_ids()[0].clone();
+    let other = lab.sandbox_ids()[1].clone();
     // Discovery remembers the sandbox: when its VMM is what dies, the trace still finds it.
     assert_eq!(tracer(&["list"]).0, 0);
     assert_connected(&id);
@@ -168,6 +169,9 @@ fn every_lab_fault_is_named() {
             "{v}"
         );
         expect(fault, &v);
+        // The other sandbox is traced as healthy meanwhile (wrong-slot-route sends sandbox
+        // 1's traffic into it, but its own path stays intact).
+        assert_connected(&other);
         lab.heal(0).unwrap();
     }
     assert_connected(&id);

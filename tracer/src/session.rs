@@ -109,7 +109,10 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         }
     );
     let events = attached.probes.take_events()?;
+    let sandbox = sb.clone();
     let mut session = Session {
+        sandbox,
+        doctor: None,
         reporter: Reporter::new(args.json, args.all_hops, Some(&path)),
         correlator: Correlator::new(&args.ports, Timing::default()),
         path,
@@ -191,6 +194,10 @@ fn attach(
 }
 
 struct Session {
+    sandbox: Sandbox,
+    /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
+    /// while (configuration changes while watching).
+    doctor: Option<(Instant, Vec<crate::doctor::Check>)>,
     reporter: Reporter,
     correlator: Correlator,
     path: ExpectedPath,
@@ -359,7 +366,21 @@ impl Session {
         };
         let mut v = verdict::decide(j, Some(&self.path), &lookup);
         self.resolve_rule(j, &mut v);
+        if v.outcome != Outcome::Connected {
+            v.explained_by = crate::doctor::explain(&v, self.doctor_checks());
+        }
         v
+    }
+
+    /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
+    /// making its own).
+    fn doctor_checks(&mut self) -> &[crate::doctor::Check] {
+        let stale = self.doctor.as_ref().is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(5));
+        if stale {
+            let report = crate::doctor::check(&self.sandbox, false);
+            self.doctor = Some((Instant::now(), report.checks));
+        }
+        self.doctor.as_ref().map(|(_, c)| c.as_slice()).unwrap_or_default()
     }
 
     /// Names the rule of a netfilter drop (cached per place).

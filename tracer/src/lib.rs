@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod cache;
 pub mod cli;
+pub mod doctor;
 pub mod drops;
 pub mod enrich;
 pub mod error;

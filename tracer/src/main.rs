@@ -12,7 +12,7 @@ fn main() {
     let result = match cli.command {
         cli::Command::Trace(args) => tracer::trace::run(args),
         cli::Command::List(args) => tracer::list::run(args),
-        cli::Command::Doctor(_) => Err(error::EnvError::Usage("not implemented yet".into()).into()),
+        cli::Command::Doctor(args) => tracer::doctor::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

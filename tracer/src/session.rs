@@ -375,12 +375,18 @@ impl Session {
     /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
     /// making its own).
     fn doctor_checks(&mut self) -> &[crate::doctor::Check] {
-        let stale = self.doctor.as_ref().is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(5));
+        let stale = self
+            .doctor
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(5));
         if stale {
             let report = crate::doctor::check(&self.sandbox, false);
             self.doctor = Some((Instant::now(), report.checks));
         }
-        self.doctor.as_ref().map(|(_, c)| c.as_slice()).unwrap_or_default()
+        self.doctor
+            .as_ref()
+            .map(|(_, c)| c.as_slice())
+            .unwrap_or_default()
     }
 
     /// Names the rule of a netfilter drop (cached per place).

@@ -1,0 +1,352 @@
+//! The trace's tie-in: which failed doctor checks explain a verdict. A verdict names a place
+//! (drop reason, hook, namespace, or a finding such as a missing DNAT); each place maps to the
+//! checks that can cause it, and the problems among them are cited as sentences.
+use super::{Check, Status};
+use crate::{
+    hop::Hook,
+    verdict::{Outcome, Verdict},
+};
+
+const FIREWALL: &[&str] = &[
+    "forward_policy",
+    "ns_iptables",
+    "ns_nft",
+    "host_firewall",
+    "conntrack",
+];
+const ROUTES: &[&str] = &["host_route", "guest_route", "ns_return_route", "ns_default_route"];
+const READER: &[&str] = &[
+    "vmm_alive",
+    "tap_reader",
+    "tap_up",
+    "tap_exists",
+    "guest_neighbour",
+];
+const TAP: &[&str] = &["tap_exists", "tap_up", "guest_route", "tap_addr"];
+
+/// The problem checks that explain `v`, as sentences ("tap0 in ns-1 has no carrier: no
+/// process reads it ..."), most specific first. Empty when none does (or it connected).
+pub fn explain(v: &Verdict, checks: &[Check]) -> Vec<String> {
+    if v.outcome == Outcome::Connected {
+        return Vec::new();
+    }
+    let place = place_netns(v);
+    let mut out: Vec<String> = Vec::new();
+    for (id, bound) in related(v) {
+        for c in checks
+            .iter()
+            .filter(|c| c.id == id && c.status == Status::Problem)
+        {
+            // A firewall or route problem explains where the packet died only in that
+            // namespace (a finding, such as a missing DNAT, may point elsewhere).
+            if bound
+                && let (Some(p), Some(n)) = (&place, &c.netns)
+                && p != n
+            {
+                continue;
+            }
+            if !out.contains(&c.evidence) {
+                out.push(c.evidence.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The namespace the verdict places the failure in.
+fn place_netns(v: &Verdict) -> Option<String> {
+    v.drop
+        .as_ref()
+        .and_then(|d| d.netns.clone())
+        .or_else(|| v.unreachable.as_ref().and_then(|u| u.netns.clone()))
+}
+
+/// Check ids that can cause what `v` shows, causes (findings) first, each with whether it is
+/// bound to the namespace where the packet died.
+fn related(v: &Verdict) -> Vec<(&'static str, bool)> {
+    let mut ids: Vec<(&'static str, bool)> = Vec::new();
+    let mut add = |more: &[&'static str], from_place: bool| {
+        for id in more {
+            if !ids.iter().any(|(i, _)| i == id) {
+                let bound = from_place && (FIREWALL.contains(id) || ROUTES.contains(id));
+                ids.push((id, bound));
+            }
+        }
+    };
+    for f in &v.findings {
+        let from_finding: &[&str] = match f.kind {
+            "no_dnat" => &["dnat"],
+            "wrong_route" | "other_namespace" => &["host_route"],
+            "routed_back" => TAP,
+            "routing_loop" => &["host_route", "guest_route", "ns_return_route", "dnat"],
+            _ => &[],
+        };
+        add(from_finding, false);
+    }
+    add(&by_outcome(v), true);
+    ids
+}
+
+fn by_outcome(v: &Verdict) -> Vec<&'static str> {
+    match v.outcome {
+        Outcome::Dropped => v.drop.as_ref().map(by_drop).unwrap_or_default(),
+        Outcome::Unreachable => match v.unreachable.as_ref().map(|u| u.kind.as_str()) {
+            Some("neighbour") => READER.to_vec(),
+            _ => ROUTES.to_vec(),
+        },
+        Outcome::Reset => match v.reset.as_ref().map(|r| r.by.as_str()) {
+            Some("stack") => vec!["dnat", "guest_route", "host_route"],
+            _ => vec!["envd"],
+        },
+        Outcome::NoReply => vec!["envd"],
+        Outcome::Connected | Outcome::Unknown => Vec::new(),
+    }
+}
+
+fn by_drop(d: &crate::verdict::DropInfo) -> Vec<&'static str> {
+    let in_neigh = d.function.as_deref().is_some_and(|f| f.starts_with("neigh_"));
+    match d.reason.as_str() {
+        "NETFILTER_DROP" => match d.hook {
+            Some(Hook::Forward) => vec!["forward_policy", "ns_iptables", "ns_nft", "conntrack"],
+            Some(Hook::Prerouting) => vec!["ns_nft", "ns_iptables", "host_firewall", "conntrack"],
+            Some(_) => vec!["host_firewall", "ns_iptables", "ns_nft", "conntrack"],
+            None => FIREWALL.to_vec(),
+        },
+        "IP_RPFILTER" => vec!["rp_filter", "ns_return_route", "host_route"],
+        "IP_INADDRERRORS" => vec!["ip_forward"],
+        "IP_INNOROUTES" | "IP_NOROUTE" => ROUTES.to_vec(),
+        "DEV_READY" | "FULL_RING" | "QUEUE_PURGE" => READER.to_vec(),
+        r if r.starts_with("NEIGH_") || in_neigh => READER.to_vec(),
+        "PKT_TOO_BIG" => vec!["mtu"],
+        _ if d.function.as_deref() == Some("ip_error") => vec!["ip_forward"],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{Direction, DropInfo, Finding, ResetInfo, UnreachableInfo};
+
+    fn verdict(outcome: Outcome) -> Verdict {
+        Verdict {
+            outcome,
+            drop: None,
+            reset: None,
+            unreachable: None,
+            findings: Vec::new(),
+            cause: None,
+            failing_hop: None,
+            summary: String::new(),
+            fix: None,
+            explained_by: Vec::new(),
+        }
+    }
+
+    fn drop(netns: &str, device: &str, hook: Option<Hook>, reason: &str, function: &str) -> DropInfo {
+        DropInfo {
+            direction: Direction::Request,
+            netns: Some(netns.into()),
+            device: Some(device.into()),
+            out_device: None,
+            hook,
+            table: None,
+            chain: None,
+            rule: None,
+            rule_note: None,
+            reason: reason.into(),
+            function: Some(function.into()),
+            location: None,
+            priority_window: None,
+        }
+    }
+
+    fn problem(id: &'static str, netns: &str, evidence: &str) -> Check {
+        Check::new(id, id).netns(netns).problem(evidence, "fix")
+    }
+
+    fn finding(kind: &'static str) -> Finding {
+        Finding {
+            kind,
+            netns: Some("ns-1".into()),
+            device: None,
+            hook: None,
+            table: None,
+            detail: String::new(),
+        }
+    }
+
+    /// What the doctor says about a lab sandbox with every fault at once (one problem per
+    /// check), plus checks that passed.
+    fn checks() -> Vec<Check> {
+        vec![
+            problem("vmm_alive", "ns-1", "no VMM process of sandbox x is running"),
+            problem(
+                "tap_reader",
+                "ns-1",
+                "tap0 in ns-1 has no carrier: no process reads it",
+            ),
+            problem("tap_up", "ns-1", "tap0 in ns-1 is DOWN"),
+            problem(
+                "guest_route",
+                "ns-1",
+                "ns-1 routes 169.254.0.21 by default via 10.12.0.2 dev eth0",
+            ),
+            problem("forward_policy", "ns-1", "FORWARD policy DROP"),
+            problem("ns_iptables", "ns-1", "dropped by -A FORWARD ... -j DROP"),
+            problem("ns_nft", "ns-1", "dropped by nft table ip lab-fault"),
+            problem("host_firewall", "e2b-host", "dropped at INPUT in e2b-host"),
+            problem("dnat", "ns-1", "no DNAT in ns-1"),
+            problem("host_route", "e2b-host", "e2b-host has no route to 10.11.0.1"),
+            problem("ip_forward", "ns-1", "net.ipv4.ip_forward = 0"),
+            problem("rp_filter", "ns-1", "ns-1 eth0: rp_filter 1 (strict)"),
+            problem("envd", "ns-1", "connection refused (RST)"),
+            Check::new("mtu", "mtu").ok("all 1500"),
+        ]
+    }
+
+    fn explained(v: &Verdict) -> Vec<String> {
+        explain(v, &checks())
+    }
+
+    #[test]
+    fn forward_drop_is_explained_by_forward_rules_and_policy() {
+        let mut v = verdict(Outcome::Dropped);
+        v.drop = Some(drop(
+            "ns-1",
+            "eth0",
+            Some(Hook::Forward),
+            "NETFILTER_DROP",
+            "nf_hook_slow",
+        ));
+        assert_eq!(
+            explained(&v),
+            [
+                "FORWARD policy DROP",
+                "dropped by -A FORWARD ... -j DROP",
+                "dropped by nft table ip lab-fault"
+            ]
+        );
+    }
+
+    #[test]
+    fn drops_are_explained_only_by_checks_of_their_namespace() {
+        let mut v = verdict(Outcome::Dropped);
+        v.drop = Some(drop(
+            "e2b-host",
+            "veth-1",
+            Some(Hook::Input),
+            "NETFILTER_DROP",
+            "nf_hook_slow",
+        ));
+        assert_eq!(explained(&v), ["dropped at INPUT in e2b-host"]);
+        v.drop = Some(drop(
+            "ns-1",
+            "eth0",
+            Some(Hook::Prerouting),
+            "NETFILTER_DROP",
+            "nf_hook_slow",
+        ));
+        assert_eq!(
+            explained(&v),
+            [
+                "dropped by nft table ip lab-fault",
+                "dropped by -A FORWARD ... -j DROP"
+            ]
+        );
+    }
+
+    #[test]
+    fn findings_come_first() {
+        let mut v = verdict(Outcome::Dropped);
+        v.findings = vec![finding("no_dnat")];
+        v.drop = Some(drop(
+            "e2b-host",
+            "veth-1",
+            None,
+            "IP_INNOROUTES",
+            "ip_route_input_slow",
+        ));
+        assert_eq!(explained(&v)[0], "no DNAT in ns-1");
+        let mut v = verdict(Outcome::Dropped);
+        v.findings = vec![finding("routed_back")];
+        v.drop = Some(drop(
+            "e2b-host",
+            "veth-1",
+            None,
+            "IP_INNOROUTES",
+            "ip_route_input_slow",
+        ));
+        let e = explained(&v);
+        assert_eq!(
+            e[..2],
+            [
+                "tap0 in ns-1 is DOWN",
+                "ns-1 routes 169.254.0.21 by default via 10.12.0.2 dev eth0"
+            ]
+        );
+        assert!(
+            e.contains(&"e2b-host has no route to 10.11.0.1".to_string()),
+            "{e:?}"
+        );
+        let mut v = verdict(Outcome::Unknown);
+        v.findings = vec![finding("wrong_route"), finding("other_namespace")];
+        assert_eq!(explained(&v), ["e2b-host has no route to 10.11.0.1"]);
+    }
+
+    #[test]
+    fn an_unread_tap_explains_purged_queues_and_unanswered_arp() {
+        let mut v = verdict(Outcome::Unreachable);
+        v.drop = Some(drop("ns-1", "tap0", None, "QUEUE_PURGE", "neigh_destroy"));
+        v.unreachable = Some(UnreachableInfo {
+            kind: "neighbour".into(),
+            address: [169, 254, 0, 21].into(),
+            netns: Some("ns-1".into()),
+            device: Some("tap0".into()),
+            state: Some("QUEUE_PURGE".into()),
+        });
+        let e = explained(&v);
+        assert_eq!(
+            e[..2],
+            [
+                "no VMM process of sandbox x is running",
+                "tap0 in ns-1 has no carrier: no process reads it"
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_reasons_map_to_sysctls_and_routes() {
+        let mut v = verdict(Outcome::Dropped);
+        v.drop = Some(drop("ns-1", "eth0", None, "IP_INADDRERRORS", "ip_error"));
+        assert_eq!(explained(&v), ["net.ipv4.ip_forward = 0"]);
+        v.drop = Some(drop("ns-1", "eth0", None, "IP_RPFILTER", "ip_rcv_finish_core"));
+        assert_eq!(explained(&v), ["ns-1 eth0: rp_filter 1 (strict)"]);
+        let mut v = verdict(Outcome::Unreachable);
+        v.unreachable = Some(UnreachableInfo {
+            kind: "no_route".into(),
+            address: [10, 11, 0, 1].into(),
+            netns: Some("e2b-host".into()),
+            device: None,
+            state: None,
+        });
+        assert_eq!(explained(&v), ["e2b-host has no route to 10.11.0.1"]);
+    }
+
+    #[test]
+    fn a_guest_reset_is_explained_by_envd_and_success_by_nothing() {
+        let mut v = verdict(Outcome::Reset);
+        v.reset = Some(ResetInfo {
+            by: "guest".into(),
+            netns: Some("ns-1".into()),
+            device: Some("tap0".into()),
+        });
+        assert_eq!(explained(&v), ["connection refused (RST)"]);
+        assert!(explained(&verdict(Outcome::Connected)).is_empty());
+        assert!(explain(&verdict(Outcome::Unknown), &checks()).is_empty());
+        // Passed checks are never cited.
+        let mut v = verdict(Outcome::Dropped);
+        v.drop = Some(drop("ns-1", "tap0", None, "PKT_TOO_BIG", "x"));
+        assert!(explained(&v).is_empty());
+    }
+}

@@ -1,0 +1,250 @@
+//! `tracer doctor`: a read-only preflight of a sandbox's network. It reads the configuration
+//! of the path (processes, devices, addresses, routes, sysctls, firewall rules, conntrack,
+//! neighbours) and names what is wrong, each with its evidence and a fix. It changes nothing;
+//! its only traffic is a short connection attempt to envd from the host side, like the
+//! orchestrator's (50 ms each, at most three, stopping at the first answer; skipped with
+//! `--no-connect`).
+//!
+//! Output: a text checklist, or `--json` (one report object for `--vm`, an array for `--all`).
+//! Exit code 0 when nothing is wrong (warnings allowed), 1 when a problem was found, 2 on usage
+//! or environment errors.
+//!
+//! It also guards against the classic misdiagnosis: `tap0` lives in the sandbox's namespace,
+//! so `ip link` in the root namespace does not show it, and creating one there fixes nothing.
+mod checks;
+mod explain;
+mod facts;
+mod firewall;
+mod render;
+
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+pub use explain::explain;
+pub use facts::{DEFAULT_GUEST_IP, ENVD_PORT};
+
+use crate::{
+    cli::DoctorArgs,
+    error::{EXIT_FOUND, EXIT_OK, EnvError, is_root},
+    sandbox::{self, Sandbox},
+};
+
+/// Sandboxes checked at once by `--all`: most of the time goes to iptables/nft children and
+/// netlink round trips, so a few more than the cores keeps them busy.
+const MAX_WORKERS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Problem,
+    Warning,
+}
+
+impl Status {
+    /// The checklist marker.
+    pub fn marker(self) -> &'static str {
+        match self {
+            Self::Ok => "✓",
+            Self::Problem => "✗",
+            Self::Warning => "!",
+        }
+    }
+}
+
+/// One check: what was checked, what was found and where, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Stable identifier (`tap_reader`, `forward_policy` ...).
+    pub id: &'static str,
+    pub status: Status,
+    /// What was checked.
+    pub title: String,
+    /// What was read, where; for a problem, a sentence that says what is wrong.
+    pub evidence: String,
+    pub fix: Option<String>,
+    /// The namespace the check is about.
+    pub netns: Option<String>,
+    pub device: Option<String>,
+}
+
+impl Check {
+    pub fn new(id: &'static str, title: impl Into<String>) -> Self {
+        Self {
+            id,
+            status: Status::Ok,
+            title: title.into(),
+            evidence: String::new(),
+            fix: None,
+            netns: None,
+            device: None,
+        }
+    }
+
+    pub fn netns(mut self, ns: impl Into<String>) -> Self {
+        self.netns = Some(ns.into());
+        self
+    }
+
+    pub fn device(mut self, dev: Option<&str>) -> Self {
+        self.device = dev.map(str::to_string);
+        self
+    }
+
+    pub fn ok(mut self, evidence: impl Into<String>) -> Self {
+        self.status = Status::Ok;
+        self.evidence = evidence.into();
+        self
+    }
+
+    pub fn problem(mut self, evidence: impl Into<String>, fix: impl Into<String>) -> Self {
+        self.status = Status::Problem;
+        self.evidence = evidence.into();
+        self.fix = Some(fix.into());
+        self
+    }
+
+    pub fn warning(mut self, evidence: impl Into<String>, fix: impl Into<String>) -> Self {
+        self.status = Status::Warning;
+        self.evidence = evidence.into();
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+/// The checks of one sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxReport {
+    pub id: Option<String>,
+    pub pid: Option<u32>,
+    pub netns: String,
+    pub slot: Option<u32>,
+    pub tap: Option<String>,
+    pub host_ns: Option<String>,
+    pub host_veth: Option<String>,
+    pub host_ip: Option<Ipv4Addr>,
+    pub guest_ip: Ipv4Addr,
+    /// Whether the envd connection attempt was made.
+    pub connect: bool,
+    pub problems: usize,
+    pub warnings: usize,
+    /// What discovery noticed on the way (inconsistencies, a VMM that is gone).
+    pub notes: Vec<String>,
+    pub checks: Vec<Check>,
+}
+
+impl SandboxReport {
+    fn new(f: &facts::Facts, connect: bool, checks: Vec<Check>) -> Self {
+        let count = |s| checks.iter().filter(|c| c.status == s).count();
+        Self {
+            id: f.sb.id.clone(),
+            pid: f.sb.pid,
+            netns: f.sb.netns.label(),
+            slot: f.sb.slot,
+            tap: f.sb.tap.clone(),
+            host_ns: f.sb.host_ns.as_ref().map(|n| n.label()),
+            host_veth: f.sb.host_veth.clone(),
+            host_ip: f.host_ip,
+            guest_ip: f.guest_ip,
+            connect,
+            problems: count(Status::Problem),
+            warnings: count(Status::Warning),
+            notes: f.sb.warnings.clone(),
+            checks,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        self.id.clone().unwrap_or_else(|| self.netns.clone())
+    }
+}
+
+/// Checks one sandbox (reading its host side afresh).
+pub fn check(sb: &Sandbox, connect: bool) -> SandboxReport {
+    check_shared(sb, connect, &facts::Shared::default())
+}
+
+fn check_shared(sb: &Sandbox, connect: bool, shared: &facts::Shared) -> SandboxReport {
+    let f = facts::gather(sb, connect, shared);
+    SandboxReport::new(&f, connect, checks::all(&f))
+}
+
+/// Checks many sandboxes on a few threads, sharing what their host side has in common. The
+/// reports come back in the order of `sandboxes`.
+pub fn check_all(sandboxes: &[Sandbox], connect: bool) -> Vec<SandboxReport> {
+    let shared = facts::Shared::default();
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Vec::with_capacity(sandboxes.len()));
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 4)
+        .min(MAX_WORKERS)
+        .min(sandboxes.len());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(sb) = sandboxes.get(i) else { break };
+                    let report = check_shared(sb, connect, &shared);
+                    out.lock().unwrap_or_else(|e| e.into_inner()).push((i, report));
+                }
+            });
+        }
+    });
+    let mut reports = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `tracer doctor`: exit 0 when nothing is wrong (warnings allowed), 1 when a problem was
+/// found, 2 on usage or environment errors.
+pub fn run(args: DoctorArgs) -> Result<i32> {
+    if let Some(id) = &args.vm
+        && !sandbox::is_valid_id(id)
+    {
+        return Err(EnvError::MalformedSandboxId(id.clone()).into());
+    }
+    // Reading other processes' fds and entering their namespaces needs root.
+    if !is_root() {
+        return Err(EnvError::NoPrivileges.into());
+    }
+    let connect = !args.no_connect;
+    let mut out = std::io::stdout().lock();
+    let reports = match &args.vm {
+        Some(id) => vec![check(&crate::target::find_by_id(id)?, connect)],
+        None => check_all(&every_sandbox()?, connect),
+    };
+    if args.json {
+        let text = match (&args.vm, reports.first()) {
+            (Some(_), Some(r)) => serde_json::to_string_pretty(r)?,
+            _ => serde_json::to_string_pretty(&reports)?,
+        };
+        writeln!(out, "{text}").context("write to stdout")?;
+    } else if args.all {
+        write!(out, "{}", render::all(&reports)).context("write to stdout")?;
+    } else {
+        for r in &reports {
+            write!(out, "{}", render::sandbox(r)).context("write to stdout")?;
+        }
+    }
+    let problems = reports.iter().any(|r| r.problems > 0);
+    Ok(if problems { EXIT_FOUND } else { EXIT_OK })
+}
+
+/// Every sandbox with a running VMM. Namespaces without one are left out: E2B keeps a pool
+/// of prepared slots that no VMM uses yet, and those are not broken.
+fn every_sandbox() -> Result<Vec<Sandbox>> {
+    let found = sandbox::discover_all()?;
+    // So that `--vm` still finds a sandbox whose VMM dies later.
+    crate::cache::remember(&found.iter().collect::<Vec<_>>());
+    Ok(found)
+}

@@ -137,8 +137,15 @@ fn expect(fault: Fault, v: &Value) {
     }
 }
 
+/// Probe attempts for the QEMU guest.
+const SLOW: &[&str] = &["--timeout", "1s"];
+
 fn assert_connected(id: &str) -> Value {
-    let (code, v, err) = probe(id, &[]);
+    assert_connected_with(id, &[])
+}
+
+fn assert_connected_with(id: &str, extra: &[&str]) -> Value {
+    let (code, v, err) = probe(id, extra);
     assert_eq!(s(&v, "outcome"), "connected", "{v}\n{err}");
     assert_eq!(code, 0);
     v
@@ -316,15 +323,16 @@ fn qemu_guest_healthy_forward_drop_and_no_reader() {
     .unwrap();
     let id = lab.sandbox_ids()[0].clone();
     assert_eq!(tracer(&["list"]).0, 0);
-    assert_connected(&id);
+    // An emulated guest under the load of a test run can take longer than 50 ms to answer.
+    assert_connected_with(&id, SLOW);
     for fault in [Fault::ForwardDrop, Fault::NoReader] {
         lab.break_fault(0, fault).unwrap();
-        let (code, v, _) = probe(&id, &[]);
+        let (code, v, _) = probe(&id, SLOW);
         assert_eq!(code, 1);
         expect(fault, &v);
         lab.heal(0).unwrap();
     }
-    assert_connected(&id);
+    assert_connected_with(&id, SLOW);
 }
 
 #[test]

@@ -66,6 +66,11 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub attempts: u32,
 
+    /// Per-attempt timeout with --probe (the orchestrator's is 50 ms; a slow guest, e.g.
+    /// under emulation, may need more to tell "slow" from "silent").
+    #[arg(long, value_parser = parse_duration, default_value = "50ms", value_name = "DURATION")]
+    pub timeout: Duration,
+
     /// Stop after this long (e.g. 10s, 500ms). Default: until Ctrl-C (with --probe: at the
     /// verdict).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]

@@ -48,6 +48,7 @@ pub fn spawn(
     ns: Option<Netns>,
     target: SocketAddrV4,
     attempts: u32,
+    timeout: Duration,
     tx: Sender<ProbeEvent>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> JoinHandle<Result<()>> {
@@ -63,7 +64,7 @@ pub fn spawn(
             }
             let report = |port| tx.send(ProbeEvent::Bound(port)).is_ok();
             if tx
-                .send(ProbeEvent::Done(attempt_reporting(target, report)))
+                .send(ProbeEvent::Done(attempt_reporting(target, timeout, report)))
                 .is_err()
             {
                 break;
@@ -75,13 +76,17 @@ pub fn spawn(
 
 /// One attempt: bind, connect (50 ms), GET /health, read the status line.
 pub fn attempt(target: SocketAddrV4) -> ProbeAttempt {
-    attempt_reporting(target, |_| true)
+    attempt_reporting(target, ATTEMPT_TIMEOUT, |_| true)
 }
 
 /// Like [`attempt`], telling `bound` the local port before connecting.
-fn attempt_reporting(target: SocketAddrV4, bound: impl FnOnce(u16) -> bool) -> ProbeAttempt {
+fn attempt_reporting(
+    target: SocketAddrV4,
+    timeout: Duration,
+    bound: impl FnOnce(u16) -> bool,
+) -> ProbeAttempt {
     let start = Instant::now();
-    let (local_port, result) = match Conn::bind() {
+    let (local_port, result) = match Conn::bind(timeout) {
         Err(e) => (0, ProbeResult::Error(e.to_string())),
         Ok(c) => {
             let port = c.port;
@@ -99,10 +104,11 @@ fn attempt_reporting(target: SocketAddrV4, bound: impl FnOnce(u16) -> bool) -> P
 struct Conn {
     fd: OwnedFd,
     port: u16,
+    timeout: Duration,
 }
 
 impl Conn {
-    fn bind() -> io::Result<Self> {
+    fn bind(timeout: Duration) -> io::Result<Self> {
         // SAFETY: plain socket calls on an fd we own.
         unsafe {
             let raw = libc::socket(
@@ -129,6 +135,7 @@ impl Conn {
             Ok(Self {
                 fd,
                 port: u16::from_be(sa.sin_port),
+                timeout,
             })
         }
     }
@@ -223,7 +230,7 @@ impl Conn {
 
     /// Waits for `events` until the attempt's deadline.
     fn wait(&self, events: i16, start: Instant) -> io::Result<()> {
-        let left = ATTEMPT_TIMEOUT.saturating_sub(start.elapsed());
+        let left = self.timeout.saturating_sub(start.elapsed());
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events,

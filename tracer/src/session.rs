@@ -232,7 +232,7 @@ impl Session {
         let stop = Arc::new(AtomicBool::new(false));
         let mut prober = args
             .probe
-            .then(|| self.start_probe(args.attempts, tx, stop.clone()));
+            .then(|| self.start_probe(args.attempts, args.timeout, tx, stop.clone()));
         let mut probe_done_at: Option<Instant> = None;
         let mut out = std::io::stdout().lock();
         loop {
@@ -281,13 +281,14 @@ impl Session {
     fn start_probe(
         &self,
         attempts: u32,
+        timeout: Duration,
         tx: mpsc::Sender<ProbeEvent>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<Result<()>> {
         let target = SocketAddrV4::new(self.path.host_ip, self.path.port);
         let own = Netns::current().ok().map(|n| n.inode);
         let ns = (own != Some(self.host_ns.inode)).then(|| self.host_ns.clone());
-        probe::spawn(ns, target, attempts, tx, stop)
+        probe::spawn(ns, target, attempts, timeout, tx, stop)
     }
 
     fn exit_code(&self, probe: bool) -> i32 {

@@ -18,6 +18,10 @@ const ATTEMPT: Duration = Duration::from_millis(50);
 
 #[test]
 fn userspace_guest_answers_like_envd() {
+    if !lab::testing::require_root("userspace_guest_answers_like_envd") {
+        return;
+    }
+    let _lock = lab::state::LabLock::acquire().unwrap();
     let ns = Netns::with_tap();
     let mut vmm = Vmm::start(&ns, &["--guest", "userspace"]);
     let boot = vmm.wait_ready(Duration::from_secs(10));
@@ -48,6 +52,10 @@ fn userspace_guest_answers_like_envd() {
 
 #[test]
 fn qemu_guest_answers_like_envd() {
+    if !lab::testing::require_root("qemu_guest_answers_like_envd") {
+        return;
+    }
+    let _lock = lab::state::LabLock::acquire().unwrap();
     let guest = GuestImage::get();
     let ns = Netns::with_tap();
     let kernel = guest.dir().join("vmlinuz");
@@ -84,6 +92,10 @@ fn qemu_guest_answers_like_envd() {
 
 #[test]
 fn missing_tap_is_a_clear_error() {
+    if !lab::testing::require_root("missing_tap_is_a_clear_error") {
+        return;
+    }
+    let _lock = lab::state::LabLock::acquire().unwrap();
     let ns = Netns::new();
     let api = api_sock_path();
     let out = Command::new("ip")

@@ -357,6 +357,13 @@ impl Lab {
         connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, attempts, false)
     }
 
+    /// Like [`Lab::connect`], stopping at the first answer: the orchestrator also retries
+    /// until one attempt works (an emulated guest under load can miss a 50 ms attempt).
+    pub fn reachable(&self, i: usize, attempts: u32) -> Result<ConnectReport> {
+        let sb = &self.state.sandboxes[i];
+        connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, attempts, true)
+    }
+
     /// Injects a fault into sandbox `i`.
     pub fn break_fault(&mut self, i: usize, fault: Fault) -> Result<()> {
         if self.state.sandboxes[i].faults.contains(&fault) {

@@ -48,6 +48,48 @@ impl RuleBaseline {
         }
     }
 
+    /// Priorities at which hook functions exist in namespace `ns`, per hook number: its nft
+    /// base chains (iptables-nft tables are nft tables too), the legacy iptables tables, and
+    /// conntrack, which may be loaded without any rule.
+    pub fn hook_priorities(&self, ns: u32) -> [Vec<i32>; tracer_common::hook::COUNT] {
+        let mut out: [Vec<i32>; tracer_common::hook::COUNT] = Default::default();
+        let all = [
+            Hook::Prerouting,
+            Hook::Input,
+            Hook::Forward,
+            Hook::Output,
+            Hook::Postrouting,
+        ];
+        let push = |out: &mut [Vec<i32>; 5], hook: Hook, prio: i32| out[hook as usize].push(prio);
+        for (name, prio, hooks) in crate::path::STANDARD {
+            if *name == "conntrack" {
+                hooks.iter().for_each(|h| push(&mut out, *h, *prio));
+            }
+        }
+        let Some(r) = self.by_ns.get(&ns) else { return out };
+        for c in &r.nft {
+            if let (Some(h), Some(p)) = (
+                all.iter().find(|h| Some(h.nft_name()) == c.hook.as_deref()),
+                c.priority,
+            ) {
+                push(&mut out, *h, p);
+            }
+        }
+        for (backend, save) in &r.ipt {
+            if *backend != Backend::Legacy {
+                continue;
+            }
+            for table in &save.tables {
+                for (name, prio, hooks) in crate::path::STANDARD {
+                    if *name == table.name {
+                        hooks.iter().for_each(|h| push(&mut out, *h, *prio));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Fills table, chain and rule of a netfilter drop in namespace `ns`.
     pub fn resolve(&self, ns: &Netns, d: &mut DropInfo) {
         let Some(hook) = d.hook else { return };

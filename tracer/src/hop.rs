@@ -112,6 +112,9 @@ pub enum HopKind {
         priority: i32,
         in_ifindex: u32,
         out_ifindex: u32,
+        /// Priority of the next slot attached at this hook (i32::MAX after the last): a drop
+        /// after this hop happened in a hook function with a priority in between.
+        window_end: i32,
         /// Device names, resolved by the caller from the namespace's links when known.
         in_dev: Option<String>,
         out_dev: Option<String>,
@@ -176,6 +179,7 @@ impl Hop {
                 priority: *NF_SLOT_PRIORITIES.get(ev.slot as usize)?,
                 in_ifindex: ev.aux,
                 out_ifindex: ev.aux2,
+                window_end: crate::path::slot_window(Hook::from_num(ev.hook)?, ev.slot).1,
                 in_dev: None,
                 out_dev: None,
             },

@@ -460,6 +460,7 @@ pub mod tests {
             priority: tracer_common::NF_SLOT_PRIORITIES[slot as usize],
             in_ifindex: 0,
             out_ifindex: 0,
+            window_end: crate::path::slot_window(hook, slot).1,
             in_dev: None,
             out_dev: None,
         }

@@ -55,7 +55,7 @@ impl ExpectedPath {
 }
 
 /// iptables tables (and the conntrack hooks) registered at each hook, with their priority.
-const STANDARD: &[(&str, i32, &[Hook])] = &[
+pub const STANDARD: &[(&str, i32, &[Hook])] = &[
     ("raw", -300, &[Hook::Prerouting, Hook::Output]),
     ("conntrack", -200, &[Hook::Prerouting, Hook::Output]),
     (
@@ -89,7 +89,11 @@ pub fn slot_window(hook: Hook, slot: u8) -> (i32, i32) {
 
 /// Standard tables of `hook` whose priority is in the window after `slot`.
 pub fn tables_after_slot(hook: Hook, slot: u8) -> Vec<&'static str> {
-    let (lo, hi) = slot_window(hook, slot);
+    tables_in_window(hook, slot_window(hook, slot))
+}
+
+/// Standard tables of `hook` with a priority in the window (lo, hi).
+pub fn tables_in_window(hook: Hook, (lo, hi): (i32, i32)) -> Vec<&'static str> {
     STANDARD
         .iter()
         .filter(|(_, prio, hooks)| hooks.contains(&hook) && *prio > lo && (*prio < hi || hi == i32::MAX))

@@ -66,6 +66,14 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     });
     let attach_start = Instant::now();
     let (mut attached, filter) = attach(&path, &host_ns, &sandbox_ns, &args)?;
+    let baseline = baseline
+        .join()
+        .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;
+    for ns in [&host_ns, &sandbox_ns] {
+        attached
+            .probes
+            .attach_netfilter(ns, &baseline.hook_priorities(ns.inode))?;
+    }
     let (offsets, reasons) = btf_facts
         .join()
         .map_err(|_| anyhow::anyhow!("BTF reader panicked"))??;
@@ -76,9 +84,6 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     if std::env::var_os("TRACER_TEST_PANIC").is_some() {
         panic!("TRACER_TEST_PANIC is set: panicking with everything attached");
     }
-    let baseline = baseline
-        .join()
-        .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;
     let kallsyms = kallsyms
         .join()
         .map_err(|_| anyhow::anyhow!("kallsyms reader panicked"))??;
@@ -110,7 +115,9 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     );
     let events = attached.probes.take_events()?;
     let sandbox = sb.clone();
+    let window_ends = window_ends(&attached.probes, &[host_ns.inode, sandbox_ns.inode]);
     let mut session = Session {
+        window_ends,
         sandbox,
         doctor: None,
         reporter: Reporter::new(args.json, args.all_hops, Some(&path)),
@@ -181,7 +188,6 @@ fn attach(
             ns.inode,
             snap.links.iter().map(|l| (l.ifindex, l.name.clone())).collect(),
         );
-        probes.attach_netfilter(ns)?;
     }
     Ok((
         Attached {
@@ -195,6 +201,8 @@ fn attach(
 
 struct Session {
     sandbox: Sandbox,
+    /// Where the window after each attached netfilter slot ends, per (netns, hook, slot).
+    window_ends: HashMap<(u32, u8, u8), i32>,
     /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
     /// while (configuration changes while watching).
     doctor: Option<(Instant, Vec<crate::doctor::Check>)>,
@@ -302,6 +310,16 @@ impl Session {
 
     /// Names the in/out devices of netfilter hops from the namespace's links.
     fn name_devices(&self, mut hop: Hop) -> Hop {
+        if let HopKind::Netfilter {
+            hook,
+            slot,
+            window_end,
+            ..
+        } = &mut hop.kind
+            && let Some(end) = self.window_ends.get(&(hop.netns, *hook as u8, *slot))
+        {
+            *window_end = *end;
+        }
         if let HopKind::Netfilter {
             in_ifindex,
             out_ifindex,
@@ -421,6 +439,21 @@ impl Session {
             .cloned()
             .or_else(|| crate::netns::all_named().into_iter().find(|n| n.inode == inode))
     }
+}
+
+/// The end of the priority window after each attached slot, for every (netns, hook, slot).
+fn window_ends(probes: &Probes, namespaces: &[u32]) -> HashMap<(u32, u8, u8), i32> {
+    let mut out = HashMap::new();
+    for &ns in namespaces {
+        for hook in 0..tracer_common::hook::COUNT as u8 {
+            for slot in 0..tracer_common::NF_SLOT_PRIORITIES.len() as u8 {
+                if let Some(end) = probes.window_end(ns, hook, slot) {
+                    out.insert((ns, hook, slot), end);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `ip neigh` state names to NUD bits.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     hop::{Hook, Hop, HopKind, NUD_FAILED, NUD_INCOMPLETE, TCP_ESTABLISHED, nud_name},
     journey::{Journey, JourneyId, Leg},
-    path::{ExpectedPath, slot_window, tables_after_slot},
+    path::{ExpectedPath, tables_in_window},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -319,7 +319,8 @@ fn drop_info(j: &Journey, i: usize, leg: Leg, h: &Hop, reason: &str) -> DropInfo
             _,
             HopKind::Netfilter {
                 hook,
-                slot,
+                priority,
+                window_end,
                 in_dev,
                 out_dev,
                 ..
@@ -327,8 +328,9 @@ fn drop_info(j: &Journey, i: usize, leg: Leg, h: &Hop, reason: &str) -> DropInfo
         )) = last_nf.map(|(l, x)| (l, &x.kind))
         {
             d.hook = Some(*hook);
-            d.priority_window = Some(slot_window(*hook, *slot));
-            let tables = tables_after_slot(*hook, *slot);
+            let window = (*priority, *window_end);
+            d.priority_window = Some(window);
+            let tables = tables_in_window(*hook, window);
             d.table = (tables.len() == 1).then(|| tables[0].to_string());
             if in_dev.is_some() {
                 d.device = in_dev.clone();

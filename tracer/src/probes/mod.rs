@@ -60,6 +60,8 @@ pub struct Probes {
     nf_programs: Vec<OwnedFd>,
     /// Netfilter links, per namespace inode.
     nf_links: HashMap<u32, Vec<OwnedFd>>,
+    /// Slots attached, per (namespace inode, hook number).
+    nf_slots: HashMap<(u32, u8), Vec<u8>>,
     btf: aya::Btf,
     /// Time spent attaching, for reports and benchmarks.
     pub attach_time: std::time::Duration,
@@ -90,6 +92,7 @@ impl Probes {
             ebpf,
             nf_programs: Vec::new(),
             nf_links: HashMap::new(),
+            nf_slots: HashMap::new(),
             btf,
             attach_time: Default::default(),
         };
@@ -198,8 +201,12 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the netfilter programs at every IPv4 hook and slot of namespace `ns`.
-    pub fn attach_netfilter(&mut self, ns: &Netns) -> Result<()> {
+    /// Attaches the netfilter programs at every IPv4 hook of namespace `ns`: at the entry, at
+    /// the exit, and right after each priority at which a hook function exists there
+    /// (`present[hook]`: the tables and chains of the namespace's rulesets). Every slot costs a
+    /// program run per packet, also for traffic that is not followed, so slots only go where
+    /// they tell something apart.
+    pub fn attach_netfilter(&mut self, ns: &Netns, present: &[Vec<i32>; hook::COUNT]) -> Result<()> {
         let start = Instant::now();
         if self.nf_programs.is_empty() {
             self.load_netfilter()?;
@@ -208,7 +215,8 @@ impl Probes {
         {
             let _inside = ns.enter()?;
             for hooknum in 0..hook::COUNT as u8 {
-                for &slot in NF_HOOK_SLOTS[hooknum as usize] {
+                let slots = choose_slots(hooknum, &present[hooknum as usize]);
+                for &slot in &slots {
                     let (prog, prio) = (
                         &self.nf_programs[slot as usize],
                         NF_SLOT_PRIORITIES[slot as usize],
@@ -217,11 +225,25 @@ impl Probes {
                         .map_err(|e| EnvError::from_program("netfilter", &format!("BPF_LINK_CREATE: {e}")))?;
                     links.push(link);
                 }
+                self.nf_slots.insert((ns.inode, hooknum), slots);
             }
         }
         self.nf_links.insert(ns.inode, links);
         self.attach_time += start.elapsed();
         Ok(())
+    }
+
+    /// Priority of the slot attached after `slot` at `hook` in namespace `netns` (i32::MAX
+    /// after the last one).
+    pub fn window_end(&self, netns: u32, hooknum: u8, slot: u8) -> Option<i32> {
+        let slots = self.nf_slots.get(&(netns, hooknum))?;
+        Some(
+            slots
+                .iter()
+                .find(|s| **s > slot)
+                .map(|s| NF_SLOT_PRIORITIES[*s as usize])
+                .unwrap_or(i32::MAX),
+        )
     }
 
     fn load_netfilter(&mut self) -> Result<()> {
@@ -266,6 +288,22 @@ impl Probes {
     }
 }
 
+/// The slots for one hook: entry and exit, and the first candidate slot after each present
+/// priority (see `tracer_common::NF_HOOK_SLOTS`).
+pub fn choose_slots(hooknum: u8, present: &[i32]) -> Vec<u8> {
+    let candidates = NF_HOOK_SLOTS[hooknum as usize];
+    let last = candidates[candidates.len() - 1];
+    let mut slots = vec![0, last];
+    for &p in present {
+        if let Some(&s) = candidates.iter().find(|s| NF_SLOT_PRIORITIES[**s as usize] > p) {
+            slots.push(s);
+        }
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    slots
+}
+
 fn map_data(map: &Map) -> Result<&MapData> {
     Ok(match map {
         Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => m,
@@ -276,6 +314,19 @@ fn map_data(map: &Map) -> Result<&MapData> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_go_right_after_the_priorities_present() {
+        // PREROUTING with E2B's slot firewall (-150) and the nat table (-100).
+        assert_eq!(choose_slots(0, &[-150, -100]), vec![0, 3, 4, 8]);
+        // Nothing but conntrack.
+        assert_eq!(choose_slots(0, &[-200]), vec![0, 2, 8]);
+        // FORWARD with filter (0) and an nft chain at 10: slot 5 (1) between them, slot 6 (51)
+        // after the chain.
+        assert_eq!(choose_slots(2, &[0, 10]), vec![0, 5, 6, 8]);
+        // A priority past every slot adds nothing.
+        assert_eq!(choose_slots(4, &[i32::MAX]), vec![0, 8]);
+    }
 
     #[test]
     fn netfilter_object_links_every_slot() {

@@ -177,6 +177,29 @@ impl Names {
     }
 }
 
+/// The event ring buffer as something tokio can wait on.
+pub fn ring_fd(
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+) -> anyhow::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+    unsafe { tokio::io::unix::AsyncFd::register(events) }
+        .map_err(|e| anyhow::anyhow!("poll ring buffer: {e}"))
+}
+
+/// Resolves at the first SIGINT or SIGTERM: both end a trace cleanly (links detach when
+/// the probes drop). The handlers are installed by this call, before anything is awaited, so
+/// a signal right after "attached" is never lost to the default action.
+pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     btf::{KernelBtf, ReasonNames},
@@ -92,6 +91,14 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     for w in &warnings {
         eprintln!("tracer: warning: {w}");
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Installed before "attached" is printed: a signal right after it ends the trace cleanly.
+    let stop = {
+        let _context = rt.enter();
+        crate::events::stop_signal()?
+    };
     eprintln!(
         "tracer: sandbox {} — {} {} → {} {} ({} → {}); attached to {} devices, 2 namespaces in {} ms{}",
         path.sandbox_id.as_deref().unwrap_or("-"),
@@ -135,10 +142,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         decided: None,
         nft_trace: args.nft_trace,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(session.run_loop(events, &args));
+    let result = rt.block_on(session.run_loop(events, &args, stop));
     crate::trace::report_lost(&attached.probes)?;
     let result = result?;
     if args.probe {
@@ -227,12 +231,14 @@ struct Session {
 }
 
 impl Session {
-    async fn run_loop(&mut self, events: RingBuf<MapData>, args: &TraceArgs) -> Result<i32> {
-        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
-        let mut fd =
-            unsafe { AsyncFd::register(events) }.map_err(|e| anyhow::anyhow!("poll ring buffer: {e}"))?;
-        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    async fn run_loop(
+        &mut self,
+        events: RingBuf<MapData>,
+        args: &TraceArgs,
+        stop_signal: impl std::future::Future<Output = ()>,
+    ) -> Result<i32> {
+        let mut fd = crate::events::ring_fd(events)?;
+        tokio::pin!(stop_signal);
         let mut tick = tokio::time::interval(TICK);
         let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
@@ -272,8 +278,7 @@ impl Session {
                         break;
                     }
                 }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
+                _ = &mut stop_signal => break,
                 _ = &mut deadline => break,
             }
         }

@@ -3,7 +3,6 @@ use std::{io::Write as _, time::Duration};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     btf::{KernelBtf, ReasonNames},
@@ -55,11 +54,9 @@ fn run_drop_log(args: TraceArgs) -> Result<i32> {
 /// Prints each dropped packet until the duration ends or a signal arrives. Returns how many.
 async fn drop_log(events: RingBuf<MapData>, mut names: Names, args: &TraceArgs) -> Result<u64> {
     let clock = Clock::new();
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
-    let mut fd =
-        unsafe { AsyncFd::register(events) }.map_err(|e| anyhow::anyhow!("poll ring buffer: {e}"))?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut fd = crate::events::ring_fd(events)?;
+    let stop_signal = crate::events::stop_signal()?;
+    tokio::pin!(stop_signal);
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     eprintln!(
@@ -89,8 +86,7 @@ async fn drop_log(events: RingBuf<MapData>, mut names: Names, args: &TraceArgs) 
                 out.flush()?;
                 guard.clear_ready();
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut stop_signal => break,
             _ = &mut deadline => break,
         }
     }

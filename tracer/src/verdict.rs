@@ -116,7 +116,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(outcome: Outcome, summary: String) -> Self {
+    pub fn new(outcome: Outcome, summary: String) -> Self {
         Self {
             outcome,
             drop: None,

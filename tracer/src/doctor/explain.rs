@@ -129,18 +129,7 @@ mod tests {
     use crate::verdict::{Direction, DropInfo, Finding, ResetInfo, UnreachableInfo};
 
     fn verdict(outcome: Outcome) -> Verdict {
-        Verdict {
-            outcome,
-            drop: None,
-            reset: None,
-            unreachable: None,
-            findings: Vec::new(),
-            cause: None,
-            failing_hop: None,
-            summary: String::new(),
-            fix: None,
-            explained_by: Vec::new(),
-        }
+        Verdict::new(outcome, String::new())
     }
 
     fn drop(netns: &str, device: &str, hook: Option<Hook>, reason: &str, function: &str) -> DropInfo {

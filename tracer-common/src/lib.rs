@@ -100,6 +100,9 @@ pub struct Event {
     pub skb: u64,
     /// Kernel text address of the drop/free site (`kfree_skb`/`consume_skb`).
     pub location: u64,
+    /// The socket: of a socket event, or the one an skb belongs to (0 when none). Ties the
+    /// client socket's transitions to its SYN even before the socket has a port.
+    pub sk: u64,
     /// Network namespace inode (0 when unknown).
     pub netns: u32,
     /// Device the packet was on (0 when none).

@@ -33,11 +33,12 @@ pub fn set_dev(ev: &mut Event, dev: u64, off: &Offsets) {
 pub fn set_skb(ev: &mut Event, skb: u64, pkt: &Packet, off: &Offsets) {
     ev.skb = skb;
     ev.pkt = *pkt;
+    let sk: u64 = read(skb, off.skb_sk).unwrap_or(0);
+    ev.sk = sk;
     let dev = skb_dev(skb, off);
     if dev != 0 {
         set_dev(ev, dev, off);
     } else {
-        let sk: u64 = read(skb, off.skb_sk).unwrap_or(0);
         ev.netns = net_inum(sk_net(sk, off), off);
     }
 }

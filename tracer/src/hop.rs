@@ -157,6 +157,9 @@ pub struct Hop {
     pub pkt: Packet,
     #[serde(skip)]
     pub skb: u64,
+    /// The socket of a socket event, or of the packet (0 when none).
+    #[serde(skip)]
+    pub sk: u64,
     /// Kernel `symbol+0xoff` of a drop or free.
     pub location: Option<String>,
     pub function: Option<String>,
@@ -228,6 +231,7 @@ impl Hop {
             kind,
             pkt: ev.pkt,
             skb: ev.skb,
+            sk: ev.sk,
             location,
             function,
         })

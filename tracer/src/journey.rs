@@ -123,12 +123,18 @@ pub struct Correlator {
     open: HashMap<ConnKey, Journey>,
     /// Latest journey per client address and port.
     by_client: HashMap<(Ipv4Addr, u16), ConnKey>,
-    /// Socket events that came before their SYN.
-    pending_sock: HashMap<(Ipv4Addr, u16), Vec<Hop>>,
+    /// Journey of each client socket (kernel `struct sock` address): a socket's transitions
+    /// are tied to its SYN by address, because an unbound socket has no port yet when it
+    /// enters SYN_SENT.
+    by_sock: HashMap<u64, ConnKey>,
+    /// Socket events that came before their SYN, by socket.
+    pending_sock: HashMap<u64, Vec<Hop>>,
     /// Route lookups not yet matched to a packet.
     pending_route: Vec<Hop>,
-    /// Clients whose journey is finished, to ignore their late packets (FIN, ACKs).
-    finished: HashMap<(Ipv4Addr, u16), u64>,
+    /// Attempts already reported, to ignore their late packets (FIN, ACKs, a drop seconds
+    /// later); and their sockets.
+    finished: HashMap<ConnKey, u64>,
+    finished_sock: HashMap<u64, u64>,
     /// Latest neighbour state per (netns, address).
     neigh: HashMap<(u32, Ipv4Addr), (u32, u64)>,
     /// Journeys finished without a connection (route failures).
@@ -142,9 +148,11 @@ impl Correlator {
             timing,
             open: HashMap::new(),
             by_client: HashMap::new(),
+            by_sock: HashMap::new(),
             pending_sock: HashMap::new(),
             pending_route: Vec::new(),
             finished: HashMap::new(),
+            finished_sock: HashMap::new(),
             neigh: HashMap::new(),
             ready: Vec::new(),
         }
@@ -209,11 +217,14 @@ impl Correlator {
                 _ => return,
             },
         };
+        if self.finished.contains_key(&key) {
+            return;
+        }
         if !self.open.contains_key(&key) {
-            if self.finished.contains_key(&client) && leg == Leg::Reply {
-                return;
-            }
             self.start(key, &hop);
+        }
+        if leg == Leg::Request && hop.sk != 0 && !self.by_sock.contains_key(&hop.sk) {
+            self.adopt_socket(hop.sk, key);
         }
         let is_drop = matches!(hop.kind, HopKind::Drop { .. });
         let handshake = hop.is_syn() || hop.is_syn_ack() || hop.is_rst();
@@ -233,14 +244,27 @@ impl Correlator {
         }
     }
 
-    /// Opens a journey, with the socket and route events that came before its first packet.
+    /// Ties socket `sk` to journey `key`, with the socket's events that came first.
+    fn adopt_socket(&mut self, sk: u64, key: ConnKey) {
+        self.by_sock.insert(sk, key);
+        let pending = self.pending_sock.remove(&sk).unwrap_or_default();
+        if let Some(j) = self.open.get_mut(&key) {
+            for h in pending {
+                let decisive = is_decisive(&h);
+                let ts = h.ts_ns;
+                j.push(Leg::Control, h);
+                if decisive {
+                    j.decide(ts);
+                }
+            }
+            j.hops.sort_by_key(|(_, h)| h.ts_ns);
+        }
+    }
+
+    /// Opens a journey, with the route events that came before its first packet.
     fn start(&mut self, key: ConnKey, first: &Hop) {
         let client = (key.client, key.client_port);
-        self.finished.remove(&client);
         let mut j = Journey::new(JourneyId::Conn(key), first.ts_ns);
-        for h in self.pending_sock.remove(&client).unwrap_or_default() {
-            j.push(Leg::Control, h);
-        }
         let dst = first.dst();
         let (routes, rest): (Vec<Hop>, Vec<Hop>) = std::mem::take(&mut self.pending_route)
             .into_iter()
@@ -259,22 +283,29 @@ impl Correlator {
         if !self.ports.contains(&hop.pkt.dport) {
             return;
         }
-        let client = (hop.src(), hop.pkt.sport);
-        let decisive = match hop.kind {
-            HopKind::Socket {
-                old_state, new_state, ..
-            } => new_state == TCP_ESTABLISHED || (old_state == TCP_SYN_SENT && new_state == TCP_CLOSE),
-            _ => true,
-        };
-        let starting = matches!(
+        let sk = hop.sk;
+        if matches!(
             hop.kind,
             HopKind::Socket {
                 new_state: TCP_SYN_SENT,
                 ..
             }
-        );
-        match self.by_client.get(&client).copied() {
-            Some(k) if self.open.contains_key(&k) && !starting => {
+        ) {
+            // A new attempt (the address of a freed socket may be reused).
+            self.by_sock.remove(&sk);
+            self.finished_sock.remove(&sk);
+            self.pending_sock.entry(sk).or_default().push(hop);
+            return;
+        }
+        // By socket; events without one (test fixtures) by client address and port.
+        let key = match self.by_sock.get(&sk) {
+            Some(k) if sk != 0 => Some(*k),
+            _ if sk == 0 => self.by_client.get(&(hop.src(), hop.pkt.sport)).copied(),
+            _ => None,
+        };
+        match key.filter(|k| self.open.contains_key(k)) {
+            Some(k) => {
+                let decisive = is_decisive(&hop);
                 let ts = hop.ts_ns;
                 let j = self.open.get_mut(&k).expect("checked");
                 if j.decided_at.is_some() && !decisive {
@@ -285,8 +316,8 @@ impl Correlator {
                     j.decide(ts);
                 }
             }
-            _ if self.finished.contains_key(&client) && !starting => {}
-            _ => self.pending_sock.entry(client).or_default().push(hop),
+            None if self.finished_sock.contains_key(&sk) || key.is_some() => {}
+            None => self.pending_sock.entry(sk).or_default().push(hop),
         }
     }
 
@@ -336,7 +367,13 @@ impl Correlator {
         let mut out = std::mem::take(&mut self.ready);
         for k in due {
             if let Some(j) = self.open.remove(&k) {
-                self.finished.insert((k.client, k.client_port), now_ns);
+                self.finished.insert(k, now_ns);
+                self.by_sock.retain(|sk, key| {
+                    if *key == k {
+                        self.finished_sock.insert(*sk, now_ns);
+                    }
+                    *key != k
+                });
                 out.push(j);
             }
         }
@@ -381,8 +418,21 @@ impl Correlator {
             hops.last()
                 .is_some_and(|h| h.ts_ns >= cutoff.saturating_sub(1_000_000_000))
         });
-        let keep_finished = now_ns.saturating_sub(2_000_000_000);
+        // Late events of reported attempts come for a few seconds (ARP gives up after 3 s).
+        let keep_finished = now_ns.saturating_sub(10_000_000_000);
         self.finished.retain(|_, t| *t >= keep_finished);
+        self.finished_sock.retain(|_, t| *t >= keep_finished);
+    }
+}
+
+/// Socket events that decide an attempt: connected, or given up (timeout, RST).
+fn is_decisive(h: &Hop) -> bool {
+    match h.kind {
+        HopKind::Socket {
+            old_state, new_state, ..
+        } => new_state == TCP_ESTABLISHED || (old_state == TCP_SYN_SENT && new_state == TCP_CLOSE),
+        HopKind::RecvReset => true,
+        _ => false,
     }
 }
 
@@ -428,6 +478,7 @@ pub mod tests {
             kind,
             pkt: p,
             skb: 0xffff_8880_0000_1000,
+            sk: 0x5,
             location: None,
             function: None,
         }
@@ -516,6 +567,31 @@ pub mod tests {
         );
         assert_eq!(j.leg(Leg::Reply).count(), 1);
         assert_eq!(j.target, Some(("10.11.0.1".parse().unwrap(), 49983)));
+    }
+
+    #[test]
+    fn an_unbound_socket_is_tied_to_its_syn_by_address() {
+        // connect() without bind: the socket has no port yet when it enters SYN_SENT, and
+        // the kernel reports port 0 when it closes.
+        let t = Timing::default();
+        let mut c = Correlator::new(&[49983], t);
+        let portless = pkt("10.12.0.2", 0, "10.11.0.1", 49983, 0, 0, 0);
+        let mut start = hop(1, "e2b-host", "", sock(7, TCP_SYN_SENT), portless);
+        start.sk = 0xabc;
+        c.push(start);
+        let mut out = hop(2, "e2b-host", "veth-1", HopKind::Tcx { ingress: false }, syn());
+        out.sk = 0xabc;
+        c.push(out);
+        let mut close = hop(3, "e2b-host", "", sock(TCP_SYN_SENT, TCP_CLOSE), portless);
+        close.sk = 0xabc;
+        c.push(close);
+        let done = c.take_due(3 + t.settle_ns);
+        assert_eq!(
+            done.len(),
+            1,
+            "decided by the socket's close, not by the quiet timeout"
+        );
+        assert_eq!(done[0].hops.len(), 3);
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let sandbox = sb.clone();
     let window_ends = window_ends(&attached.probes, &[host_ns.inode, sandbox_ns.inode]);
     let mut session = Session {
+        debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
         window_ends,
         sandbox,
         doctor: None,
@@ -204,6 +205,8 @@ fn attach(
 }
 
 struct Session {
+    /// TRACER_DEBUG_EVENTS: every decoded event on stderr, for debugging the tracer itself.
+    debug_events: bool,
     sandbox: Sandbox,
     /// Where the window after each attached netfilter slot ends, per (netns, hook, slot).
     window_ends: HashMap<(u32, u8, u8), i32>,
@@ -255,6 +258,9 @@ impl Session {
                     let mut guard = guard?;
                     while let Some(item) = guard.get_inner_mut().next() {
                         if let Some(ev) = decode(&item) && let Some(hop) = Hop::from_event(&ev, &mut self.names) {
+                            if self.debug_events {
+                                eprintln!("event: {hop:?}");
+                            }
                             self.correlator.push(self.name_devices(hop));
                         }
                     }
@@ -380,13 +386,20 @@ impl Session {
         let neigh_snapshot = std::cell::OnceCell::new();
         let sandbox_ns = self.sandbox_ns.clone();
         let correlator = &self.correlator;
+        // The namespace's neighbour table now is the truth (the kernel moves an entry back to
+        // INCOMPLETE without any tracepoint we attach); the last change seen is the fallback.
         let lookup = |ns: u32, addr: std::net::Ipv4Addr| {
-            correlator.neigh_state(ns, addr).or_else(|| {
-                // Not seen changing during the trace: read the namespace's table.
-                let snap = neigh_snapshot.get_or_init(|| netstate::snapshot(&sandbox_ns).ok());
-                let n = snap.as_ref()?.neighbours.iter().find(|n| n.addr == addr)?;
-                Some(nud_bits(&n.state))
-            })
+            let snap = neigh_snapshot.get_or_init(|| netstate::snapshot(&sandbox_ns).ok());
+            let live = (ns == sandbox_ns.inode)
+                .then(|| {
+                    snap.as_ref()?
+                        .neighbours
+                        .iter()
+                        .find(|n| n.addr == addr)
+                        .map(|n| nud_bits(&n.state))
+                })
+                .flatten();
+            live.or_else(|| correlator.neigh_state(ns, addr))
         };
         let mut v = verdict::decide(j, Some(&self.path), &lookup);
         self.resolve_rule(j, &mut v);

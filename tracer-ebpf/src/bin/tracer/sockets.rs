@@ -40,6 +40,7 @@ fn sk_event(cfg: &Config, sk: u64, at: u8) -> Option<Event> {
     let mut ev = event(at);
     ev.pkt = pkt;
     ev.netns = netns;
+    ev.sk = sk;
     Some(ev)
 }
 

@@ -1,5 +1,5 @@
 //! Command-line interface.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -10,10 +10,10 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 #[command(name = "tracer", version, propagate_version = true)]
 #[command(after_help = "Examples:
   tracer list                                   sandboxes on this host
-  tracer trace --vm i2x0abcdef0123456789a --probe   probe a sandbox now, verdict in ~1 s
-  tracer trace --vm i2x0abcdef0123456789a           watch the orchestrator's own attempts
+  tracer trace --vm i2x0abcdef012345678a --probe   probe a sandbox now, verdict in ~1 s
+  tracer trace --vm i2x0abcdef012345678a           watch the orchestrator's own attempts
   tracer trace --port 49983                     every dropped envd packet, any namespace
-  tracer doctor --vm i2x0abcdef0123456789a      read-only check of the sandbox's network
+  tracer doctor --vm i2x0abcdef012345678a      read-only check of the sandbox's network
 
 Exit codes: 0 = path works, 1 = a failure was found and named, 2 = usage or environment error.")]
 pub struct Cli {
@@ -89,10 +89,6 @@ pub struct TraceArgs {
     /// ruleset while it runs; without this flag the tracer never does.
     #[arg(long)]
     pub nft_trace: bool,
-
-    /// Write the raw events of every journey as pcapng to this file.
-    #[arg(long, value_name = "FILE")]
-    pub pcap: Option<PathBuf>,
 }
 
 impl TraceArgs {

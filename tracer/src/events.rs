@@ -130,7 +130,13 @@ pub struct Names {
     pub reasons: ReasonNames,
     pub kallsyms: Kallsyms,
     netns: HashMap<u32, String>,
+    /// When /var/run/netns was last read: an unnamed namespace (production's root one) must
+    /// not cost a directory scan per event.
+    netns_read: std::time::Instant,
 }
+
+/// How often an unknown namespace inode may trigger a re-read of /var/run/netns.
+const NETNS_REREAD: Duration = Duration::from_secs(1);
 
 impl Names {
     pub fn new(reasons: ReasonNames, kallsyms: Kallsyms) -> Self {
@@ -138,16 +144,19 @@ impl Names {
             reasons,
             kallsyms,
             netns: netns::names(),
+            netns_read: std::time::Instant::now(),
         }
     }
 
-    /// Name of a namespace inode (re-reading /var/run/netns for ones created since).
+    /// Name of a namespace inode (re-reading /var/run/netns, at most once a second, for
+    /// ones created since).
     pub fn netns(&mut self, inode: u32) -> Option<String> {
         if inode == 0 {
             return None;
         }
-        if !self.netns.contains_key(&inode) {
+        if !self.netns.contains_key(&inode) && self.netns_read.elapsed() >= NETNS_REREAD {
             self.netns = netns::names();
+            self.netns_read = std::time::Instant::now();
         }
         self.netns.get(&inode).cloned()
     }

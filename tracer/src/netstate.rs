@@ -218,14 +218,13 @@ impl Rtnl {
     }
 
     pub fn links(&mut self) -> Result<Vec<Link>> {
-        let replies = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
-        Ok(replies
-            .iter()
-            .filter_map(|m| match m {
+        self.dump_as(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            |m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(link_from(l)),
                 _ => None,
-            })
-            .collect())
+            },
+        )
     }
 
     /// One link by ifindex, without dumping them all (a host namespace holds a veth per
@@ -246,14 +245,10 @@ impl Rtnl {
     pub fn addrs(&mut self) -> Result<Vec<Addr>> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
-        let replies = self.dump(RouteNetlinkMessage::GetAddress(msg))?;
-        Ok(replies
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => addr_from(a),
-                _ => None,
-            })
-            .collect())
+        self.dump_as(RouteNetlinkMessage::GetAddress(msg), |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => addr_from(a),
+            _ => None,
+        })
     }
 
     /// IPv4 routes of every table.
@@ -262,27 +257,19 @@ impl Rtnl {
         msg.header.address_family = AddressFamily::Inet;
         // RT_TABLE_UNSPEC in a dump request means "all tables".
         msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
-        let replies = self.dump(RouteNetlinkMessage::GetRoute(msg))?;
-        Ok(replies
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => route_from(r),
-                _ => None,
-            })
-            .collect())
+        self.dump_as(RouteNetlinkMessage::GetRoute(msg), |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => route_from(r),
+            _ => None,
+        })
     }
 
     pub fn neighbours(&mut self) -> Result<Vec<Neighbour>> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
-        let replies = self.dump(RouteNetlinkMessage::GetNeighbour(msg))?;
-        Ok(replies
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => neighbour_from(n),
-                _ => None,
-            })
-            .collect())
+        self.dump_as(RouteNetlinkMessage::GetNeighbour(msg), |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => neighbour_from(n),
+            _ => None,
+        })
     }
 
     /// The nsid this socket's namespace uses for `target`; None when it assigned none. Asking
@@ -302,6 +289,15 @@ impl Rtnl {
             _ => None,
         });
         Ok(id.filter(|id| *id >= 0))
+    }
+
+    /// A dump request, each reply converted by `convert` (replies it does not take are skipped).
+    fn dump_as<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        convert: impl Fn(&RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        Ok(self.dump(msg)?.iter().filter_map(convert).collect())
     }
 
     fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {

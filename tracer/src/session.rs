@@ -99,33 +99,12 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         let _context = rt.enter();
         crate::events::stop_signal()?
     };
-    eprintln!(
-        "tracer: sandbox {} — {} {} → {} {} ({} → {}); attached to {} devices, 2 namespaces in {} ms{}",
-        path.sandbox_id.as_deref().unwrap_or("-"),
-        path.host_ns.label(),
-        if path.host_veth.is_empty() {
-            "?"
-        } else {
-            &path.host_veth
-        },
-        path.sandbox_ns.label(),
-        path.tap,
-        path.host_ip,
-        path.guest_ip,
-        attached.devices,
-        attach_time.as_millis(),
-        if args.probe {
-            "; probing"
-        } else {
-            "; watching (Ctrl-C to stop)"
-        }
-    );
+    announce(&path, attached.devices, attach_time, args.probe);
     let events = attached.probes.take_events()?;
     let sandbox = sb.clone();
-    let window_ends = window_ends(&attached.probes, &[host_ns.inode, sandbox_ns.inode]);
     let mut session = Session {
         debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
-        window_ends,
+        nf_layout: attached.probes.nf_layout().clone(),
         sandbox,
         doctor: None,
         reporter: Reporter::new(args.json, args.all_hops, Some(&path)),
@@ -154,6 +133,30 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         );
     }
     Ok(result)
+}
+
+/// The one stderr line that says what is attached (tests and scripts wait for "attached").
+fn announce(path: &ExpectedPath, devices: usize, attach_time: Duration, probe: bool) {
+    let host_veth = if path.host_veth.is_empty() {
+        "?"
+    } else {
+        &path.host_veth
+    };
+    let mode = if probe {
+        "probing"
+    } else {
+        "watching (Ctrl-C to stop)"
+    };
+    eprintln!(
+        "tracer: sandbox {} — {} {host_veth} → {} {} ({} → {}); attached to {devices} devices, 2 namespaces in {} ms; {mode}",
+        path.sandbox_id.as_deref().unwrap_or("-"),
+        path.host_ns.label(),
+        path.sandbox_ns.label(),
+        path.tap,
+        path.host_ip,
+        path.guest_ip,
+        attach_time.as_millis(),
+    );
 }
 
 /// Loads the programs and attaches them to the path's devices and namespaces only.
@@ -208,8 +211,8 @@ struct Session {
     /// TRACER_DEBUG_EVENTS: every decoded event on stderr, for debugging the tracer itself.
     debug_events: bool,
     sandbox: Sandbox,
-    /// Where the window after each attached netfilter slot ends, per (netns, hook, slot).
-    window_ends: HashMap<(u32, u8, u8), i32>,
+    /// Where the netfilter slots are: the priority windows of netfilter hops.
+    nf_layout: crate::probes::NfLayout,
     /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
     /// while (configuration changes while watching).
     doctor: Option<(Instant, Vec<crate::doctor::Check>)>,
@@ -327,9 +330,9 @@ impl Session {
             window_end,
             ..
         } = &mut hop.kind
-            && let Some(end) = self.window_ends.get(&(hop.netns, *hook as u8, *slot))
+            && let Some(end) = self.nf_layout.window_end(hop.netns, *hook as u8, *slot)
         {
-            *window_end = *end;
+            *window_end = end;
         }
         if let HopKind::Netfilter {
             in_ifindex,
@@ -457,21 +460,6 @@ impl Session {
             .cloned()
             .or_else(|| crate::netns::all_named().into_iter().find(|n| n.inode == inode))
     }
-}
-
-/// The end of the priority window after each attached slot, for every (netns, hook, slot).
-fn window_ends(probes: &Probes, namespaces: &[u32]) -> HashMap<(u32, u8, u8), i32> {
-    let mut out = HashMap::new();
-    for &ns in namespaces {
-        for hook in 0..tracer_common::hook::COUNT as u8 {
-            for slot in 0..tracer_common::NF_SLOT_PRIORITIES.len() as u8 {
-                if let Some(end) = probes.window_end(ns, hook, slot) {
-                    out.insert((ns, hook, slot), end);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// `ip neigh` state names to NUD bits.

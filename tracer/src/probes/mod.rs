@@ -60,8 +60,8 @@ pub struct Probes {
     nf_programs: Vec<OwnedFd>,
     /// Netfilter links, per namespace inode.
     nf_links: HashMap<u32, Vec<OwnedFd>>,
-    /// Slots attached, per (namespace inode, hook number).
-    nf_slots: HashMap<(u32, u8), Vec<u8>>,
+    /// Slots attached, per namespace and hook.
+    nf_slots: NfLayout,
     btf: aya::Btf,
     /// Time spent attaching, for reports and benchmarks.
     pub attach_time: std::time::Duration,
@@ -92,7 +92,7 @@ impl Probes {
             ebpf,
             nf_programs: Vec::new(),
             nf_links: HashMap::new(),
-            nf_slots: HashMap::new(),
+            nf_slots: NfLayout::default(),
             btf,
             attach_time: Default::default(),
         };
@@ -225,7 +225,7 @@ impl Probes {
                         .map_err(|e| EnvError::from_program("netfilter", &format!("BPF_LINK_CREATE: {e}")))?;
                     links.push(link);
                 }
-                self.nf_slots.insert((ns.inode, hooknum), slots);
+                self.nf_slots.0.insert((ns.inode, hooknum), slots);
             }
         }
         self.nf_links.insert(ns.inode, links);
@@ -233,17 +233,9 @@ impl Probes {
         Ok(())
     }
 
-    /// Priority of the slot attached after `slot` at `hook` in namespace `netns` (i32::MAX
-    /// after the last one).
-    pub fn window_end(&self, netns: u32, hooknum: u8, slot: u8) -> Option<i32> {
-        let slots = self.nf_slots.get(&(netns, hooknum))?;
-        Some(
-            slots
-                .iter()
-                .find(|s| **s > slot)
-                .map(|s| NF_SLOT_PRIORITIES[*s as usize])
-                .unwrap_or(i32::MAX),
-        )
+    /// Where the netfilter slots are, per namespace and hook.
+    pub fn nf_layout(&self) -> &NfLayout {
+        &self.nf_slots
     }
 
     fn load_netfilter(&mut self) -> Result<()> {
@@ -285,6 +277,25 @@ impl Probes {
     /// Number of netfilter links currently attached (for tests and reports).
     pub fn netfilter_links(&self) -> usize {
         self.nf_links.values().map(Vec::len).sum()
+    }
+}
+
+/// The netfilter slots attached, per (namespace inode, hook number).
+#[derive(Debug, Clone, Default)]
+pub struct NfLayout(HashMap<(u32, u8), Vec<u8>>);
+
+impl NfLayout {
+    /// Priority of the slot attached after `slot` at `hook` in namespace `netns` (i32::MAX
+    /// after the last one): a drop after `slot` happened between the two.
+    pub fn window_end(&self, netns: u32, hooknum: u8, slot: u8) -> Option<i32> {
+        let slots = self.0.get(&(netns, hooknum))?;
+        Some(
+            slots
+                .iter()
+                .find(|s| **s > slot)
+                .map(|s| NF_SLOT_PRIORITIES[*s as usize])
+                .unwrap_or(i32::MAX),
+        )
     }
 }
 

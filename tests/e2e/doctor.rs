@@ -3,6 +3,7 @@
 //! exactly the broken sandbox among several.
 mod common;
 
+use lab::testing::lab_up;
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
@@ -95,10 +96,12 @@ fn assert_healthy(id: &str, what: &str) {
 
 #[test]
 fn healthy_sandbox_passes_every_check_and_says_where_the_tap_lives() {
-    if !require_root("healthy_sandbox_passes_every_check_and_says_where_the_tap_lives") {
+    let Some(lab) = lab_up(
+        "healthy_sandbox_passes_every_check_and_says_where_the_tap_lives",
+        LabConfig::default(),
+    ) else {
         return;
-    }
-    let lab = Lab::up(LabConfig::default()).expect("lab up");
+    };
     let id = &lab.sandbox_ids()[0];
     assert_healthy(id, "userspace guest");
 
@@ -151,15 +154,16 @@ fn healthy_qemu_sandbox_passes_every_check() {
 
 #[test]
 fn each_fault_trips_its_checks_and_no_other() {
-    if !require_root("each_fault_trips_its_checks_and_no_other") {
-        return;
-    }
     // Two sandboxes: wrong-slot-route sends sandbox 1's traffic to sandbox 2.
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .expect("lab up");
+    let Some(mut lab) = lab_up(
+        "each_fault_trips_its_checks_and_no_other",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
     let (id, other) = (lab.sandbox_ids()[0].clone(), lab.sandbox_ids()[1].clone());
     // Also remembers the sandbox, so it is still found once its VMM is gone.
     assert_healthy(&id, "before any fault");
@@ -319,10 +323,12 @@ fn sh_line(line: &str) {
 
 #[test]
 fn unpublished_misconfigurations_are_flagged_by_the_right_checks() {
-    if !require_root("unpublished_misconfigurations_are_flagged_by_the_right_checks") {
+    let Some(lab) = lab_up(
+        "unpublished_misconfigurations_are_flagged_by_the_right_checks",
+        LabConfig::default(),
+    ) else {
         return;
-    }
-    let lab = Lab::up(LabConfig::default()).expect("lab up");
+    };
     let id = lab.sandbox_ids()[0].clone();
     let mut failures = Vec::new();
     for (name, setup, teardown, problems, warnings) in UNPUBLISHED {
@@ -352,15 +358,16 @@ fn unpublished_misconfigurations_are_flagged_by_the_right_checks() {
 
 #[test]
 fn bridged_taps_and_legacy_iptables_pass_when_healthy() {
-    if !require_root("bridged_taps_and_legacy_iptables_pass_when_healthy") {
+    let Some(mut lab) = lab_up(
+        "bridged_taps_and_legacy_iptables_pass_when_healthy",
+        LabConfig {
+            iptables: IptablesBackend::Legacy,
+            topology: Topology::Bridge,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        iptables: IptablesBackend::Legacy,
-        topology: Topology::Bridge,
-        ..Default::default()
-    })
-    .expect("lab up");
+    };
     let id = lab.sandbox_ids()[0].clone();
     assert_healthy(&id, "bridge + iptables-legacy");
     // Rules written with iptables-legacy are read too.
@@ -376,14 +383,15 @@ fn bridged_taps_and_legacy_iptables_pass_when_healthy() {
 
 #[test]
 fn all_flags_exactly_the_broken_sandbox() {
-    if !require_root("all_flags_exactly_the_broken_sandbox") {
+    let Some(mut lab) = lab_up(
+        "all_flags_exactly_the_broken_sandbox",
+        LabConfig {
+            sandboxes: 4,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 4,
-        ..Default::default()
-    })
-    .expect("lab up");
+    };
     let ids = lab.sandbox_ids();
     let run_all = || {
         let (code, stdout, stderr) = tracer(&["doctor", "--all", "--json"]);
@@ -445,19 +453,17 @@ fn bad_ids_are_usage_errors() {
 #[test]
 #[ignore]
 fn doctor_all_scales_to_many_sandboxes() {
-    if !require_root("doctor_all_scales_to_many_sandboxes") {
-        return;
-    }
-    let n: u32 = std::env::var("DOCTOR_SANDBOXES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let n: u32 = lab::testing::env_count("DOCTOR_SANDBOXES", 200);
     let start = Instant::now();
-    let lab = Lab::up(LabConfig {
-        sandboxes: n,
-        ..Default::default()
-    })
-    .expect("lab up");
+    let Some(lab) = lab_up(
+        "doctor_all_scales_to_many_sandboxes",
+        LabConfig {
+            sandboxes: n,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
     eprintln!("lab with {n} sandboxes up in {:?}", start.elapsed());
     let bin = std::env::var("TRACER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tracer").into());
     for extra in [&[][..], &["--no-connect"][..]] {

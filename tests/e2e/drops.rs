@@ -22,14 +22,8 @@ fn attempt(a: &common::TestNetns, timeout: Duration) -> (u16, bool) {
     )
 }
 
-#[test]
-fn iptables_drop_is_reported_with_reason_netns_and_device() {
-    if !require_root("iptables_drop_is_reported") {
-        return;
-    }
-    // Tracer runs take the lab lock: the detach test checks that no program of ours is loaded.
-    let _lock = lab::state::LabLock::acquire().unwrap();
-    let (a, b) = veth_pair("tr2");
+/// The fault under test: an iptables DROP of envd's port in b's INPUT.
+fn drop_envd(b: &common::TestNetns) {
     b.run(&[
         "iptables-nft",
         "-A",
@@ -41,6 +35,17 @@ fn iptables_drop_is_reported_with_reason_netns_and_device() {
         "-j",
         "DROP",
     ]);
+}
+
+#[test]
+fn iptables_drop_is_reported_with_reason_netns_and_device() {
+    if !require_root("iptables_drop_is_reported") {
+        return;
+    }
+    // Tracer runs take the lab lock: the detach test checks that no program of ours is loaded.
+    let _lock = lab::state::LabLock::acquire().unwrap();
+    let (a, b) = veth_pair("tr2");
+    drop_envd(&b);
     let tracer = Tracer::start(&["trace", "--port", "49983", "--json"]);
 
     let (_, connected) = attempt(&a, Duration::from_millis(300));
@@ -76,17 +81,7 @@ fn no_drop_is_reported_without_the_rule() {
     let _accepted = listener.accept().expect("accept");
 
     // Then a drop as a marker: everything about the good connection was reported before it.
-    b.run(&[
-        "iptables-nft",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "49983",
-        "-j",
-        "DROP",
-    ]);
+    drop_envd(&b);
     let (_, connected) = attempt(&a, Duration::from_millis(300));
     assert!(!connected);
     let (marker, before) = tracer.next_json(Duration::from_secs(5), |v| v["reason"] == "NETFILTER_DROP");

@@ -3,12 +3,12 @@
 //! that are running.
 mod common;
 
+use lab::testing::lab_up;
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::require_root;
 use lab::{Fault, IptablesBackend, Lab, LabConfig, Topology};
 use serde_json::Value;
 use tracer::{error::EnvError, sandbox};
@@ -49,14 +49,15 @@ fn assert_row_matches_lab(row: &Value, lab: &Lab, i: usize) {
 
 #[test]
 fn list_shows_running_sandboxes_only() {
-    if !require_root("list_shows_running_sandboxes_only") {
+    let Some(mut lab) = lab_up(
+        "list_shows_running_sandboxes_only",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .expect("lab up");
+    };
     let ids = lab.sandbox_ids();
 
     let rows = list_json();
@@ -86,14 +87,15 @@ fn list_shows_running_sandboxes_only() {
 
 #[test]
 fn find_is_fast_and_names_unknown_and_malformed_ids() {
-    if !require_root("find_is_fast_and_names_unknown_and_malformed_ids") {
+    let Some(lab) = lab_up(
+        "find_is_fast_and_names_unknown_and_malformed_ids",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .expect("lab up");
+    };
     let ids = lab.sandbox_ids();
 
     let start = Instant::now();
@@ -142,14 +144,15 @@ fn find_is_fast_and_names_unknown_and_malformed_ids() {
 
 #[test]
 fn netns_and_pid_find_the_same_sandbox_and_see_a_tap_without_reader() {
-    if !require_root("netns_and_pid_find_the_same_sandbox") {
+    let Some(mut lab) = lab_up(
+        "netns_and_pid_find_the_same_sandbox",
+        LabConfig {
+            sandboxes: 1,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 1,
-        ..Default::default()
-    })
-    .expect("lab up");
+    };
     let pid = lab.sandboxes()[0].guest_pid.expect("guest pid");
 
     let by_pid = sandbox::from_pid(pid).expect("from_pid");
@@ -173,16 +176,15 @@ fn netns_and_pid_find_the_same_sandbox_and_see_a_tap_without_reader() {
 
 #[test]
 fn legacy_iptables_and_bridged_taps_are_understood() {
-    if !require_root("legacy_iptables_and_bridged_taps_are_understood") {
-        return;
-    }
     let config = LabConfig {
         sandboxes: 1,
         iptables: IptablesBackend::Legacy,
         topology: Topology::Bridge,
         ..Default::default()
     };
-    let lab = Lab::up(config).expect("lab up");
+    let Some(lab) = lab_up("legacy_iptables_and_bridged_taps_are_understood", config) else {
+        return;
+    };
     let sb = sandbox::find(&lab.sandbox_ids()[0]).expect("find");
     assert_eq!(sb.host_ip, Some("10.11.0.1".parse().unwrap()), "{sb:?}");
     assert_eq!(sb.guest_ip, Some("169.254.0.21".parse().unwrap()), "{sb:?}");
@@ -194,19 +196,17 @@ fn legacy_iptables_and_bridged_taps_are_understood() {
 #[test]
 #[ignore]
 fn discovery_scales_to_many_sandboxes() {
-    if !require_root("discovery_scales_to_many_sandboxes") {
-        return;
-    }
-    let n: u32 = std::env::var("LIST_SANDBOXES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let n: u32 = lab::testing::env_count("LIST_SANDBOXES", 50);
     let start = Instant::now();
-    let lab = Lab::up(LabConfig {
-        sandboxes: n,
-        ..Default::default()
-    })
-    .expect("lab up");
+    let Some(lab) = lab_up(
+        "discovery_scales_to_many_sandboxes",
+        LabConfig {
+            sandboxes: n,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
     eprintln!("lab with {n} sandboxes up in {:?}", start.elapsed());
     let ids = lab.sandbox_ids();
     for _ in 0..3 {

@@ -3,10 +3,11 @@
 //! fails clearly. Root; the lab lock serializes these tests.
 mod common;
 
+use lab::testing::lab_up;
 use std::{process::Command, time::Duration};
 
-use common::{OUR_PROGRAMS, Tracer, loaded_program_names, probe, require_root, tracer};
-use lab::{Fault, GuestKind, Lab, LabConfig, Topology};
+use common::{OUR_PROGRAMS, Tracer, loaded_program_names, probe, tracer};
+use lab::{Fault, GuestKind, LabConfig, Topology};
 use serde_json::Value;
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {
@@ -153,14 +154,15 @@ fn assert_connected_with(id: &str, extra: &[&str]) -> Value {
 
 #[test]
 fn every_lab_fault_is_named() {
-    if !require_root("every_lab_fault_is_named") {
+    let Some(mut lab) = lab_up(
+        "every_lab_fault_is_named",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     let other = lab.sandbox_ids()[1].clone();
     // Discovery remembers the sandbox: when its VMM is what dies, the trace still finds it.
@@ -186,10 +188,9 @@ fn every_lab_fault_is_named() {
 
 #[test]
 fn healthy_journey_shows_every_hop_and_the_sandbox() {
-    if !require_root("healthy_journey_shows_every_hop") {
+    let Some(lab) = lab_up("healthy_journey_shows_every_hop", LabConfig::default()) else {
         return;
-    }
-    let lab = Lab::up(LabConfig::default()).unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     let v = assert_connected(&id);
     assert_eq!(s(&v, "sandbox.netns"), "ns-1");
@@ -234,14 +235,15 @@ fn healthy_journey_shows_every_hop_and_the_sandbox() {
 
 #[test]
 fn another_sandbox_is_never_mixed_in_and_passive_mode_sees_the_orchestrator() {
-    if !require_root("passive_mode") {
+    let Some(mut lab) = lab_up(
+        "passive_mode",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     // Healthy: all attempts of sandbox 1 connect; sandbox 2's traffic is not reported.
     let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
@@ -280,14 +282,15 @@ fn another_sandbox_is_never_mixed_in_and_passive_mode_sees_the_orchestrator() {
 
 #[test]
 fn bridge_variant_shows_the_bridge_hops_and_drops() {
-    if !require_root("bridge_variant") {
+    let Some(mut lab) = lab_up(
+        "bridge_variant",
+        LabConfig {
+            topology: Topology::Bridge,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        topology: Topology::Bridge,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     let v = assert_connected(&id);
     let hops = v["hops"].as_array().unwrap();
@@ -313,14 +316,15 @@ fn bridge_variant_shows_the_bridge_hops_and_drops() {
 
 #[test]
 fn qemu_guest_healthy_forward_drop_and_no_reader() {
-    if !require_root("qemu_guest") {
+    let Some(mut lab) = lab_up(
+        "qemu_guest",
+        LabConfig {
+            guest: GuestKind::Qemu,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        guest: GuestKind::Qemu,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     assert_eq!(tracer(&["list"]).0, 0);
     // An emulated guest under the load of a test run can take longer than 50 ms to answer.
@@ -337,10 +341,9 @@ fn qemu_guest_healthy_forward_drop_and_no_reader() {
 
 #[test]
 fn nft_trace_names_an_uncounted_rule_and_removes_itself() {
-    if !require_root("nft_trace") {
+    let Some(mut lab) = lab_up("nft_trace", LabConfig::default()) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig::default()).unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     lab.break_fault(0, Fault::PreroutingDropNft).unwrap();
     // Rule counters move with traffic; the set of tables and rules must not.
@@ -361,10 +364,9 @@ fn nft_trace_names_an_uncounted_rule_and_removes_itself() {
 
 #[test]
 fn nothing_stays_attached_after_exit_signal_or_panic() {
-    if !require_root("detach") {
+    let Some(lab) = lab_up("detach", LabConfig::default()) else {
         return;
-    }
-    let lab = Lab::up(LabConfig::default()).unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
     let ours = || {
         loaded_program_names()
@@ -402,10 +404,9 @@ fn nothing_stays_attached_after_exit_signal_or_panic() {
 
 #[test]
 fn errors_are_one_sentence_with_exit_code_2() {
-    if !require_root("errors") {
+    let Some(lab) = lab_up("errors", LabConfig::default()) else {
         return;
-    }
-    let lab = Lab::up(LabConfig::default()).unwrap();
+    };
     let id = lab.sandbox_ids()[0].clone();
 
     let (code, _, err) = tracer(&["trace", "--vm", "NOT-AN-ID", "--probe"]);

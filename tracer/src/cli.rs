@@ -91,13 +91,6 @@ pub struct TraceArgs {
     pub nft_trace: bool,
 }
 
-impl TraceArgs {
-    /// True when a sandbox (or explicit VMM namespace) was named.
-    pub fn has_target(&self) -> bool {
-        self.vm.is_some() || !self.netns.is_empty() || self.pid.is_some()
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// JSON output.

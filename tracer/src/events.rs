@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tracer_common::{Event, Packet, point, tcp_flag};
+use tracer_common::{Event, Packet, tcp_flag};
 
 use crate::{btf::ReasonNames, kallsyms::Kallsyms, netns};
 
@@ -160,30 +160,6 @@ impl Names {
         }
         self.netns.get(&inode).cloned()
     }
-
-    /// `ns-1`, or `netns:4026532291` for a namespace without a name.
-    pub fn netns_label(&mut self, inode: u32) -> String {
-        self.netns(inode).unwrap_or_else(|| format!("netns:{inode}"))
-    }
-
-    /// Short name of a point, e.g. `drop`, `tcx/ingress`.
-    pub fn point_label(ev: &Event) -> &'static str {
-        match ev.point {
-            point::DROP => "drop",
-            point::CONSUME => "consumed",
-            point::TCX_INGRESS => "tcx/ingress",
-            point::TCX_EGRESS => "tcx/egress",
-            point::XMIT => "xmit",
-            point::RECEIVE => "receive",
-            point::NETFILTER => "nf",
-            point::SOCK_STATE => "socket",
-            point::SEND_RESET => "send-reset",
-            point::RECV_RESET => "recv-reset",
-            point::FIB_LOOKUP => "route",
-            point::NEIGH => "neigh",
-            _ => "?",
-        }
-    }
 }
 
 /// The event ring buffer as something tokio can wait on.
@@ -211,6 +187,8 @@ pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::point;
+
     use super::*;
 
     #[test]

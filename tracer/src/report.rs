@@ -185,14 +185,6 @@ impl Reporter {
         out.flush()
     }
 
-    /// Number of journeys per outcome so far.
-    pub fn outcomes(&self) -> Vec<(Outcome, u64)> {
-        self.order
-            .iter()
-            .map(|s| (self.groups[s].record.outcome, self.groups[s].record.count))
-            .collect()
-    }
-
     pub fn record(&self, j: &Journey, v: &Verdict) -> JourneyRecord {
         let t0 = j.first_ns;
         JourneyRecord {

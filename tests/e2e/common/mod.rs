@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[allow(unused_imports)] // not every test file needs it
 pub use lab::testing::require_root;
 
 /// A namespace created for one test, deleted on drop (success or failure).

@@ -8,7 +8,7 @@ use crate::{
     connect::{self, ConnectReport},
     faults::Fault,
     guest::{self, GuestKind},
-    sh::{self, ip, run_in, run_in_with_input, sysctl},
+    sh::{ip, run_in, run_in_with_input, sysctl},
     state::{self, LabLock, SandboxState, State},
     topology::{
         BRIDGE_NAME, ENVD_PORT, GUEST_IP, HOST_NS, IptablesBackend, LAB_ALIAS, Slot, TAP_IP, TAP_MAC,
@@ -660,13 +660,6 @@ pub fn random_id() -> String {
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
-}
-
-/// Runs a shell-like command line for debugging (`lab exec`).
-pub fn exec_in(ns: &str, argv: &[String]) -> Result<String> {
-    let (prog, args) = argv.split_first().ok_or_else(|| anyhow!("nothing to run"))?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh::run_in(Some(ns), prog, &args)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The lab itself (issue 3): built, healthy, broken the way production breaks, healed, and
 //! gone without a trace afterwards. Needs root; runs serially (the lab lock).
+use lab::testing::lab_up;
 use std::{path::Path, process::Command};
 
 use lab::{
@@ -95,49 +96,59 @@ fn symptom_of(r: &lab::ConnectReport) -> Option<Symptom> {
     }
 }
 
+/// Breaks `fault` in sandbox 0: the stand-in must fail the way production would (and
+/// sandbox `other`, if given, keep working); healed, sandbox 0 works again.
+fn break_and_heal(lab: &mut Lab, fault: Fault, other: Option<usize>) {
+    lab.break_fault(0, fault).unwrap();
+    let r = lab.connect(0, 3).unwrap();
+    assert!(
+        !r.succeeded(),
+        "{}: the connection should fail: {}",
+        fault.name(),
+        r.summary()
+    );
+    assert_eq!(
+        symptom_of(&r),
+        Some(fault.symptom()),
+        "{}: {}",
+        fault.name(),
+        r.summary()
+    );
+    if let Some(i) = other {
+        healthy(lab, i);
+    }
+    lab.heal(0).unwrap();
+    healthy(lab, 0);
+}
+
 #[test]
 fn every_fault_fails_like_production_and_heals() {
-    if !require_root("every_fault_fails_like_production_and_heals") {
+    let Some(mut lab) = lab_up(
+        "every_fault_fails_like_production_and_heals",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     for &fault in Fault::ALL {
-        lab.break_fault(0, fault).unwrap();
-        let r = lab.connect(0, 3).unwrap();
-        assert!(
-            !r.succeeded(),
-            "{}: the connection should fail: {}",
-            fault.name(),
-            r.summary()
-        );
-        assert_eq!(
-            symptom_of(&r),
-            Some(fault.symptom()),
-            "{}: {}",
-            fault.name(),
-            r.summary()
-        );
-        // The other sandbox is independent.
-        healthy(&lab, 1);
-        lab.heal(0).unwrap();
-        healthy(&lab, 0);
+        // The other sandbox stays independent meanwhile.
+        break_and_heal(&mut lab, fault, Some(1));
     }
 }
 
 #[test]
 fn legacy_iptables_backend_works_and_breaks() {
-    if !require_root("legacy_iptables_backend_works_and_breaks") {
+    let Some(mut lab) = lab_up(
+        "legacy_iptables_backend_works_and_breaks",
+        LabConfig {
+            iptables: IptablesBackend::Legacy,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        iptables: IptablesBackend::Legacy,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     healthy(&lab, 0);
     let save = lab::sh::run_in(Some("ns-1"), "iptables-legacy-save", &["-t", "nat"]).unwrap();
     assert!(save.contains("-j DNAT --to-destination 169.254.0.21"), "{save}");
@@ -149,42 +160,34 @@ fn legacy_iptables_backend_works_and_breaks() {
 
 #[test]
 fn bridge_variant() {
-    if !require_root("bridge_variant") {
+    let Some(mut lab) = lab_up(
+        "bridge_variant",
+        LabConfig {
+            topology: Topology::Bridge,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let mut lab = Lab::up(LabConfig {
-        topology: Topology::Bridge,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     healthy(&lab, 0);
     let link = lab::sh::ip(Some("ns-1"), &["link", "show", "tap0"]).unwrap();
     assert!(link.contains("master br0"), "tap0 must be a port of br0: {link}");
     for fault in [Fault::ForwardDrop, Fault::NoReader, Fault::GuestNoListener] {
-        lab.break_fault(0, fault).unwrap();
-        let r = lab.connect(0, 3).unwrap();
-        assert_eq!(
-            symptom_of(&r),
-            Some(fault.symptom()),
-            "{}: {}",
-            fault.name(),
-            r.summary()
-        );
-        lab.heal(0).unwrap();
-        healthy(&lab, 0);
+        break_and_heal(&mut lab, fault, None);
     }
 }
 
 #[test]
 fn down_cleans_up_after_a_crashed_run_and_twice() {
-    if !require_root("down_cleans_up_after_a_crashed_run_and_twice") {
+    let Some(lab) = lab_up(
+        "down_cleans_up_after_a_crashed_run_and_twice",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
         return;
-    }
-    let lab = Lab::up(LabConfig {
-        sandboxes: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    };
     let ids = lab.sandbox_ids();
     // As if the process had been killed before it wrote its final state: no teardown ran,
     // and only the leftovers themselves tell what to remove.

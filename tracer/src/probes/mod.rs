@@ -131,13 +131,6 @@ impl Probes {
         m.insert(&inode, &1, 0).context("update NETNS")
     }
 
-    pub fn remove_netns(&mut self, inode: u32) -> Result<()> {
-        let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("NETNS")?)?;
-        let _ = m.remove(&inode);
-        self.nf_links.remove(&inode);
-        Ok(())
-    }
-
     /// Follows packets to or from one more address.
     pub fn add_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
         let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("ADDRS")?)?;
@@ -272,11 +265,6 @@ impl Probes {
         let map = self.ebpf.map("LOST").ok_or_else(|| anyhow!("map LOST missing"))?;
         let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(lost.get(&0, 0)?.iter().sum())
-    }
-
-    /// Number of netfilter links currently attached (for tests and reports).
-    pub fn netfilter_links(&self) -> usize {
-        self.nf_links.values().map(Vec::len).sum()
     }
 }
 

@@ -233,3 +233,80 @@ fn discovery_scales_to_many_sandboxes() {
     eprintln!("tracer list --json of {n}: {:?}", start.elapsed());
     assert!(rows.len() >= ids.len());
 }
+
+/// Issue 17: the two VMMs of a real node's report (../shared/field/), with exactly their
+/// command-line shape and ids, are found by `list`, `doctor` and `trace`, by id and by a
+/// unique prefix; an ambiguous prefix lists both.
+#[test]
+fn the_field_reports_ids_work_for_list_doctor_and_trace() {
+    const REPORT: [(&str, &str); 2] = [
+        ("ix7hj8hustuvlxiqc0g0u", "5v46qx8woej5mafpjhog"),
+        ("i2fewa6azuz8dedm8btll", "uur67n8z1artmx5wym8s"),
+    ];
+    let Some(mut lab) = lab_up(
+        "the_field_reports_ids_work_for_list_doctor_and_trace",
+        LabConfig {
+            sandboxes: 2,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    for (i, (id, rand)) in REPORT.iter().enumerate() {
+        lab.recycle(i, Duration::ZERO, Some((id.to_string(), rand.to_string())))
+            .unwrap();
+    }
+    // The VMM stand-in carries the report's command-line shape.
+    let pid = lab.sandboxes()[0].guest_pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--api-sock").expect("--api-sock");
+    assert_eq!(
+        args[at + 1],
+        "/tmp/fc-ix7hj8hustuvlxiqc0g0u-5v46qx8woej5mafpjhog.sock"
+    );
+
+    let rows = list_json();
+    for (i, (id, _)) in REPORT.iter().enumerate() {
+        let row = row_of(&rows, id).unwrap_or_else(|| panic!("{id} listed: {rows:?}"));
+        assert_row_matches_lab(row, &lab, i);
+    }
+
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(args)
+            .output()
+            .expect("run tracer");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["doctor", "--vm", REPORT[0].0, "--json", "--no-connect"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["id"], REPORT[0].0);
+    assert_eq!(report["netns"], "ns-1");
+
+    for arg in [REPORT[0].0, "ix7hj8"] {
+        let (code, out, err) = run(&["trace", "--vm", arg, "--probe", "--json"]);
+        assert_eq!(code, 0, "{arg}: {out}\n{err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["outcome"], "connected", "{arg}: {v}");
+        assert_eq!(v["sandbox"]["id"], REPORT[0].0, "{arg}: {v}");
+    }
+
+    let (code, _, err) = run(&["trace", "--vm", "i", "--probe"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("several sandbox ids") && err.contains(REPORT[0].0) && err.contains(REPORT[1].0),
+        "{err}"
+    );
+    let (code, _, err) = run(&["doctor", "--vm", "ix7hj8hustuvlxiqc0g0uX"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a sandbox id"), "{err}");
+}

@@ -59,6 +59,13 @@ pub fn remember(sandboxes: &[&Sandbox]) {
     }
 }
 
+/// Ids remembered whose namespace still exists.
+pub fn ids() -> Vec<String> {
+    let mut all = load();
+    all.retain(|_, s| PathBuf::from(crate::netns::NETNS_DIR).join(&s.netns).exists());
+    all.into_keys().collect()
+}
+
 /// Where a sandbox was last seen, if its namespace still exists.
 pub fn recall(id: &str) -> Option<Seen> {
     load()

@@ -9,11 +9,12 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tracer", version, propagate_version = true)]
 #[command(after_help = "Examples:
-  tracer list                                   sandboxes on this host
-  tracer trace --vm i2x0abcdef012345678a --probe   probe a sandbox now, verdict in ~1 s
-  tracer trace --vm i2x0abcdef012345678a           watch the orchestrator's own attempts
-  tracer trace --port 49983                     every dropped envd packet, any namespace
-  tracer doctor --vm i2x0abcdef012345678a      read-only check of the sandbox's network
+  tracer list                                     sandboxes on this host
+  tracer trace --vm ix7hj8hustuvlxiqc0g0u --probe probe a sandbox now, verdict in ~1 s
+  tracer trace --vm ix7hj8 --probe                the same, by a unique prefix of the id
+  tracer trace --vm ix7hj8hustuvlxiqc0g0u         watch the orchestrator's own attempts
+  tracer trace --port 49983                       every dropped envd packet, any namespace
+  tracer doctor --vm ix7hj8hustuvlxiqc0g0u        read-only check of the sandbox's network
 
 Exit codes: 0 = path works, 1 = a failure was found and named, 2 = usage or environment error.")]
 pub struct Cli {
@@ -34,8 +35,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group = ArgGroup::new("target").args(["vm", "netns", "pid"]).multiple(true))]
 pub struct TraceArgs {
-    /// Sandbox id (20 lowercase alphanumerics, from the orchestrator's logs). Finds its
-    /// namespace, tap, addresses and host side, and attaches to that path only.
+    /// Sandbox id as in the orchestrator's logs (E2B: `i` + 20 lowercase alphanumerics, e.g.
+    /// ix7hj8hustuvlxiqc0g0u), or a unique prefix of one. Finds its namespace, tap, addresses
+    /// and host side, and attaches to that path only.
     #[arg(long, value_name = "SANDBOX_ID")]
     pub vm: Option<String>,
 
@@ -100,7 +102,7 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Sandbox id to check.
+    /// Sandbox id to check (or a unique prefix of one).
     #[arg(long, value_name = "SANDBOX_ID", required_unless_present = "all")]
     pub vm: Option<String>,
     /// Check every sandbox on this host.

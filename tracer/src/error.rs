@@ -19,8 +19,10 @@ pub enum EnvError {
     KernelFeature { program: String, detail: String },
     /// No sandbox with that id on this host.
     UnknownSandbox { id: String, known: Vec<String> },
-    /// The sandbox id is not 20 lowercase alphanumerics.
+    /// The sandbox id is not lowercase letters and digits (1 to 64 of them).
     MalformedSandboxId(String),
+    /// A prefix that more than one sandbox id starts with.
+    AmbiguousSandboxId { prefix: String, candidates: Vec<String> },
     /// Anything else the operator must fix (bad flag combination, missing namespace, ...).
     Usage(String),
 }
@@ -86,7 +88,12 @@ impl fmt::Display for EnvError {
             ),
             Self::MalformedSandboxId(id) => write!(
                 f,
-                "{id:?} is not a sandbox id (expected 20 lowercase letters and digits, as in the orchestrator's logs)"
+                "{id:?} is not a sandbox id (expected lowercase letters and digits as in the orchestrator's logs, e.g. ix7hj8hustuvlxiqc0g0u, or a unique prefix of one)"
+            ),
+            Self::AmbiguousSandboxId { prefix, candidates } => write!(
+                f,
+                "{prefix:?} is the start of several sandbox ids: {}; give more characters",
+                candidates.join(", ")
             ),
             Self::Usage(msg) => write!(f, "{msg}"),
         }

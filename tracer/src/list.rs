@@ -146,7 +146,7 @@ mod tests {
 
     fn row() -> Row {
         Row {
-            id: Some("i2x0abcdef0123456789".into()),
+            id: Some("ix7hj8hustuvlxiqc0g0u".into()),
             pid: Some(4242),
             netns: "ns-1".into(),
             netns_inode: 4026532,

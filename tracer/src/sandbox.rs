@@ -41,7 +41,8 @@ const MAX_WORKERS: usize = 8;
 /// nothing is guessed.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    /// 20 lowercase alphanumerics, from `--api-sock /tmp/fc-<id>-<rand>.sock` or the cgroup.
+    /// E2B: `i` + 20 lowercase alphanumerics, from `--api-sock /tmp/fc-<id>-<rand>.sock` or
+    /// the cgroup `sbx-<id>-<rand>`.
     pub id: Option<String>,
     /// The VMM process. None only from [`from_netns`] when no process holds a tap there.
     pub pid: Option<u32>,
@@ -117,30 +118,88 @@ pub fn discover_all() -> Result<Vec<Sandbox>> {
     Ok(found)
 }
 
-/// The sandbox with this id. Only this one sandbox's namespace is examined.
-pub fn find(id: &str) -> Result<Sandbox> {
-    if !is_valid_id(id) {
-        return Err(EnvError::MalformedSandboxId(id.to_string()).into());
+/// The sandbox with this id, or with the one id that starts with it (as git and docker take
+/// a unique prefix). Only that sandbox's namespace is examined.
+pub fn find(arg: &str) -> Result<Sandbox> {
+    match lookup(arg, &[])? {
+        Lookup::Running(sb) => Ok(*sb),
+        Lookup::NotRunning(id) => Err(EnvError::UnknownSandbox {
+            id,
+            known: Vec::new(),
+        }
+        .into()),
+    }
+}
+
+/// What [`lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    Running(Box<Sandbox>),
+    /// The id named one of the `remembered` ids, whose VMM is not running.
+    NotRunning(String),
+}
+
+/// Like [`find`], with ids remembered from earlier discoveries taking part in the prefix match
+/// (a sandbox whose VMM died is still worth tracing by its namespace).
+pub fn lookup(arg: &str, remembered: &[String]) -> Result<Lookup> {
+    if !is_valid_id(arg) {
+        return Err(EnvError::MalformedSandboxId(arg.to_string()).into());
     }
     // E2B's cgroup names the sandbox directly; the /proc scan covers every other VMM.
-    let (vmm, scanned) = match vmm_from_cgroup(id) {
-        Some(v) => (v, None),
-        None => {
-            let vmms = scan_vmms();
-            match vmms.iter().find(|v| v.id.as_deref() == Some(id)) {
-                Some(v) => (v.clone(), Some(vmms)),
-                None => {
-                    return Err(EnvError::UnknownSandbox {
-                        id: id.to_string(),
-                        known: known_ids(&vmms),
-                    }
-                    .into());
-                }
-            }
-        }
+    if let Some(vmm) = vmm_from_cgroup(arg) {
+        let shared = Shared::new(None);
+        let sb = resolve_vmm(&vmm, &shared, &mut HostCache::default())
+            .with_context(|| format!("sandbox {arg}"))?;
+        return Ok(Lookup::Running(Box::new(sb)));
+    }
+    let vmms = scan_vmms();
+    let running = known_ids(&vmms);
+    let mut known = running.clone();
+    known.extend(remembered.iter().cloned());
+    known.sort();
+    known.dedup();
+    let id = match_id(arg, &known).map_err(|e| match e {
+        // Only running sandboxes are worth listing as alternatives.
+        EnvError::UnknownSandbox { id, .. } => EnvError::UnknownSandbox {
+            id,
+            known: running.clone(),
+        },
+        other => other,
+    })?;
+    let vmm = match vmms.iter().find(|v| v.id.as_deref() == Some(id.as_str())) {
+        Some(v) => v.clone(),
+        // Only a cgroup names it (no `--api-sock` with the id on any command line).
+        None => match vmm_from_cgroup(&id) {
+            Some(v) => v,
+            None => return Ok(Lookup::NotRunning(id)),
+        },
     };
-    let shared = Shared::new(scanned.as_deref());
-    resolve_vmm(&vmm, &shared, &mut HostCache::default()).with_context(|| format!("sandbox {id}"))
+    let shared = Shared::new(Some(&vmms));
+    let sb =
+        resolve_vmm(&vmm, &shared, &mut HostCache::default()).with_context(|| format!("sandbox {id}"))?;
+    Ok(Lookup::Running(Box::new(sb)))
+}
+
+/// The id among `known` that `arg` names: itself, else the only one it is a prefix of.
+/// Unknown and ambiguous ids are the operator's to fix (exit 2, listing the candidates).
+pub fn match_id(arg: &str, known: &[String]) -> Result<String, EnvError> {
+    if known.iter().any(|k| k == arg) {
+        return Ok(arg.to_string());
+    }
+    let mut hits: Vec<String> = known.iter().filter(|k| k.starts_with(arg)).cloned().collect();
+    hits.sort();
+    hits.dedup();
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => Err(EnvError::UnknownSandbox {
+            id: arg.to_string(),
+            known: known.to_vec(),
+        }),
+        _ => Err(EnvError::AmbiguousSandboxId {
+            prefix: arg.to_string(),
+            candidates: hits,
+        }),
+    }
 }
 
 /// For VMMs without E2B naming (`--netns`): the VMM is whatever process in that namespace
@@ -170,9 +229,21 @@ pub fn from_pid(pid: u32) -> Result<Sandbox> {
     resolve_vmm(&vmm, &shared, &mut HostCache::default()).with_context(|| format!("VMM pid {pid}"))
 }
 
-/// E2B sandbox ids: 20 lowercase letters and digits.
+/// Longest sandbox id (or prefix) accepted: E2B's are 21 characters (`i` + 20), older and
+/// other deployments differ; anything longer is not an id.
+pub const MAX_ID_LEN: usize = 64;
+/// Length of the random part E2B appends to names (`fc-<id>-<rand>.sock`, `sbx-<id>-<rand>`).
+const RAND_LEN: usize = 20;
+
+/// Whether `id` can be a sandbox id or a prefix of one: 1 to [`MAX_ID_LEN`] lowercase letters
+/// and digits. That is all paths and commands need to stay safe (no `/`, no leading `-`, no
+/// control characters); E2B's own ids are `i` + 20 of them (`ix7hj8hustuvlxiqc0g0u`).
 pub fn is_valid_id(id: &str) -> bool {
-    id.len() == 20 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    (1..=MAX_ID_LEN).contains(&id.len()) && id.bytes().all(is_id_byte)
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,19 +268,32 @@ pub fn api_sock_of(cmdline: &[u8]) -> Option<String> {
     (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned())
 }
 
-/// `/tmp/fc-<id>-<rand>.sock` → id.
+/// `/tmp/fc-<id>-<rand>.sock` (or the older `/tmp/fc-<id>.sock`) → id.
 pub fn id_from_api_sock(path: &str) -> Option<String> {
     let file = Path::new(path).file_name()?.to_str()?;
-    let stem = file.strip_prefix("fc-")?.strip_suffix(".sock")?;
-    let id = stem.split_once('-').map_or(stem, |(id, _)| id);
+    id_before_rand(file.strip_prefix("fc-")?.strip_suffix(".sock")?)
+}
+
+/// `sbx-<id>-<rand>` (an E2B cgroup directory; `sbx-<id>` before 2026-03) → id.
+pub fn id_from_cgroup_name(name: &str) -> Option<String> {
+    id_before_rand(name.strip_prefix("sbx-")?)
+}
+
+/// `<id>-<rand>` → id, where rand is the last [`RAND_LEN`] characters (E2B renews it on every
+/// start); a name without that suffix is the id itself.
+fn id_before_rand(name: &str) -> Option<String> {
+    let cut = name.len().checked_sub(RAND_LEN + 1);
+    let id = match cut.and_then(|c| Some((name.get(..c)?, name.get(c..)?))) {
+        Some((id, rest)) if rest.len() == RAND_LEN + 1 && is_rand_suffix(rest) => id,
+        _ => name,
+    };
     is_valid_id(id).then(|| id.to_string())
 }
 
-/// `sbx-<id>-<rand>` (an E2B cgroup directory) → id.
-pub fn id_from_cgroup_name(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("sbx-")?;
-    let id = rest.split_once('-').map_or(rest, |(id, _)| id);
-    is_valid_id(id).then(|| id.to_string())
+/// `-` followed by [`RAND_LEN`] lowercase alphanumerics.
+fn is_rand_suffix(s: &str) -> bool {
+    s.strip_prefix('-')
+        .is_some_and(|r| r.len() == RAND_LEN && r.bytes().all(is_id_byte))
 }
 
 /// `/proc/<pid>/cgroup` (`0::/e2b/sbx-<id>-<rand>`) → id.
@@ -449,11 +533,13 @@ fn merge_cgroups(vmms: &mut Vec<Vmm>, cgroups: &[(String, Vec<u32>)]) {
 
 /// The VMM of sandbox `id` from its cgroup, when no command line names it.
 fn vmm_from_cgroup(id: &str) -> Option<Vmm> {
-    let prefix = format!("sbx-{id}-");
     let dir = fs::read_dir(E2B_CGROUP_DIR).ok()?;
-    let cg = dir
-        .flatten()
-        .find(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))?;
+    let cg = dir.flatten().find(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(id_from_cgroup_name)
+            .is_some_and(|found| found == id)
+    })?;
     let pids = cgroup_pids(&cg.path());
     let pid = pids
         .iter()
@@ -946,8 +1032,19 @@ fn resolve_parallel(vmms: &[Vmm], shared: &Shared) -> Vec<Sandbox> {
 mod tests {
     use super::*;
 
-    const ID: &str = "i2x0abcdef0123456789";
-    const RAND: &str = "zzzzabcdef0123456789";
+    /// From a real node's report (../shared/field/operator-report-2025-12-24.md), verbatim.
+    const ID: &str = "ix7hj8hustuvlxiqc0g0u";
+    const RAND: &str = "5v46qx8woej5mafpjhog";
+    const REPORT_SOCKETS: [(&str, &str); 2] = [
+        (
+            "/tmp/fc-ix7hj8hustuvlxiqc0g0u-5v46qx8woej5mafpjhog.sock",
+            "ix7hj8hustuvlxiqc0g0u",
+        ),
+        (
+            "/tmp/fc-i2fewa6azuz8dedm8btll-uur67n8z1artmx5wym8s.sock",
+            "i2fewa6azuz8dedm8btll",
+        ),
+    ];
 
     fn cmdline(args: &[&str]) -> Vec<u8> {
         args.iter().flat_map(|a| a.bytes().chain([0])).collect()
@@ -955,11 +1052,39 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert!(is_valid_id(ID));
-        assert!(!is_valid_id("I2X0ABCDEF0123456789"));
-        assert!(!is_valid_id("i2x0abcdef012345678"));
-        assert!(!is_valid_id("i2x0abcdef0123456789a"));
-        assert!(!is_valid_id("i2x0abcdef-123456789"));
+        assert!(is_valid_id(ID), "E2B: i + 20");
+        assert!(is_valid_id("i2x0abcdef0123456789"), "20, as older deployments");
+        assert!(is_valid_id("ix7hj8"), "a prefix");
+        assert!(!is_valid_id("IX7HJ8HUSTUVLXIQC0G0U"));
+        assert!(!is_valid_id("ix7hj8-ustuvlxiqc0g0u"));
+        assert!(!is_valid_id("ns-1"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("../../etc"));
+        assert!(!is_valid_id("-rf"));
+        assert!(!is_valid_id("ix7hj8\u{1b}[2J"));
+        assert!(is_valid_id(&"a".repeat(MAX_ID_LEN)));
+        assert!(!is_valid_id(&"a".repeat(MAX_ID_LEN + 1)));
+    }
+
+    #[test]
+    fn prefixes_name_one_sandbox_or_list_the_candidates() {
+        let known: Vec<String> = REPORT_SOCKETS.iter().map(|(_, id)| id.to_string()).collect();
+        assert_eq!(match_id("ix7hj8", &known).unwrap(), ID);
+        assert_eq!(match_id(ID, &known).unwrap(), ID);
+        match match_id("i", &known) {
+            Err(EnvError::AmbiguousSandboxId { prefix, candidates }) => {
+                assert_eq!(prefix, "i");
+                assert_eq!(candidates, vec!["i2fewa6azuz8dedm8btll", ID]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            match_id("iz", &known),
+            Err(EnvError::UnknownSandbox { .. })
+        ));
+        // An exact id wins over longer ids it is a prefix of.
+        let nested = vec!["abc".to_string(), "abcd".to_string()];
+        assert_eq!(match_id("abc", &nested).unwrap(), "abc");
     }
 
     #[test]
@@ -980,24 +1105,34 @@ mod tests {
     }
 
     #[test]
-    fn ids_from_sockets_and_cgroups() {
-        assert_eq!(
-            id_from_api_sock(&format!("/tmp/fc-{ID}-{RAND}.sock")).as_deref(),
-            Some(ID)
-        );
+    fn ids_from_the_field_reports_sockets_and_cgroups() {
+        for (sock, id) in REPORT_SOCKETS {
+            assert_eq!(id_from_api_sock(sock).as_deref(), Some(id), "{sock}");
+            let cmd = cmdline(&["/fc-versions/v1.12.1_a41d3fb/firecracker", "--api-sock", sock]);
+            let vmm = Vmm::from_cmdline(3916206, &cmd).unwrap();
+            assert_eq!(vmm.id.as_deref(), Some(id));
+            let rand = sock.rsplit('-').next().unwrap().trim_end_matches(".sock");
+            assert_eq!(
+                id_from_cgroup_name(&format!("sbx-{id}-{rand}")).as_deref(),
+                Some(id)
+            );
+            let proc_cgroup = format!("0::/e2b/sbx-{id}-{rand}\n");
+            assert_eq!(id_from_proc_cgroup(&proc_cgroup).as_deref(), Some(id));
+        }
+        // Older names: no random part.
         assert_eq!(
             id_from_api_sock(&format!("/tmp/fc-{ID}.sock")).as_deref(),
             Some(ID)
         );
-        assert_eq!(id_from_api_sock("/run/firecracker.socket"), None);
-        assert_eq!(id_from_api_sock("/tmp/fc-short-x.sock"), None);
+        assert_eq!(id_from_cgroup_name(&format!("sbx-{ID}")).as_deref(), Some(ID));
+        // 20-character ids of older deployments.
         assert_eq!(
-            id_from_cgroup_name(&format!("sbx-{ID}-{RAND}")).as_deref(),
-            Some(ID)
+            id_from_api_sock(&format!("/tmp/fc-i2x0abcdef0123456789-{RAND}.sock")).as_deref(),
+            Some("i2x0abcdef0123456789")
         );
+        assert_eq!(id_from_api_sock("/run/firecracker.socket"), None);
+        assert_eq!(id_from_api_sock("/tmp/fc-Not_An-Id.sock"), None);
         assert_eq!(id_from_cgroup_name("system.slice"), None);
-        let proc_cgroup = format!("0::/e2b/sbx-{ID}-{RAND}\n");
-        assert_eq!(id_from_proc_cgroup(&proc_cgroup).as_deref(), Some(ID));
         assert_eq!(id_from_proc_cgroup("0::/user.slice/session-1.scope\n"), None);
     }
 

@@ -29,23 +29,22 @@ pub fn sandbox_of(args: &TraceArgs) -> Result<Option<Sandbox>> {
     Ok(None)
 }
 
-/// A sandbox by id: its running VMM, else the namespace it was last seen in (the VMM may be
-/// exactly what died).
-pub fn find_by_id(id: &str) -> Result<Sandbox> {
-    match sandbox::find(id) {
-        Ok(sb) => {
+/// A sandbox by id (or unique prefix): its running VMM, else the namespace it was last seen
+/// in (the VMM may be exactly what died).
+pub fn find_by_id(arg: &str) -> Result<Sandbox> {
+    let seen = cache::ids();
+    match sandbox::lookup(arg, &seen)? {
+        sandbox::Lookup::Running(sb) => {
             cache::remember(&[&sb]);
-            Ok(sb)
+            Ok(*sb)
         }
-        Err(e) => {
-            let unknown = e
-                .chain()
-                .any(|c| matches!(c.downcast_ref(), Some(EnvError::UnknownSandbox { .. })));
-            let Some(seen) = unknown.then(|| cache::recall(id)).flatten() else {
-                return Err(e);
-            };
+        sandbox::Lookup::NotRunning(id) => {
+            let seen = cache::recall(&id).ok_or_else(|| EnvError::UnknownSandbox {
+                id: arg.to_string(),
+                known: Vec::new(),
+            })?;
             let mut sb = sandbox::from_netns(&seen.netns)?;
-            sb.id = Some(id.to_string());
+            sb.id = Some(id.clone());
             sb.warnings.insert(
                 0,
                 format!(

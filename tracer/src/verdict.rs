@@ -729,7 +729,7 @@ mod tests {
 
     fn path() -> ExpectedPath {
         ExpectedPath {
-            sandbox_id: Some("abcdefghij0123456789".into()),
+            sandbox_id: Some("ix7hj8hustuvlxiqc0g0u".into()),
             vmm_pid: Some(42),
             host_ns: NsRef {
                 inode: ns_inode("e2b-host"),

@@ -48,6 +48,18 @@ pub enum LabCmd {
         #[arg(long)]
         sandbox: Option<String>,
     },
+    /// End a sandbox and, after E2B's delay (3 s), start a new one with a new id in the same
+    /// namespace, as E2B's slot pool does.
+    Recycle {
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Time between the end of the old sandbox and the start of the new one.
+        #[arg(long, default_value = "3", value_name = "SECONDS")]
+        delay: f64,
+        /// The new id (default: a random one, `i` + 20 like E2B's).
+        #[arg(long)]
+        new_id: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +154,22 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 "lab: {} broken in sandbox {}",
                 fault.name(),
                 lab.sandboxes()[i].id
+            );
+            Ok(())
+        }
+        LabCmd::Recycle {
+            sandbox,
+            delay,
+            new_id,
+        } => {
+            let mut lab = Lab::open()?;
+            let i = lab.pick(sandbox.as_deref())?;
+            let old = lab.sandboxes()[i].id.clone();
+            let identity = new_id.map(|id| (id, lab::lab::random_alnum(lab::lab::RAND_LEN)));
+            let id = lab.recycle(i, std::time::Duration::from_secs_f64(delay.max(0.0)), identity)?;
+            eprintln!(
+                "lab: sandbox {old} ended; {id} started in {}",
+                lab.sandboxes()[i].slot.netns()
             );
             Ok(())
         }

@@ -82,7 +82,7 @@ impl Lab {
             .map(|n| SandboxState {
                 slot: Slot(n),
                 id: random_id(),
-                rand: random_id(),
+                rand: random_alnum(RAND_LEN),
                 guest_pid: None,
                 faults: vec![],
             })
@@ -327,6 +327,37 @@ impl Lab {
         state::save(&self.state)
     }
 
+    /// Ends sandbox `i` (its VMM stops) and, after `delay`, starts the next sandbox in the same
+    /// pooled namespace with a new id and api socket, as E2B does (it hands `ns-N` to the next
+    /// sandbox 3 s after the previous one ends: [`RECYCLE_DELAY`]). Nothing else changes: the
+    /// namespace, its rules, faults and conntrack entries stay. `identity` gives the new
+    /// (id, rand) instead of random ones. Returns the new id.
+    pub fn recycle(
+        &mut self,
+        i: usize,
+        delay: std::time::Duration,
+        identity: Option<(String, String)>,
+    ) -> Result<String> {
+        self.stop_guest(i)?;
+        // The delay is what is being simulated, not a wait for a condition.
+        std::thread::sleep(delay);
+        let (id, rand) = identity.unwrap_or_else(|| (random_id(), random_alnum(RAND_LEN)));
+        if self
+            .state
+            .sandboxes
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != i && s.id == id)
+        {
+            bail!("another lab sandbox already has id {id}");
+        }
+        self.state.sandboxes[i].id = id.clone();
+        self.state.sandboxes[i].rand = rand;
+        state::save(&self.state)?;
+        self.start_guest(i)?;
+        Ok(id)
+    }
+
     /// Status of every sandbox, with one real connection attempt each for `healthy`.
     pub fn status(&self) -> Vec<SandboxStatus> {
         self.state
@@ -449,7 +480,15 @@ impl Lab {
             }
             Fault::NoReader => {
                 if on {
-                    self.stop_guest(i)
+                    self.stop_guest(i)?;
+                    // The kernel notices a tap lost its reader asynchronously (link watch):
+                    // the fault is in place once the carrier is gone, and a bridge has
+                    // disabled the port (else the first packets still reach the tap).
+                    self.wait_link(&ns, TAP_NAME, "NO-CARRIER")?;
+                    if self.state.config.topology == Topology::Bridge {
+                        self.wait_link(&ns, TAP_NAME, "state disabled")?;
+                    }
+                    Ok(())
                 } else {
                     self.start_guest(i)
                 }
@@ -501,6 +540,20 @@ impl Lab {
                 }
             }
         }
+    }
+
+    /// Waits (bounded) until `ip -d link show DEV` in `ns` mentions `needle`.
+    fn wait_link(&self, ns: &str, dev: &str, needle: &str) -> Result<()> {
+        crate::testing::wait_for(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(5),
+            || {
+                ip(Some(ns), &["-d", "link", "show", dev])
+                    .is_ok_and(|o| o.contains(needle))
+                    .then_some(())
+            },
+        )
+        .ok_or_else(|| anyhow!("{dev} in {ns} never showed {needle:?}"))
     }
 
     /// Tears the lab down (also what Drop does for an owned lab).
@@ -648,10 +701,24 @@ fn split(s: &str) -> Vec<&str> {
     s.split_whitespace().collect()
 }
 
-/// 20 lowercase alphanumerics, like E2B's sandbox ids.
+/// How long E2B waits before handing a pooled namespace to the next sandbox.
+pub const RECYCLE_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// E2B's sandbox id prefix (`InstanceIDPrefix` in e2b-dev/infra).
+pub const ID_PREFIX: &str = "i";
+/// Characters after the prefix, and the length of the random part of E2B's socket names.
+pub const ID_LEN: usize = 20;
+pub const RAND_LEN: usize = 20;
+
+/// A sandbox id exactly as E2B makes one: `i` + 20 lowercase alphanumerics.
 pub fn random_id() -> String {
+    format!("{ID_PREFIX}{}", random_alnum(ID_LEN))
+}
+
+/// `n` random lowercase alphanumerics.
+pub fn random_alnum(n: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 20];
+    let mut bytes = vec![0u8; n];
     if let Ok(mut f) = fs::File::open("/dev/urandom") {
         use std::io::Read as _;
         let _ = f.read_exact(&mut bytes);
@@ -681,8 +748,10 @@ mod tests {
     #[test]
     fn ids_look_like_e2b_ids() {
         let id = random_id();
-        assert_eq!(id.len(), 20);
+        assert_eq!(id.len(), 21);
+        assert!(id.starts_with('i'));
         assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         assert_ne!(id, random_id());
+        assert_eq!(random_alnum(RAND_LEN).len(), 20);
     }
 }

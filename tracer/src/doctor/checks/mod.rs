@@ -388,7 +388,7 @@ mod tests {
             ..Default::default()
         };
         let sb = Sandbox {
-            id: Some("i2x0abcdef0123456789".into()),
+            id: Some("ix7hj8hustuvlxiqc0g0u".into()),
             pid: Some(42),
             api_sock: None,
             netns: netns(100, "ns-1"),

@@ -310,3 +310,29 @@ fn the_field_reports_ids_work_for_list_doctor_and_trace() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not a sandbox id"), "{err}");
 }
+
+/// Issue 9: output is a type; a reader that goes away (`tracer list --json | head -1`) is a
+/// normal end: exit 0, nothing on stderr.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    if !common::require_root("a_closed_stdout_ends_quietly") {
+        return;
+    }
+    for args in [&["list", "--json"][..], &["list"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tracer");
+        // The reader is gone before the tracer writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {:?}", out);
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,14 +1,24 @@
-//! Decoding kernel events and naming what they refer to.
+//! Decoding kernel events into hops, naming what they refer to (drop and RST reasons from
+//! BTF, kernel functions from kallsyms, namespaces from /var/run/netns), and the kernel clock.
 use std::{
     collections::HashMap,
-    fmt,
-    net::Ipv4Addr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tracer_common::{Event, Packet, tcp_flag};
+use tracer_common::{Event, NF_SLOT_PRIORITIES, point};
+use tracer_model::{
+    hook::Hook,
+    hop::{Hop, HopKind},
+    net::addr,
+    path::slot_window,
+    reason::DropReason,
+    tcp::{nud_name, tcp_state_name},
+};
 
-use crate::{btf::ReasonNames, kallsyms::Kallsyms, netns};
+use crate::{
+    bpf::{btf::ReasonNames, kallsyms::Kallsyms},
+    netns,
+};
 
 /// Decodes one ring buffer record. None when the size is wrong (a bug, never silent: the caller
 /// counts it).
@@ -26,37 +36,83 @@ pub fn ifname(ev: &Event) -> String {
     String::from_utf8_lossy(&ev.ifname[..end]).into_owned()
 }
 
-pub fn addr(a: u32) -> Ipv4Addr {
-    Ipv4Addr::from(a.to_ne_bytes())
+/// The hop a kernel event records, named; None for events of no known kind.
+pub fn hop_from_event(ev: &Event, names: &mut Names) -> Option<Hop> {
+    let kind = hop_kind(ev, names)?;
+    let dev = ifname(ev);
+    let (location, function) = match ev.point {
+        point::DROP | point::CONSUME if ev.location != 0 => (
+            Some(names.kallsyms.describe(ev.location)),
+            names.kallsyms.function(ev.location),
+        ),
+        _ => (None, None),
+    };
+    Some(Hop {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        netns_name: names.netns(ev.netns),
+        ifindex: ev.ifindex,
+        device: (!dev.is_empty()).then_some(dev),
+        kind,
+        pkt: ev.pkt,
+        skb: ev.skb,
+        sk: ev.sk,
+        location,
+        function,
+    })
 }
 
-/// `S`, `SA`, `R`, `RA`, `F`, `P`, `.` (ACK only), as tcpdump writes them.
-pub fn flags_str(f: u8) -> String {
-    let mut s = String::new();
-    for (bit, c) in [
-        (tcp_flag::SYN, 'S'),
-        (tcp_flag::FIN, 'F'),
-        (tcp_flag::RST, 'R'),
-        (tcp_flag::PSH, 'P'),
-    ] {
-        if f & bit != 0 {
-            s.push(c);
+fn hop_kind(ev: &Event, names: &Names) -> Option<HopKind> {
+    Some(match ev.point {
+        point::DROP => HopKind::Drop {
+            reason: DropReason::new(names.reasons.drop_name(ev.reason)),
+        },
+        point::CONSUME => HopKind::Consumed,
+        point::TCX_INGRESS => HopKind::Tcx { ingress: true },
+        point::TCX_EGRESS => HopKind::Tcx { ingress: false },
+        point::XMIT => HopKind::Xmit,
+        point::RECEIVE => HopKind::Receive,
+        point::NETFILTER => {
+            let hook = Hook::from_num(ev.hook)?;
+            HopKind::Netfilter {
+                hook,
+                slot: ev.slot,
+                priority: *NF_SLOT_PRIORITIES.get(ev.slot as usize)?,
+                in_ifindex: ev.aux,
+                out_ifindex: ev.aux2,
+                window_end: slot_window(hook, ev.slot).1,
+                in_dev: None,
+                out_dev: None,
+            }
         }
-    }
-    if f & tcp_flag::ACK != 0 {
-        s.push(if s.is_empty() { '.' } else { 'A' });
-    }
-    s
-}
-
-/// `saddr:sport → daddr:dport`.
-pub struct Tuple<'a>(pub &'a Packet);
-
-impl fmt::Display for Tuple<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = self.0;
-        write!(f, "{}:{} → {}:{}", addr(p.saddr), p.sport, addr(p.daddr), p.dport)
-    }
+        point::SOCK_STATE => HopKind::Socket {
+            old: tcp_state_name(ev.aux),
+            new: tcp_state_name(ev.reason),
+            old_state: ev.aux,
+            new_state: ev.reason,
+        },
+        point::SEND_RESET => HopKind::SendReset {
+            reason: names
+                .reasons
+                .rst
+                .get(&ev.reason)
+                .cloned()
+                .unwrap_or_else(|| format!("reason#{}", ev.reason)),
+        },
+        point::RECV_RESET => HopKind::RecvReset,
+        point::FIB_LOOKUP => HopKind::Route {
+            table: ev.aux,
+            error: ev.reason as i32,
+            iif: ev.aux2,
+        },
+        point::NEIGH => HopKind::Neigh {
+            address: addr(ev.pkt.daddr),
+            old: nud_name(ev.aux),
+            new: nud_name(ev.reason),
+            new_state: ev.reason,
+        },
+        _ => return None,
+    })
 }
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
@@ -110,19 +166,6 @@ impl Default for Clock {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// `HH:MM:SS.micros` (UTC) of a unix time in ns.
-pub fn hms(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let micros = (unix_ns % 1_000_000_000) / 1000;
-    let day = secs % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{micros:06}",
-        day / 3600,
-        day % 3600 / 60,
-        day % 60
-    )
 }
 
 /// Everything needed to put names on events: drop reasons, kernel symbols, namespace names.
@@ -187,8 +230,6 @@ pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::point;
-
     use super::*;
 
     #[test]
@@ -204,26 +245,5 @@ mod tests {
             unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) };
         let back = decode(bytes).unwrap();
         assert_eq!((back.point, back.reason), (point::DROP, 12));
-    }
-
-    #[test]
-    fn flags_like_tcpdump() {
-        assert_eq!(flags_str(tcp_flag::SYN), "S");
-        assert_eq!(flags_str(tcp_flag::SYN | tcp_flag::ACK), "SA");
-        assert_eq!(flags_str(tcp_flag::RST | tcp_flag::ACK), "RA");
-        assert_eq!(flags_str(tcp_flag::ACK), ".");
-    }
-
-    #[test]
-    fn tuple_and_time_format() {
-        let p = Packet {
-            saddr: u32::from_ne_bytes([10, 12, 0, 2]),
-            daddr: u32::from_ne_bytes([10, 11, 0, 1]),
-            sport: 40000,
-            dport: 49983,
-            ..Default::default()
-        };
-        assert_eq!(Tuple(&p).to_string(), "10.12.0.2:40000 → 10.11.0.1:49983");
-        assert_eq!(hms(3_723_000_456_000), "01:02:03.000456");
     }
 }

@@ -2,29 +2,177 @@
 //! through the kernel and names where and why they die.
 //!
 //! Data flows one way: sandbox → network snapshot → expected path → attach → events →
-//! journey → verdict → report.
-pub mod btf;
+//! journey → verdict → report. The pure part of that chain (hops, the expected path,
+//! journeys, the verdict engine) is the `tracer-model` crate; this crate does the I/O around
+//! it, in layers that only import downwards:
+//!
+//! - system access: `cmd` (tools with a timeout), `netns`, `netstate` (netlink), `firewall`
+//!   (every ruleset read, modelled, evaluated and named), `bpf` (the kernel programs, BTF,
+//!   kernel symbols), `connect` (connection attempts like the orchestrator's);
+//! - what is on this host: `sandbox` (discovery), `cache`, `target`;
+//! - judging and telling: `events` (kernel events → hops), `doctor`, `report`, `output`;
+//! - commands: `trace`, `list`, `doctor::run`, with `cli` and `error`.
+pub mod bpf;
 pub mod cache;
 pub mod cli;
+pub mod cmd;
+pub mod connect;
 pub mod doctor;
-pub mod drops;
-pub mod enrich;
 pub mod error;
 pub mod events;
-pub mod hop;
-pub mod journey;
-pub mod kallsyms;
+pub mod firewall;
 pub mod list;
 pub mod netns;
 pub mod netstate;
-pub mod nftrace;
-pub mod path;
-pub mod probe;
-pub mod probes;
+pub mod output;
+pub mod pool;
 pub mod report;
-pub mod rules;
 pub mod sandbox;
-pub mod session;
 pub mod target;
 pub mod trace;
-pub mod verdict;
+
+#[cfg(test)]
+mod walls {
+    //! The layering above, held by tests: the modules of this crate import each other without
+    //! cycles, and the pure model crate does no I/O.
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        fs,
+        path::Path,
+    };
+
+    /// Top-level module → the top-level modules its files name with `crate::`.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut stack = vec![src.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path.strip_prefix(&src).unwrap();
+                let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+                let module = top.trim_end_matches(".rs").to_string();
+                if module == "lib" || module == "main" {
+                    continue;
+                }
+                let text = fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let deps = graph.entry(module.clone()).or_default();
+                for (i, _) in code.match_indices("crate::") {
+                    let name: String = code[i + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() && name != module {
+                        deps.insert(name);
+                    }
+                }
+                // `use crate::{a, b::c}` groups.
+                for (i, _) in code.match_indices("use crate::{") {
+                    let group = &code[i + 12..];
+                    let mut depth = 0;
+                    let mut word = String::new();
+                    for c in group.chars() {
+                        match c {
+                            '{' => depth += 1,
+                            '}' if depth == 0 => break,
+                            '}' => depth -= 1,
+                            c if depth == 0 && (c.is_ascii_alphanumeric() || c == '_') => word.push(c),
+                            ':' | ',' | ' ' | '\n' if depth == 0 => {
+                                if !word.is_empty() && word != module && word != "self" {
+                                    deps.insert(std::mem::take(&mut word));
+                                }
+                                word.clear();
+                                if c == ':' {
+                                    depth = 0;
+                                }
+                            }
+                            _ => {}
+                        }
+                        if c == ':' {
+                            // Skip the rest of this path: only its first segment is a module.
+                            word.clear();
+                        }
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    fn cycle_from(
+        m: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(m.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(m.to_string()) {
+            return None;
+        }
+        path.push(m.to_string());
+        for d in graph.get(m).into_iter().flatten() {
+            if let Some(c) = cycle_from(d, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        None
+    }
+
+    #[test]
+    fn modules_import_each_other_without_cycles() {
+        let graph = imports();
+        // The parse sees imports, both plain and grouped.
+        assert!(
+            graph["trace"].contains("doctor") && graph["doctor"].contains("firewall"),
+            "{graph:?}"
+        );
+        assert!(graph["firewall"].contains("cmd"), "{graph:?}");
+        let mut done = BTreeSet::new();
+        for m in graph.keys() {
+            let found = cycle_from(m, &graph, &mut Vec::new(), &mut done);
+            assert!(found.is_none(), "import cycle: {}", found.unwrap().join(" → "));
+        }
+    }
+
+    #[test]
+    fn only_the_firewall_runs_iptables_and_nft() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut stack = vec![src.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    if !path.ends_with("firewall") {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                let text = fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                if [
+                    "command(\"nft\")",
+                    "command(\"iptables",
+                    "Command::new(\"nft\")",
+                    "Command::new(\"iptables",
+                ]
+                .iter()
+                .any(|needle| code.contains(needle))
+                {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "outside firewall/: {offenders:?}");
+    }
+}

@@ -1,5 +1,4 @@
 //! `tracer list`: the Firecracker sandboxes on this host, one row each.
-use std::io::Write as _;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -7,6 +6,7 @@ use serde::Serialize;
 use crate::{
     cli::ListArgs,
     error::{EXIT_OK, EnvError, is_root},
+    output::{Format, Output},
     sandbox::{self, Sandbox},
 };
 
@@ -58,12 +58,14 @@ pub fn run(args: ListArgs) -> Result<i32> {
     let found = sandbox::discover_all()?;
     crate::cache::remember(&found.iter().collect::<Vec<_>>());
     let rows: Vec<Row> = found.iter().map(Row::from).collect();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?).context("write to stdout")?;
-    } else {
-        write!(out, "{}", table(&rows)).context("write to stdout")?;
-        warn_all(&rows);
+    let mut out = Output::stdout(Format::from_json_flag(args.json));
+    match out.format {
+        Format::Json => out.json_pretty(&rows).context("write to stdout")?,
+        Format::Text => {
+            let text = out.plain(&table(&rows)).into_owned();
+            out.text(&text).context("write to stdout")?;
+            warn_all(&rows);
+        }
     }
     Ok(EXIT_OK)
 }
@@ -135,7 +137,10 @@ fn warn_all(rows: &[Row]) {
     for r in rows {
         let who = r.id.clone().unwrap_or_else(|| r.netns.clone());
         for w in &r.warnings {
-            eprintln!("tracer: warning: {who}: {w}");
+            eprintln!(
+                "tracer: warning: {}",
+                crate::output::escape(&format!("{who}: {w}"))
+            );
         }
     }
 }

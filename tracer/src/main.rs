@@ -16,8 +16,10 @@ fn main() {
     };
     match result {
         Ok(code) => std::process::exit(code),
+        // The reader of our output went away (`tracer list --json | head -1`): a normal end.
+        Err(err) if tracer::output::is_closed_pipe(&err) => std::process::exit(error::EXIT_OK),
         Err(err) => {
-            eprintln!("tracer: {}", error::describe(&err));
+            eprintln!("tracer: {}", tracer::output::escape(&error::describe(&err)));
             std::process::exit(error::exit_code(&err));
         }
     }

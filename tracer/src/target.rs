@@ -2,13 +2,13 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
+use tracer_model::path::{ExpectedPath, NsRef};
 
 use crate::{
     cache,
     cli::TraceArgs,
     error::EnvError,
     netns::Netns,
-    path::{ExpectedPath, NsRef},
     sandbox::{self, Sandbox},
 };
 

@@ -1,11 +1,13 @@
 //! The trace's tie-in: which failed doctor checks explain a verdict. A verdict names a place
 //! (drop reason, hook, namespace, or a finding such as a missing DNAT); each place maps to the
 //! checks that can cause it, and the problems among them are cited as sentences.
-use super::{Check, Status};
-use crate::{
-    hop::Hook,
-    verdict::{Outcome, Verdict},
+use tracer_model::{
+    hook::Hook,
+    reason::ReasonClass,
+    verdict::{DropInfo, FindingKind, Outcome, ResetBy, UnreachableKind, Verdict},
 };
+
+use super::{Check, Status};
 
 const FIREWALL: &[&str] = &[
     "forward_policy",
@@ -75,11 +77,10 @@ fn related(v: &Verdict) -> Vec<(&'static str, bool)> {
     };
     for f in &v.findings {
         let from_finding: &[&str] = match f.kind {
-            "no_dnat" => &["dnat"],
-            "wrong_route" | "other_namespace" => &["host_route"],
-            "routed_back" => TAP,
-            "routing_loop" => &["host_route", "guest_route", "ns_return_route", "dnat"],
-            _ => &[],
+            FindingKind::NoDnat => &["dnat"],
+            FindingKind::WrongRoute | FindingKind::OtherNamespace => &["host_route"],
+            FindingKind::RoutedBack => TAP,
+            FindingKind::RoutingLoop => &["host_route", "guest_route", "ns_return_route", "dnat"],
         };
         add(from_finding, false);
     }
@@ -90,12 +91,12 @@ fn related(v: &Verdict) -> Vec<(&'static str, bool)> {
 fn by_outcome(v: &Verdict) -> Vec<&'static str> {
     match v.outcome {
         Outcome::Dropped => v.drop.as_ref().map(by_drop).unwrap_or_default(),
-        Outcome::Unreachable => match v.unreachable.as_ref().map(|u| u.kind.as_str()) {
-            Some("neighbour") => READER.to_vec(),
+        Outcome::Unreachable => match v.unreachable.as_ref().map(|u| u.kind) {
+            Some(UnreachableKind::Neighbour) => READER.to_vec(),
             _ => ROUTES.to_vec(),
         },
-        Outcome::Reset => match v.reset.as_ref().map(|r| r.by.as_str()) {
-            Some("stack") => vec!["dnat", "guest_route", "host_route"],
+        Outcome::Reset => match v.reset.as_ref().map(|r| r.by) {
+            Some(ResetBy::Stack) => vec!["dnat", "guest_route", "host_route"],
             _ => vec!["envd"],
         },
         Outcome::NoReply => vec!["envd"],
@@ -103,21 +104,21 @@ fn by_outcome(v: &Verdict) -> Vec<&'static str> {
     }
 }
 
-fn by_drop(d: &crate::verdict::DropInfo) -> Vec<&'static str> {
+fn by_drop(d: &DropInfo) -> Vec<&'static str> {
     let in_neigh = d.function.as_deref().is_some_and(|f| f.starts_with("neigh_"));
-    match d.reason.as_str() {
-        "NETFILTER_DROP" => match d.hook {
+    match d.reason.class() {
+        ReasonClass::Netfilter => match d.hook {
             Some(Hook::Forward) => vec!["forward_policy", "ns_iptables", "ns_nft", "conntrack"],
             Some(Hook::Prerouting) => vec!["ns_nft", "ns_iptables", "host_firewall", "conntrack"],
             Some(_) => vec!["host_firewall", "ns_iptables", "ns_nft", "conntrack"],
             None => FIREWALL.to_vec(),
         },
-        "IP_RPFILTER" => vec!["rp_filter", "ns_return_route", "host_route"],
-        "IP_INADDRERRORS" => vec!["ip_forward"],
-        "IP_INNOROUTES" | "IP_NOROUTE" => ROUTES.to_vec(),
-        "DEV_READY" | "FULL_RING" | "QUEUE_PURGE" => READER.to_vec(),
-        r if r.starts_with("NEIGH_") || in_neigh => READER.to_vec(),
-        "PKT_TOO_BIG" => vec!["mtu"],
+        ReasonClass::RpFilter => vec!["rp_filter", "ns_return_route", "host_route"],
+        ReasonClass::InputAddrErrors => vec!["ip_forward"],
+        ReasonClass::InputNoRoute | ReasonClass::NoRoute => ROUTES.to_vec(),
+        ReasonClass::TapNotRead | ReasonClass::QueuePurge | ReasonClass::Neighbour => READER.to_vec(),
+        _ if in_neigh => READER.to_vec(),
+        ReasonClass::PacketTooBig => vec!["mtu"],
         _ if d.function.as_deref() == Some("ip_error") => vec!["ip_forward"],
         _ => Vec::new(),
     }
@@ -126,10 +127,13 @@ fn by_drop(d: &crate::verdict::DropInfo) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{Direction, DropInfo, Finding, ResetInfo, UnreachableInfo};
+    use tracer_model::{
+        reason::DropReason,
+        verdict::{Direction, Finding, ResetInfo, UnreachableInfo},
+    };
 
     fn verdict(outcome: Outcome) -> Verdict {
-        Verdict::new(outcome, String::new())
+        Verdict::new(outcome)
     }
 
     fn drop(netns: &str, device: &str, hook: Option<Hook>, reason: &str, function: &str) -> DropInfo {
@@ -140,10 +144,7 @@ mod tests {
             out_device: None,
             hook,
             table: None,
-            chain: None,
-            rule: None,
-            rule_note: None,
-            reason: reason.into(),
+            reason: DropReason::new(reason),
             function: Some(function.into()),
             location: None,
             priority_window: None,
@@ -154,14 +155,15 @@ mod tests {
         Check::new(id, id).netns(netns).problem(evidence, "fix")
     }
 
-    fn finding(kind: &'static str) -> Finding {
+    fn finding(kind: FindingKind) -> Finding {
         Finding {
             kind,
             netns: Some("ns-1".into()),
             device: None,
             hook: None,
             table: None,
-            detail: String::new(),
+            address: None,
+            ttl: None,
         }
     }
 
@@ -248,7 +250,7 @@ mod tests {
     #[test]
     fn findings_come_first() {
         let mut v = verdict(Outcome::Dropped);
-        v.findings = vec![finding("no_dnat")];
+        v.findings = vec![finding(FindingKind::NoDnat)];
         v.drop = Some(drop(
             "e2b-host",
             "veth-1",
@@ -258,7 +260,7 @@ mod tests {
         ));
         assert_eq!(explained(&v)[0], "no DNAT in ns-1");
         let mut v = verdict(Outcome::Dropped);
-        v.findings = vec![finding("routed_back")];
+        v.findings = vec![finding(FindingKind::RoutedBack)];
         v.drop = Some(drop(
             "e2b-host",
             "veth-1",
@@ -279,7 +281,10 @@ mod tests {
             "{e:?}"
         );
         let mut v = verdict(Outcome::Unknown);
-        v.findings = vec![finding("wrong_route"), finding("other_namespace")];
+        v.findings = vec![
+            finding(FindingKind::WrongRoute),
+            finding(FindingKind::OtherNamespace),
+        ];
         assert_eq!(explained(&v), ["e2b-host has no route to 10.11.0.1"]);
     }
 
@@ -288,7 +293,7 @@ mod tests {
         let mut v = verdict(Outcome::Unreachable);
         v.drop = Some(drop("ns-1", "tap0", None, "QUEUE_PURGE", "neigh_destroy"));
         v.unreachable = Some(UnreachableInfo {
-            kind: "neighbour".into(),
+            kind: UnreachableKind::Neighbour,
             address: [169, 254, 0, 21].into(),
             netns: Some("ns-1".into()),
             device: Some("tap0".into()),
@@ -313,7 +318,7 @@ mod tests {
         assert_eq!(explained(&v), ["ns-1 eth0: rp_filter 1 (strict)"]);
         let mut v = verdict(Outcome::Unreachable);
         v.unreachable = Some(UnreachableInfo {
-            kind: "no_route".into(),
+            kind: UnreachableKind::NoRoute,
             address: [10, 11, 0, 1].into(),
             netns: Some("e2b-host".into()),
             device: None,
@@ -326,7 +331,7 @@ mod tests {
     fn a_guest_reset_is_explained_by_envd_and_success_by_nothing() {
         let mut v = verdict(Outcome::Reset);
         v.reset = Some(ResetInfo {
-            by: "guest".into(),
+            by: ResetBy::Guest,
             netns: Some("ns-1".into()),
             device: Some("tap0".into()),
         });

@@ -15,12 +15,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::firewall::{self, Table};
 use crate::{
+    connect::{self, Attempt, AttemptResult},
+    firewall::{Rulesets, Table},
     netns::Netns,
     netstate::{self, Link, Rtnl, Snapshot},
-    probe::{self, ProbeAttempt, ProbeResult},
-    rules::{self, Backend},
     sandbox::{self, Sandbox},
 };
 
@@ -51,7 +50,7 @@ pub struct Facts {
     pub guest_ip: Ipv4Addr,
     /// None with --no-connect (or when there is no host IP to connect to).
     /// The attempts made, the last one deciding.
-    pub envd: Option<Result<Vec<ProbeAttempt>, String>>,
+    pub envd: Option<Result<Vec<Attempt>, String>>,
     pub own_inode: Option<u32>,
     /// Inode of `/var/run/netns/<name>` now, for a named namespace.
     pub netns_file: Option<Result<u32, String>>,
@@ -133,15 +132,33 @@ pub struct OwnNs {
     pub links: Vec<Link>,
 }
 
-/// Facts shared by every sandbox of one run: host namespaces, read once each.
+/// Facts shared by every sandbox of one run: host namespaces, read once each, and rulesets
+/// the caller read already (a trace hands over what rule naming just read).
 #[derive(Default)]
 pub struct Shared {
     hosts: Mutex<HashMap<u32, Arc<OnceLock<Arc<HostFacts>>>>>,
     own: OnceLock<Option<Netns>>,
     own_links: OnceLock<Option<Arc<OwnNs>>>,
+    rules: HashMap<u32, Arc<Rulesets>>,
 }
 
 impl Shared {
+    /// With rulesets already read, by namespace inode.
+    pub fn with_rules(rules: HashMap<u32, Arc<Rulesets>>) -> Self {
+        Self {
+            rules,
+            ..Default::default()
+        }
+    }
+
+    /// The rulesets of `ns`: handed over, else read now.
+    fn rules(&self, ns: &Netns) -> Arc<Rulesets> {
+        self.rules
+            .get(&ns.inode)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Rulesets::read(ns)))
+    }
+
     /// The facts of host namespace `ns`, read by the first sandbox that needs them; the
     /// others wait for that read instead of repeating it.
     pub fn host(&self, ns: &Netns) -> Arc<HostFacts> {
@@ -152,7 +169,7 @@ impl Shared {
         cell.get_or_init(|| {
             Arc::new(HostFacts {
                 ns: ns.clone(),
-                facts: read_ns(ns, &host_sysctls()).map_err(|e| format!("{e:#}")),
+                facts: read_ns(ns, &host_sysctls(), self).map_err(|e| format!("{e:#}")),
             })
         })
         .clone()
@@ -191,7 +208,7 @@ pub fn gather(sb: &Sandbox, connect: bool, shared: &Shared) -> Facts {
     };
     let vmm = read_vmm(sb);
     let tun = read_tun(vmm.proc.as_ref().and(vmm.pid));
-    let ns = read_ns(&sb.netns, &ns_sysctls(sb)).map_err(|e| format!("{e:#}"));
+    let ns = read_ns(&sb.netns, &ns_sysctls(sb), shared).map_err(|e| format!("{e:#}"));
     let guest_ip = choose_guest_ip(sb, ns.as_ref().ok());
     let own_facts = own
         .as_ref()
@@ -277,25 +294,21 @@ fn choose_guest_ip(sb: &Sandbox, ns: Option<&NsFacts>) -> Ipv4Addr {
 /// apart), from the host side of the path, on a thread of its own moved into that namespace
 /// when it is not ours. Stops at the first answer: one on a fast guest, three at most. A
 /// timeout followed by an answer is what the orchestrator itself shrugs off by retrying.
-fn envd_attempt(
-    host_ns: Option<&Netns>,
-    own: Option<&Netns>,
-    ip: Ipv4Addr,
-) -> Result<Vec<ProbeAttempt>, String> {
+fn envd_attempt(host_ns: Option<&Netns>, own: Option<&Netns>, ip: Ipv4Addr) -> Result<Vec<Attempt>, String> {
     let target = SocketAddrV4::new(ip, ENVD_PORT);
     let enter = host_ns
         .filter(|h| own.is_none_or(|o| o.inode != h.inode))
         .cloned();
     std::thread::scope(|s| {
-        s.spawn(move || -> Result<Vec<ProbeAttempt>> {
+        s.spawn(move || -> Result<Vec<Attempt>> {
             let _inside = enter.as_ref().map(Netns::enter).transpose()?;
             let mut attempts = Vec::new();
             for i in 0..ENVD_ATTEMPTS {
                 if i > 0 {
-                    std::thread::sleep(probe::RETRY_DELAY);
+                    std::thread::sleep(connect::RETRY_DELAY);
                 }
-                let a = probe::attempt(target);
-                let done = matches!(a.result, ProbeResult::Status(_) | ProbeResult::Refused);
+                let a = connect::attempt(target);
+                let done = matches!(a.result, AttemptResult::Status(_) | AttemptResult::Refused);
                 attempts.push(a);
                 if done {
                     break;
@@ -344,76 +357,18 @@ fn sysctl_key(key: &str) -> String {
 }
 
 /// Snapshot, rulesets and sysctls of one namespace.
-fn read_ns(ns: &Netns, sysctls: &[String]) -> Result<NsFacts> {
+fn read_ns(ns: &Netns, sysctls: &[String], shared: &Shared) -> Result<NsFacts> {
     let snap = Rtnl::open(ns)
         .and_then(|mut r| r.snapshot())
         .with_context(|| format!("read the network state of {}", ns.label()))?;
-    let mut facts = NsFacts {
+    let rules = shared.rules(ns);
+    Ok(NsFacts {
         snap,
+        tables: rules.tables(),
+        rule_sources: rules.sources.clone(),
+        rule_errors: rules.errors.clone(),
         sysctl: read_sysctls(ns, sysctls),
-        ..Default::default()
-    };
-    read_rules(ns, &mut facts);
-    Ok(facts)
-}
-
-/// iptables (nft backend; legacy only where its tables are loaded in this namespace), then
-/// native nftables without the tables iptables-nft owns.
-fn read_rules(ns: &Netns, facts: &mut NsFacts) {
-    let mut ipt_nft_tables = Vec::new();
-    for backend in [Backend::Nft, Backend::Legacy] {
-        if backend == Backend::Legacy && !legacy_loaded(ns) {
-            continue;
-        }
-        match rules::read_iptables(ns, backend) {
-            Ok(Some(save)) => {
-                if backend == Backend::Nft {
-                    ipt_nft_tables = save.tables.iter().map(|t| t.name.clone()).collect();
-                }
-                facts.tables.extend(firewall::from_iptables(&save, backend));
-                facts.rule_sources.push(format!("{} -c", backend.save_command()));
-            }
-            Ok(None) => {}
-            Err(e) => facts
-                .rule_errors
-                .push(format!("{}: {e:#}", backend.save_command())),
-        }
-    }
-    match nft_json(ns) {
-        Ok(Some(json)) => match firewall::from_nft_json(&json, &ipt_nft_tables) {
-            Ok(t) => {
-                facts.tables.extend(t);
-                facts.rule_sources.push("nft -j list ruleset".into());
-            }
-            Err(e) => facts.rule_errors.push(format!("nft: {e:#}")),
-        },
-        Ok(None) => {}
-        Err(e) => facts.rule_errors.push(format!("nft: {e:#}")),
-    }
-}
-
-/// `nft -j list ruleset` in `ns`; None when nft is not installed or nf_tables is unavailable.
-fn nft_json(ns: &Netns) -> Result<Option<String>> {
-    let out = match ns.command("nft").args(["-j", "list", "ruleset"]).output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("run nft"),
-    };
-    if !out.status.success() {
-        return Ok(None);
-    }
-    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-/// Whether legacy iptables has any table in `ns` (saves an iptables-legacy-save run per
-/// namespace on hosts that use nftables). /proc/thread-self/net follows the thread's
-/// namespace. When unsure, says yes.
-fn legacy_loaded(ns: &Netns) -> bool {
-    let Ok(_inside) = ns.enter() else { return true };
-    match fs::read_to_string("/proc/thread-self/net/ip_tables_names") {
-        Ok(names) => names.lines().any(|l| !l.trim().is_empty()),
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-    }
+    })
 }
 
 fn read_vmm(sb: &Sandbox) -> Vmm {

@@ -14,17 +14,9 @@
 mod checks;
 mod explain;
 mod facts;
-mod firewall;
 mod render;
 
-use std::{
-    io::Write as _,
-    net::Ipv4Addr,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -35,6 +27,8 @@ pub use facts::{DEFAULT_GUEST_IP, ENVD_PORT};
 use crate::{
     cli::DoctorArgs,
     error::{EXIT_FOUND, EXIT_OK, EnvError, is_root},
+    firewall::Rulesets,
+    output::{Format, Output},
     sandbox::{self, Sandbox},
 };
 
@@ -173,6 +167,11 @@ pub fn check(sb: &Sandbox, connect: bool) -> SandboxReport {
     check_shared(sb, connect, &facts::Shared::default())
 }
 
+/// Like [`check`], with rulesets read just before by the caller (by namespace inode).
+pub fn check_with_rules(sb: &Sandbox, connect: bool, rules: HashMap<u32, Arc<Rulesets>>) -> SandboxReport {
+    check_shared(sb, connect, &facts::Shared::with_rules(rules))
+}
+
 fn check_shared(sb: &Sandbox, connect: bool, shared: &facts::Shared) -> SandboxReport {
     let f = facts::gather(sb, connect, shared);
     SandboxReport::new(&f, connect, checks::all(&f))
@@ -182,27 +181,12 @@ fn check_shared(sb: &Sandbox, connect: bool, shared: &facts::Shared) -> SandboxR
 /// reports come back in the order of `sandboxes`.
 pub fn check_all(sandboxes: &[Sandbox], connect: bool) -> Vec<SandboxReport> {
     let shared = facts::Shared::default();
-    let next = AtomicUsize::new(0);
-    let out = Mutex::new(Vec::with_capacity(sandboxes.len()));
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get() * 4)
-        .min(MAX_WORKERS)
-        .min(sandboxes.len());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(sb) = sandboxes.get(i) else { break };
-                    let report = check_shared(sb, connect, &shared);
-                    out.lock().unwrap_or_else(|e| e.into_inner()).push((i, report));
-                }
-            });
-        }
-    });
-    let mut reports = out.into_inner().unwrap_or_else(|e| e.into_inner());
-    reports.sort_by_key(|(i, _)| *i);
-    reports.into_iter().map(|(_, r)| r).collect()
+    crate::pool::map(
+        sandboxes,
+        MAX_WORKERS,
+        || (),
+        |_, sb| Some(check_shared(sb, connect, &shared)),
+    )
 }
 
 /// `tracer doctor`: exit 0 when nothing is wrong (warnings allowed), 1 when a problem was
@@ -218,24 +202,24 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
         return Err(EnvError::NoPrivileges.into());
     }
     let connect = !args.no_connect;
-    let mut out = std::io::stdout().lock();
+    let mut out = Output::stdout(Format::from_json_flag(args.json));
     let reports = match &args.vm {
         Some(id) => vec![check(&crate::target::find_by_id(id)?, connect)],
         None => check_all(&every_sandbox()?, connect),
     };
-    if args.json {
-        let text = match (&args.vm, reports.first()) {
-            (Some(_), Some(r)) => serde_json::to_string_pretty(r)?,
-            _ => serde_json::to_string_pretty(&reports)?,
-        };
-        writeln!(out, "{text}").context("write to stdout")?;
-    } else if args.all {
-        write!(out, "{}", render::all(&reports)).context("write to stdout")?;
-    } else {
-        for r in &reports {
-            write!(out, "{}", render::sandbox(r)).context("write to stdout")?;
+    match (out.format, &args.vm, reports.first()) {
+        (Format::Json, Some(_), Some(r)) => out.json_pretty(r),
+        (Format::Json, _, _) => out.json_pretty(&reports),
+        (Format::Text, _, _) => {
+            let text = match args.all {
+                true => render::all(&reports),
+                false => reports.iter().map(render::sandbox).collect(),
+            };
+            let text = out.plain(&text).into_owned();
+            out.text(&text)
         }
     }
+    .context("write to stdout")?;
     let problems = reports.iter().any(|r| r.problems > 0);
     Ok(if problems { EXIT_FOUND } else { EXIT_OK })
 }

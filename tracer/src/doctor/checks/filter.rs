@@ -2,13 +2,11 @@
 use std::net::Ipv4Addr;
 
 use super::Ctx;
+use tracer_model::net::prefix_contains;
+
 use crate::{
-    doctor::{
-        Check, ENVD_PORT,
-        facts::NsFacts,
-        firewall::{self, Ct, HookPoint, Outcome, Packet, Port, Source, flags},
-    },
-    netstate::prefix_contains,
+    doctor::{Check, ENVD_PORT, facts::NsFacts},
+    firewall::{self, Ct, HookPoint, Outcome, Packet, Port, Source, flags},
 };
 
 fn syn_at_ns(c: &Ctx, ct: Ct) -> Packet {

@@ -13,9 +13,9 @@ use super::{
     facts::{Facts, NsFacts},
 };
 use crate::{
+    connect::AttemptResult,
     netns::Netns,
     netstate::{Link, Route, Snapshot},
-    probe::ProbeResult,
 };
 use filter::{conntrack, dnat, firewall_checks, snat};
 use routing::{
@@ -241,8 +241,8 @@ fn envd(f: &Facts) -> Option<Check> {
     let text = attempts_text(attempts);
     let last = attempts.last().map(|a| &a.result);
     Some(match last {
-        Some(ProbeResult::Status(_)) => check.ok(text),
-        Some(ProbeResult::Refused) => check.problem(
+        Some(AttemptResult::Status(_)) => check.ok(text),
+        Some(AttemptResult::Refused) => check.problem(
             format!("{text}: the SYN reached a TCP stack where nothing listens on {port} (usually the guest, with envd not running)"),
             format!("start envd in the guest (or check it listens on {port}); {trace}"),
         ),
@@ -254,17 +254,17 @@ fn envd(f: &Facts) -> Option<Check> {
 }
 
 /// `GET /health → HTTP 204 in 0.4 ms`, or every attempt when it took more than one.
-fn attempts_text(attempts: &[crate::probe::ProbeAttempt]) -> String {
-    let one = |a: &crate::probe::ProbeAttempt| {
+fn attempts_text(attempts: &[crate::connect::Attempt]) -> String {
+    let one = |a: &crate::connect::Attempt| {
         let ms = a.latency.as_secs_f64() * 1000.0;
         match &a.result {
-            ProbeResult::Status(code) => format!("GET /health → HTTP {code} in {ms:.1} ms"),
-            ProbeResult::Refused => format!("connection refused (RST) in {ms:.1} ms"),
-            ProbeResult::Timeout => format!(
+            AttemptResult::Status(code) => format!("GET /health → HTTP {code} in {ms:.1} ms"),
+            AttemptResult::Refused => format!("connection refused (RST) in {ms:.1} ms"),
+            AttemptResult::Timeout => format!(
                 "no answer within {} ms",
-                crate::probe::ATTEMPT_TIMEOUT.as_millis()
+                crate::connect::ATTEMPT_TIMEOUT.as_millis()
             ),
-            ProbeResult::Error(e) => format!("connect failed after {ms:.1} ms: {e}"),
+            AttemptResult::Error(e) => format!("connect failed after {ms:.1} ms: {e}"),
         }
     };
     match attempts {
@@ -287,10 +287,9 @@ mod tests {
         doctor::{
             Status,
             facts::{HostFacts, ProcInfo, Tun, TunStat, Vmm},
-            firewall,
         },
+        firewall::{Backend, IptSave},
         netstate::{Addr, RT_TABLE_MAIN},
-        rules::{Backend, IptSave},
         sandbox::Sandbox,
     };
 
@@ -355,15 +354,13 @@ mod tests {
                 ],
                 neighbours: Vec::new(),
             },
-            tables: firewall::from_iptables(
-                &IptSave::parse(
-                    "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+            tables: (IptSave::parse(
+                "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
                      -A PREROUTING -d 10.11.0.1/32 -i eth0 -j DNAT --to-destination 169.254.0.21\n\
                      -A POSTROUTING -s 169.254.0.21/32 -o eth0 -j SNAT --to-source 10.11.0.1\nCOMMIT\n",
-                )
-                .expect("parse"),
-                Backend::Nft,
-            ),
+            )
+            .expect("parse"))
+            .tables(Backend::Nft),
             rule_sources: vec!["iptables-nft-save -c".into()],
             rule_errors: Vec::new(),
             sysctl: sysctls(&[
@@ -404,6 +401,7 @@ mod tests {
             host_veth: Some("veth-1".into()),
             host_veth_ip: Some([10, 12, 0, 2].into()),
             warnings: Vec::new(),
+            rules: None,
         };
         Facts {
             vmm: Vmm {
@@ -541,15 +539,11 @@ mod tests {
              -A FORWARD -i tap0 -o eth0 -p tcp -m tcp --sport 49983 -j DROP\nCOMMIT\n",
         )
         .expect("parse");
-        ns_mut(&mut f)
-            .tables
-            .extend(firewall::from_iptables(&filter, Backend::Legacy));
+        ns_mut(&mut f).tables.extend(filter.tables(Backend::Legacy));
         let host_filter =
             IptSave::parse("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m mark --mark 0x1 -j DROP\nCOMMIT\n")
                 .expect("parse");
-        host_mut(&mut f)
-            .tables
-            .extend(firewall::from_iptables(&host_filter, Backend::Nft));
+        host_mut(&mut f).tables.extend(host_filter.tables(Backend::Nft));
         let bad = not_ok(&f);
         let kinds: Vec<(&str, Status)> = bad.iter().map(|(id, s, _)| (*id, *s)).collect();
         assert_eq!(

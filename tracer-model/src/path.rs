@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::hop::Hook;
+use crate::hook::Hook;
 
 /// A namespace as reports show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,30 +54,9 @@ impl ExpectedPath {
     }
 }
 
-/// iptables tables (and the conntrack hooks) registered at each hook, with their priority.
-pub const STANDARD: &[(&str, i32, &[Hook])] = &[
-    ("raw", -300, &[Hook::Prerouting, Hook::Output]),
-    ("conntrack", -200, &[Hook::Prerouting, Hook::Output]),
-    (
-        "mangle",
-        -150,
-        &[
-            Hook::Prerouting,
-            Hook::Input,
-            Hook::Forward,
-            Hook::Output,
-            Hook::Postrouting,
-        ],
-    ),
-    ("nat", -100, &[Hook::Prerouting, Hook::Output]),
-    ("filter", 0, &[Hook::Input, Hook::Forward, Hook::Output]),
-    ("security", 50, &[Hook::Input, Hook::Forward, Hook::Output]),
-    ("nat", 100, &[Hook::Input, Hook::Postrouting]),
-    ("conntrack-confirm", i32::MAX, &[Hook::Input, Hook::Postrouting]),
-];
-
 /// Priority window in which a hook function must sit to run after slot `slot` of `hook` and
-/// before that hook's next slot (the last slot's window ends at i32::MAX).
+/// before that hook's next candidate slot (the last slot's window ends at i32::MAX). The
+/// tracer narrows it to the slots it actually attached.
 pub fn slot_window(hook: Hook, slot: u8) -> (i32, i32) {
     let p = tracer_common::NF_SLOT_PRIORITIES;
     let slots = tracer_common::NF_HOOK_SLOTS[hook as usize];
@@ -87,23 +66,14 @@ pub fn slot_window(hook: Hook, slot: u8) -> (i32, i32) {
     (lo, hi)
 }
 
-/// Standard tables of `hook` whose priority is in the window after `slot`.
-pub fn tables_after_slot(hook: Hook, slot: u8) -> Vec<&'static str> {
-    tables_in_window(hook, slot_window(hook, slot))
-}
-
-/// Standard tables of `hook` with a priority in the window (lo, hi).
-pub fn tables_in_window(hook: Hook, (lo, hi): (i32, i32)) -> Vec<&'static str> {
-    STANDARD
-        .iter()
-        .filter(|(_, prio, hooks)| hooks.contains(&hook) && *prio > lo && (*prio < hi || hi == i32::MAX))
-        .map(|(name, _, _)| *name)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hook::tables_in_window;
+
+    fn tables_after_slot(hook: Hook, slot: u8) -> Vec<&'static str> {
+        tables_in_window(hook, slot_window(hook, slot))
+    }
 
     #[test]
     fn windows_name_the_standard_tables() {

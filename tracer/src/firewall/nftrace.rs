@@ -10,9 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
-use crate::{netns::Netns, path::ExpectedPath, verdict::DropInfo};
+use tracer_model::{
+    path::ExpectedPath,
+    rule::{RuleName, RuleNote, RuleText},
+};
+
+use crate::netns::Netns;
 
 /// Name of the table the tracer adds (and removes).
 pub const TABLE: &str = "tracer-nftrace";
@@ -44,30 +49,11 @@ impl Drop for TraceTable {
 }
 
 fn run_nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Result<()> {
-    use std::io::Write as _;
-    let mut child = ns
-        .command("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run nft")?;
-    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
-        i.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut command = ns.command("nft");
+    command.args(args);
+    crate::cmd::run_ok(&mut command, stdin.map(str::as_bytes), crate::cmd::TOOL_TIMEOUT)
+        .with_context(|| format!("nft {}", args.join(" ")))
+        .map(drop)
 }
 
 /// Kills and reaps the monitor on every path out.
@@ -80,21 +66,25 @@ impl Drop for Monitor {
     }
 }
 
-/// Fills chain and rule of `d` from nft trace events; the ruleset is unchanged afterwards.
-pub fn resolve(ns: &Netns, path: &ExpectedPath, d: &mut DropInfo) {
-    match trace_once(ns, path) {
-        Ok(Some((table, chain, rule))) => {
-            d.table = Some(table);
-            d.chain = Some(chain);
-            d.rule = Some(rule);
-            d.rule_note = Some("named with --nft-trace (a temporary trace table, removed again)".into());
+/// The nft rule that dropped envd packets in `ns`, from nft trace events of one attempt made
+/// from `host` (the ruleset is unchanged afterwards). None when no trace named a drop.
+pub fn resolve(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Option<RuleName> {
+    match trace_once(ns, host, path) {
+        Ok(Some((table, chain, rule))) => Some(RuleName {
+            table: Some(table),
+            chain: Some(chain),
+            rule: Some(RuleText::from_nft_listing(&rule)),
+            note: Some(RuleNote::NftTrace),
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("tracer: --nft-trace failed: {e:#}");
+            None
         }
-        Ok(None) => {}
-        Err(e) => eprintln!("tracer: --nft-trace failed: {e:#}"),
     }
 }
 
-fn trace_once(ns: &Netns, path: &ExpectedPath) -> Result<Option<(String, String, String)>> {
+fn trace_once(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Result<Option<(String, String, String)>> {
     let mut child = ns
         .command("nft")
         .args(["-a", "monitor", "trace"])
@@ -114,11 +104,11 @@ fn trace_once(ns: &Netns, path: &ExpectedPath) -> Result<Option<(String, String,
     });
     let _table = TraceTable::add(ns, path.port)?;
     // One attempt like the orchestrator's, from the host side.
-    let host = Netns::named(&path.host_ns.name.clone().unwrap_or_default()).ok();
+    let host = host.clone();
     let target = SocketAddrV4::new(path.host_ip, path.port);
     std::thread::spawn(move || {
-        let _inside = host.as_ref().map(Netns::enter);
-        crate::probe::attempt(target)
+        let _inside = host.enter();
+        crate::connect::attempt(target)
     });
     let deadline = Instant::now() + Duration::from_secs(2);
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {

@@ -1,6 +1,7 @@
-//! `--probe`: connection attempts made like the orchestrator's (a new connection each,
-//! `GET /health`, 50 ms timeout, 5 ms apart), from the host side of the path. Each attempt
-//! binds its port first, so the journey of a failed attempt is known by its client port.
+//! Connection attempts made like the orchestrator's (a new connection each, `GET /health`,
+//! 50 ms timeout, 5 ms apart), from the host side of the path: `trace --probe`, the doctor
+//! and `--nft-trace` make them. Each attempt binds its port first, so the journey of a failed
+//! attempt is known by its client port.
 use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4},
@@ -19,7 +20,7 @@ pub const RETRY_DELAY: Duration = Duration::from_millis(5);
 
 /// How one attempt ended, as the prober saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeResult {
+pub enum AttemptResult {
     Status(u16),
     Timeout,
     Refused,
@@ -27,19 +28,19 @@ pub enum ProbeResult {
 }
 
 #[derive(Debug, Clone)]
-pub struct ProbeAttempt {
+pub struct Attempt {
     pub local_port: u16,
-    pub result: ProbeResult,
+    pub result: AttemptResult,
     pub latency: Duration,
 }
 
 /// What the prober tells the trace.
 #[derive(Debug, Clone)]
-pub enum ProbeEvent {
+pub enum AttemptEvent {
     /// An attempt is about to connect from this local port (sent first, so its journey is
     /// known as ours however fast it ends).
     Bound(u16),
-    Done(ProbeAttempt),
+    Done(Attempt),
 }
 
 /// Starts `attempts` attempts on a thread inside `ns` (None: this namespace). Stops early when
@@ -49,7 +50,7 @@ pub fn spawn(
     target: SocketAddrV4,
     attempts: u32,
     timeout: Duration,
-    tx: Sender<ProbeEvent>,
+    tx: Sender<AttemptEvent>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> JoinHandle<Result<()>> {
     std::thread::spawn(move || {
@@ -62,9 +63,9 @@ pub fn spawn(
             if i > 0 {
                 std::thread::sleep(RETRY_DELAY);
             }
-            let report = |port| tx.send(ProbeEvent::Bound(port)).is_ok();
+            let report = |port| tx.send(AttemptEvent::Bound(port)).is_ok();
             if tx
-                .send(ProbeEvent::Done(attempt_reporting(target, timeout, report)))
+                .send(AttemptEvent::Done(attempt_reporting(target, timeout, report)))
                 .is_err()
             {
                 break;
@@ -75,26 +76,22 @@ pub fn spawn(
 }
 
 /// One attempt: bind, connect (50 ms), GET /health, read the status line.
-pub fn attempt(target: SocketAddrV4) -> ProbeAttempt {
+pub fn attempt(target: SocketAddrV4) -> Attempt {
     attempt_reporting(target, ATTEMPT_TIMEOUT, |_| true)
 }
 
 /// Like [`attempt`], telling `bound` the local port before connecting.
-fn attempt_reporting(
-    target: SocketAddrV4,
-    timeout: Duration,
-    bound: impl FnOnce(u16) -> bool,
-) -> ProbeAttempt {
+fn attempt_reporting(target: SocketAddrV4, timeout: Duration, bound: impl FnOnce(u16) -> bool) -> Attempt {
     let start = Instant::now();
     let (local_port, result) = match Conn::bind(timeout) {
-        Err(e) => (0, ProbeResult::Error(e.to_string())),
+        Err(e) => (0, AttemptResult::Error(e.to_string())),
         Ok(c) => {
             let port = c.port;
             bound(port);
             (port, c.run(target, start))
         }
     };
-    ProbeAttempt {
+    Attempt {
         local_port,
         result,
         latency: start.elapsed(),
@@ -140,20 +137,20 @@ impl Conn {
         }
     }
 
-    fn run(self, target: SocketAddrV4, start: Instant) -> ProbeResult {
+    fn run(self, target: SocketAddrV4, start: Instant) -> AttemptResult {
         match self
             .connect(target, start)
             .and_then(|()| self.request(target, start))
         {
-            Ok(status) => ProbeResult::Status(status),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => ProbeResult::Timeout,
+            Ok(status) => AttemptResult::Status(status),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => AttemptResult::Timeout,
             Err(e)
                 if e.raw_os_error() == Some(libc::ECONNREFUSED)
                     || e.kind() == io::ErrorKind::ConnectionReset =>
             {
-                ProbeResult::Refused
+                AttemptResult::Refused
             }
-            Err(e) => ProbeResult::Error(e.to_string()),
+            Err(e) => AttemptResult::Error(e.to_string()),
         }
     }
 

@@ -1,57 +1,18 @@
-//! Would the firewall let envd traffic through? iptables dumps (both backends) and native
-//! nftables rulesets are turned into one small rule model, and the envd packets (SYN, the
-//! request's ACK, the SYN-ACK) are walked through every chain on their hook.
+//! Would the firewall let envd traffic through? The envd packets (SYN, the request's ACK,
+//! the SYN-ACK) are walked through every chain of the rule model on their hook.
 //!
 //! Matches the model cannot evaluate (marks, sets, address types, xt extensions ...) make a
 //! rule a "maybe". Each chain is evaluated twice: assuming every unknown match goes against a
 //! drop ("certain") and in favour of one ("possible"). A certain drop is a problem; a drop
 //! that is only possible is a warning.
-mod iptables;
-mod nft;
-
 use std::net::Ipv4Addr;
 
-pub use iptables::from_iptables;
-pub use nft::from_nft_json;
+use tracer_model::{
+    hook::{PRIO_NAT_DST, PRIO_NAT_SRC},
+    net::prefix_contains,
+};
 
-use crate::{netstate::prefix_contains, rules::Backend};
-
-/// Where a chain hooks in. `Ingress` is netdev/inet ingress (before PREROUTING).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum HookPoint {
-    Ingress,
-    Prerouting,
-    Input,
-    Forward,
-    Output,
-    Postrouting,
-}
-
-impl HookPoint {
-    fn from_nft(name: &str) -> Option<Self> {
-        Some(match name {
-            "ingress" => Self::Ingress,
-            "prerouting" => Self::Prerouting,
-            "input" => Self::Input,
-            "forward" => Self::Forward,
-            "output" => Self::Output,
-            "postrouting" => Self::Postrouting,
-            _ => return None,
-        })
-    }
-
-    /// The iptables built-in chain, None for ingress.
-    pub fn ipt_chain(self) -> Option<&'static str> {
-        Some(match self {
-            Self::Ingress => return None,
-            Self::Prerouting => "PREROUTING",
-            Self::Input => "INPUT",
-            Self::Forward => "FORWARD",
-            Self::Output => "OUTPUT",
-            Self::Postrouting => "POSTROUTING",
-        })
-    }
-}
+use super::model::{Action, Chain, Cond, HookPoint, Rule, Source, Table};
 
 /// Conntrack state of a packet as a filter sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,16 +29,6 @@ pub enum Port {
 }
 
 const EPHEMERAL: (u16, u16) = (32768, 60999);
-
-pub mod flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const URG: u8 = 0x20;
-    pub const ALL: u8 = 0x3f;
-}
 
 /// One envd packet at one hook. Addresses are None when discovery could not tell them.
 #[derive(Debug, Clone)]
@@ -101,21 +52,18 @@ pub struct Packet {
 impl Packet {
     fn dst_at(&self, prio: i32) -> Option<Ipv4Addr> {
         match self.dst_nat {
-            Some(d) if prio > NAT_DST_PRIO => Some(d),
+            Some(d) if prio > PRIO_NAT_DST => Some(d),
             _ => self.dst,
         }
     }
 
     fn src_at(&self, prio: i32) -> Option<Ipv4Addr> {
         match self.src_nat {
-            Some(s) if prio > NAT_SRC_PRIO => Some(s),
+            Some(s) if prio > PRIO_NAT_SRC => Some(s),
             _ => self.src,
         }
     }
 }
-
-const NAT_DST_PRIO: i32 = -100;
-const NAT_SRC_PRIO: i32 = 100;
 
 /// Three-valued match result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,134 +94,6 @@ impl Tri {
         }
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// The rule model.
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cond {
-    InDev(Vec<String>),
-    OutDev(Vec<String>),
-    Src(Vec<(Ipv4Addr, u8)>),
-    Dst(Vec<(Ipv4Addr, u8)>),
-    /// Matches TCP or not.
-    Tcp(bool),
-    SPort(Vec<(u16, u16)>),
-    DPort(Vec<(u16, u16)>),
-    /// (flags & mask) == cmp.
-    Flags {
-        mask: u8,
-        cmp: u8,
-    },
-    /// flags & any != 0.
-    FlagsAny(u8),
-    /// Conntrack states (NEW, ESTABLISHED, RELATED, INVALID, UNTRACKED, ...), upper case.
-    CtState(Vec<String>),
-    /// Always true (comments, counters).
-    True,
-    /// Something the model cannot evaluate; the text says what.
-    Unknown(String),
-    Not(Box<Cond>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Accept,
-    Drop,
-    Reject,
-    Return,
-    Jump(String),
-    Goto(String),
-    Dnat(Option<Ipv4Addr>),
-    Snat(Option<Ipv4Addr>),
-    Masquerade,
-    Redirect,
-    /// Hands the packet elsewhere (NFQUEUE, TPROXY, a verdict map): it may not come back.
-    Divert(String),
-    /// Non-terminal (LOG, MARK, counter only ...).
-    Continue,
-}
-
-impl Action {
-    fn is_nat(&self) -> bool {
-        matches!(
-            self,
-            Self::Dnat(_) | Self::Snat(_) | Self::Masquerade | Self::Redirect
-        )
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub conds: Vec<Cond>,
-    pub action: Action,
-    /// As the tool prints it.
-    pub text: String,
-    /// nft rule handle.
-    pub handle: Option<u64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Chain {
-    pub name: String,
-    /// Base chains only.
-    pub hook: Option<HookPoint>,
-    pub priority: i32,
-    pub is_nat: bool,
-    /// DROP policy of a base chain.
-    pub policy_drop: bool,
-    /// netdev ingress chains on a device we cannot tell (nft 1.0.6 does not print it).
-    pub device: Option<String>,
-    pub rules: Vec<Rule>,
-}
-
-/// Which tool wrote a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Iptables(Backend),
-    Nft,
-}
-
-impl Source {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Iptables(Backend::Nft) => "iptables-nft",
-            Self::Iptables(Backend::Legacy) => "iptables-legacy",
-            Self::Nft => "nft",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Table {
-    pub source: Source,
-    /// nft family (ip, inet, netdev); "ip" for iptables.
-    pub family: String,
-    pub name: String,
-    pub chains: Vec<Chain>,
-}
-
-impl Table {
-    fn chain(&self, name: &str) -> Option<&Chain> {
-        self.chains.iter().find(|c| c.name == name)
-    }
-}
-
-pub(crate) fn flag_bit(f: &str) -> u8 {
-    match f {
-        "fin" => flags::FIN,
-        "syn" => flags::SYN,
-        "rst" => flags::RST,
-        "psh" => flags::PSH,
-        "ack" => flags::ACK,
-        "urg" => flags::URG,
-        "all" => flags::ALL,
-        _ => 0,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Evaluation.
 
 fn dev_matches(patterns: &[String], dev: Option<&str>) -> Tri {
     let Some(dev) = dev else { return Tri::No };
@@ -547,8 +367,11 @@ pub fn nat_at_hook(tables: &[Table], hook: HookPoint, pkt: &Packet) -> Option<Hi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::IptSave;
-    use iptables::parse_ipt_rule;
+    use crate::firewall::{
+        iptables::{IptSave, parse_ipt_rule},
+        model::{Backend, flags},
+        nft::NftRuleset,
+    };
 
     fn syn() -> Packet {
         Packet {
@@ -583,7 +406,7 @@ mod tests {
     }
 
     fn ipt(text: &str) -> Vec<Table> {
-        from_iptables(&IptSave::parse(text).unwrap(), Backend::Nft)
+        IptSave::parse(text).unwrap().tables(Backend::Nft)
     }
 
     fn drops(tables: &[Table], hook: HookPoint, p: &Packet) -> Vec<Outcome> {
@@ -713,7 +536,7 @@ mod tests {
 
     #[test]
     fn nft_rulesets_skip_iptables_tables_and_evaluate_the_rest() {
-        let t = from_nft_json(NFT, &["filter".into()]).unwrap();
+        let t = NftRuleset::parse(NFT).unwrap().tables(&["filter".into()]);
         assert_eq!(
             t.len(),
             2,

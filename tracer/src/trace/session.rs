@@ -14,24 +14,39 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 
-use crate::{
-    btf::{KernelBtf, ReasonNames},
-    cli::TraceArgs,
-    enrich::RuleBaseline,
-    error::{EXIT_FOUND, EXIT_OK, EnvError},
-    events::{Clock, Names, decode},
+use tracer_model::{
     hop::{Hop, HopKind},
     journey::{Correlator, Journey, JourneyId, Timing},
-    kallsyms::Kallsyms,
-    netns::Netns,
-    netstate,
     path::ExpectedPath,
-    probe::{self, ProbeEvent},
-    probes::{ALL_TRACEPOINTS, Filter, Probes},
-    report::Reporter,
-    sandbox::Sandbox,
+    reason::ReasonClass,
+    rule::RuleName,
+    tcp::nud_bits,
     verdict::{self, Outcome, Verdict},
 };
+
+use crate::{
+    bpf::{
+        ALL_TRACEPOINTS, Filter, NfLayout, Programs,
+        btf::{KernelBtf, ReasonNames},
+        kallsyms::Kallsyms,
+    },
+    cli::TraceArgs,
+    connect::{self, AttemptEvent},
+    error::{EXIT_FOUND, EXIT_OK, EnvError},
+    events::{Clock, Names, decode, hop_from_event},
+    firewall::{
+        Rulesets,
+        naming::{Place, RuleBaseline},
+    },
+    netns::Netns,
+    netstate,
+    output::{Format, Output},
+    report::{Judged, Reporter},
+    sandbox::Sandbox,
+};
+
+/// Where a netfilter drop happened: namespace inode, hook, priority window.
+type DropPlace = (u32, tracer_model::hook::Hook, Option<(i32, i32)>);
 
 /// How often finished journeys are collected (bounds verdict latency with the settle time).
 const TICK: Duration = Duration::from_millis(5);
@@ -40,7 +55,7 @@ const PROBE_GRACE: Duration = Duration::from_millis(1500);
 
 /// Everything attached for one sandbox.
 struct Attached {
-    probes: Probes,
+    programs: Programs,
     /// ifindex → device name, per namespace inode (to name netfilter in/out devices).
     ifnames: HashMap<u32, HashMap<u32, String>>,
     devices: usize,
@@ -52,9 +67,12 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     warnings.extend(sb.warnings.iter().cloned());
     let host_ns = sb.host_ns.clone().unwrap_or(Netns::current()?);
     let sandbox_ns = sb.netns.clone();
-    // Rulesets are read while the programs attach: both take tens of milliseconds.
-    let namespaces = vec![host_ns.clone(), sandbox_ns.clone()];
-    let baseline = std::thread::spawn(move || RuleBaseline::capture(&namespaces));
+    // The counter baseline: the sandbox namespace's rules as discovery just read them, the
+    // host side's read while the programs attach (both take tens of milliseconds).
+    let host_rules = {
+        let ns = host_ns.clone();
+        std::thread::spawn(move || Rulesets::read(&ns))
+    };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "sandbox found");
     // Kernel symbols, struct offsets and reason names are read while the programs attach:
     // the programs stay silent until the configuration is written.
@@ -65,18 +83,29 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     });
     let attach_start = Instant::now();
     let (mut attached, filter) = attach(&path, &host_ns, &sandbox_ns, &args)?;
-    let baseline = baseline
+    let mut baseline = RuleBaseline::default();
+    let sandbox_rules = sb
+        .rules
+        .clone()
+        .unwrap_or_else(|| Arc::new(Rulesets::read(&sandbox_ns)));
+    baseline.insert(sandbox_ns.inode, sandbox_rules);
+    let host_rules = host_rules
         .join()
         .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;
+    if host_ns.inode != sandbox_ns.inode {
+        baseline.insert(host_ns.inode, Arc::new(host_rules));
+    }
     for ns in [&host_ns, &sandbox_ns] {
-        attached
-            .probes
-            .attach_netfilter(ns, &baseline.hook_priorities(ns.inode))?;
+        let present = baseline
+            .get(ns.inode)
+            .map(|r| r.hook_priorities())
+            .unwrap_or_default();
+        attached.programs.attach_netfilter(ns, &present)?;
     }
     let (offsets, reasons) = btf_facts
         .join()
         .map_err(|_| anyhow::anyhow!("BTF reader panicked"))??;
-    attached.probes.configure(offsets, &filter)?;
+    attached.programs.configure(offsets, &filter)?;
     let attach_time = attach_start.elapsed();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "attached");
     // Test hook: the detach tests prove nothing stays attached after a panic.
@@ -89,7 +118,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let names = Names::new(reasons, kallsyms);
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "ready");
     for w in &warnings {
-        eprintln!("tracer: warning: {w}");
+        eprintln!("tracer: warning: {}", crate::output::escape(w));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,14 +129,14 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         crate::events::stop_signal()?
     };
     announce(&path, attached.devices, attach_time, args.probe);
-    let events = attached.probes.take_events()?;
-    let sandbox = sb.clone();
+    let events = attached.programs.take_events()?;
+    let out = Output::stdout(Format::from_json_flag(args.json));
     let mut session = Session {
         debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
-        nf_layout: attached.probes.nf_layout().clone(),
-        sandbox,
+        nf_layout: attached.programs.nf_layout().clone(),
+        sandbox: sb.clone(),
         doctor: None,
-        reporter: Reporter::new(args.json, args.all_hops, Some(&path)),
+        reporter: Reporter::new(out, args.all_hops, Some(&path)),
         correlator: Correlator::new(&args.ports, Timing::default()),
         path,
         sandbox_ns,
@@ -115,7 +144,8 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         names,
         ifnames: std::mem::take(&mut attached.ifnames),
         baseline,
-        resolved: HashMap::new(),
+        rules_now: HashMap::new(),
+        named: HashMap::new(),
         probe_ports: HashSet::new(),
         probing: args.probe,
         failures: 0,
@@ -123,7 +153,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         nft_trace: args.nft_trace,
     };
     let result = rt.block_on(session.run_loop(events, &args, stop));
-    crate::trace::report_lost(&attached.probes)?;
+    super::report_lost(&attached.programs)?;
     let result = result?;
     if args.probe {
         eprintln!(
@@ -173,8 +203,8 @@ fn attach(
         netns: vec![host_ns.inode, sandbox_ns.inode],
         addrs,
     };
-    let mut probes = Probes::open(&filter)?;
-    probes.attach_tracepoints(ALL_TRACEPOINTS)?;
+    let mut programs = Programs::open(&filter)?;
+    programs.attach_tracepoints(ALL_TRACEPOINTS)?;
     let mut ifnames = HashMap::new();
     let mut devices = 0;
     let host_devs = [path.host_veth.as_str()];
@@ -188,7 +218,7 @@ fn attach(
         for dev in devs.iter().filter(|d| !d.is_empty()) {
             // A missing device (tap-missing, ...) is a finding of the trace, not an error.
             if let Some(link) = snap.link(dev) {
-                probes.attach_tcx(ns, link.ifindex)?;
+                programs.attach_tcx(ns, link.ifindex)?;
                 devices += 1;
             }
         }
@@ -199,7 +229,7 @@ fn attach(
     }
     Ok((
         Attached {
-            probes,
+            programs,
             ifnames,
             devices,
         },
@@ -212,7 +242,7 @@ struct Session {
     debug_events: bool,
     sandbox: Sandbox,
     /// Where the netfilter slots are: the priority windows of netfilter hops.
-    nf_layout: crate::probes::NfLayout,
+    nf_layout: NfLayout,
     /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
     /// while (configuration changes while watching).
     doctor: Option<(Instant, Vec<crate::doctor::Check>)>,
@@ -224,9 +254,12 @@ struct Session {
     names: Names,
     ifnames: HashMap<u32, HashMap<u32, String>>,
     baseline: RuleBaseline,
-    /// Rule lookups already done, by (netns, hook, window): counters only grow, so once is
-    /// enough (and the watcher must not run iptables-save per attempt).
-    resolved: HashMap<String, crate::verdict::DropInfo>,
+    /// The rulesets read after a failure, per namespace inode, with when: shared by rule
+    /// naming and the doctor, so a failure costs one read per namespace.
+    rules_now: HashMap<u32, (Instant, Arc<Rulesets>)>,
+    /// Rules already named, by (netns, hook, window): counters only grow, so once is enough
+    /// (and a watch must not run iptables-save per attempt).
+    named: HashMap<DropPlace, RuleName>,
     probe_ports: HashSet<u16>,
     /// --probe: only our own attempts are reported, and the first verdict ends the run.
     probing: bool,
@@ -248,19 +281,18 @@ impl Session {
         let mut tick = tokio::time::interval(TICK);
         let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
-        let (tx, rx) = mpsc::channel::<ProbeEvent>();
+        let (tx, rx) = mpsc::channel::<AttemptEvent>();
         let stop = Arc::new(AtomicBool::new(false));
         let mut prober = args
             .probe
             .then(|| self.start_probe(args.attempts, args.timeout, tx, stop.clone()));
         let mut probe_done_at: Option<Instant> = None;
-        let mut out = std::io::stdout().lock();
         loop {
             tokio::select! {
                 guard = fd.readable_mut() => {
                     let mut guard = guard?;
                     while let Some(item) = guard.get_inner_mut().next() {
-                        if let Some(ev) = decode(&item) && let Some(hop) = Hop::from_event(&ev, &mut self.names) {
+                        if let Some(ev) = decode(&item) && let Some(hop) = hop_from_event(&ev, &mut self.names) {
                             if self.debug_events {
                                 eprintln!("event: {hop:?}");
                             }
@@ -271,7 +303,7 @@ impl Session {
                 }
                 _ = tick.tick() => {
                     while let Ok(ev) = rx.try_recv() {
-                        if let ProbeEvent::Bound(port) = ev {
+                        if let AttemptEvent::Bound(port) = ev {
                             self.probe_ports.insert(port);
                         }
                     }
@@ -282,7 +314,7 @@ impl Session {
                         }
                     }
                     let due = self.correlator.take_due(Clock::now_mono_ns());
-                    self.handle(due, &mut out)?;
+                    self.handle(due)?;
                     if self.decided.is_some() || probe_done_at.is_some_and(|t| t.elapsed() > PROBE_GRACE) {
                         break;
                     }
@@ -294,9 +326,9 @@ impl Session {
         stop.store(true, Ordering::Relaxed);
         if args.probe && self.decided.is_none() {
             let rest = self.correlator.take_all();
-            self.handle(rest, &mut out)?;
+            self.handle(rest)?;
         }
-        self.reporter.print_repeats(&mut out)?;
+        self.reporter.print_repeats()?;
         Ok(self.exit_code(args.probe))
     }
 
@@ -304,13 +336,13 @@ impl Session {
         &self,
         attempts: u32,
         timeout: Duration,
-        tx: mpsc::Sender<ProbeEvent>,
+        tx: mpsc::Sender<AttemptEvent>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<Result<()>> {
         let target = SocketAddrV4::new(self.path.host_ip, self.path.port);
         let own = Netns::current().ok().map(|n| n.inode);
         let ns = (own != Some(self.host_ns.inode)).then(|| self.host_ns.clone());
-        probe::spawn(ns, target, attempts, timeout, tx, stop)
+        connect::spawn(ns, target, attempts, timeout, tx, stop)
     }
 
     fn exit_code(&self, probe: bool) -> i32 {
@@ -367,7 +399,7 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, journeys: Vec<Journey>, out: &mut impl std::io::Write) -> Result<()> {
+    fn handle(&mut self, journeys: Vec<Journey>) -> Result<()> {
         let probing = self.probing;
         for j in journeys {
             if !self.relevant(&j) || (probing && !self.is_probe(&j)) || self.decided.is_some() {
@@ -377,7 +409,18 @@ impl Session {
             if v.outcome != Outcome::Connected {
                 self.failures += 1;
             }
-            self.reporter.add(&j, &v, out)?;
+            let rule = self.name_rule(&j, &v);
+            let explained_by = if v.outcome != Outcome::Connected {
+                crate::doctor::explain(&v, self.doctor_checks())
+            } else {
+                Vec::new()
+            };
+            self.reporter.add(Judged {
+                journey: &j,
+                verdict: &v,
+                rule: rule.as_ref(),
+                explained_by: &explained_by,
+            })?;
             if probing {
                 self.decided = Some(v.outcome);
             }
@@ -404,23 +447,25 @@ impl Session {
                 .flatten();
             live.or_else(|| correlator.neigh_state(ns, addr))
         };
-        let mut v = verdict::decide(j, Some(&self.path), &lookup);
-        self.resolve_rule(j, &mut v);
-        if v.outcome != Outcome::Connected {
-            v.explained_by = crate::doctor::explain(&v, self.doctor_checks());
-        }
-        v
+        verdict::decide(j, Some(&self.path), &lookup)
     }
 
     /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
-    /// making its own).
+    /// making its own), taken at the first failure and refreshed after a while
+    /// (configuration changes while watching). They reuse the rulesets rule naming just read.
     fn doctor_checks(&mut self) -> &[crate::doctor::Check] {
         let stale = self
             .doctor
             .as_ref()
             .is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(5));
         if stale {
-            let report = crate::doctor::check(&self.sandbox, false);
+            let fresh: HashMap<u32, Arc<Rulesets>> = self
+                .rules_now
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() < Duration::from_secs(5))
+                .map(|(inode, (_, r))| (*inode, r.clone()))
+                .collect();
+            let report = crate::doctor::check_with_rules(&self.sandbox, false, fresh);
             self.doctor = Some((Instant::now(), report.checks));
         }
         self.doctor
@@ -429,28 +474,33 @@ impl Session {
             .unwrap_or_default()
     }
 
-    /// Names the rule of a netfilter drop (cached per place).
-    fn resolve_rule(&mut self, j: &Journey, v: &mut Verdict) {
-        let Some(d) = v.drop.as_mut() else { return };
-        if d.reason != "NETFILTER_DROP" || d.hook.is_none() {
-            return;
+    /// The rule of a netfilter drop (named once per place), by counters, else by an nft trace
+    /// when asked for.
+    fn name_rule(&mut self, j: &Journey, v: &Verdict) -> Option<RuleName> {
+        let d = v.drop.as_ref()?;
+        let hook = d.hook.filter(|_| d.reason.is(ReasonClass::Netfilter))?;
+        let inode = v.failing_hop.and_then(|i| j.hops.get(i)).map(|(_, h)| h.netns)?;
+        let key = (inode, hook, d.priority_window);
+        if let Some(done) = self.named.get(&key) {
+            return Some(done.clone());
         }
-        let Some(inode) = v.failing_hop.and_then(|i| j.hops.get(i)).map(|(_, h)| h.netns) else {
-            return;
+        let ns = self.netns_by_inode(inode)?;
+        let now = Arc::new(Rulesets::read(&ns));
+        self.rules_now.insert(inode, (Instant::now(), now.clone()));
+        let place = Place {
+            hook,
+            table: d.table.as_deref(),
+            window: d.priority_window,
         };
-        let key = format!("{inode}/{:?}/{:?}", d.hook, d.priority_window);
-        if let Some(done) = self.resolved.get(&key) {
-            *d = done.clone();
-        } else if let Some(ns) = self.netns_by_inode(inode) {
-            self.baseline.resolve(&ns, d);
-            if self.nft_trace && d.rule.is_none() {
-                crate::nftrace::resolve(&ns, &self.path, d);
-            }
-            self.resolved.insert(key, d.clone());
+        let mut rule = self.baseline.name(inode, &now, place);
+        if self.nft_trace
+            && rule.rule.is_none()
+            && let Some(traced) = crate::firewall::nftrace::resolve(&ns, &self.host_ns, &self.path)
+        {
+            rule = traced;
         }
-        // The summary was written before the rule was known.
-        v.summary = verdict::summary_for(v, j);
-        v.fix = verdict::fix_for(v, Some(&self.path));
+        self.named.insert(key, rule.clone());
+        Some(rule)
     }
 
     fn netns_by_inode(&self, inode: u32) -> Option<Netns> {
@@ -459,20 +509,5 @@ impl Session {
             .find(|n| n.inode == inode)
             .cloned()
             .or_else(|| crate::netns::all_named().into_iter().find(|n| n.inode == inode))
-    }
-}
-
-/// `ip neigh` state names to NUD bits.
-fn nud_bits(state: &str) -> u32 {
-    match state {
-        "INCOMPLETE" => 0x01,
-        "REACHABLE" => 0x02,
-        "STALE" => 0x04,
-        "DELAY" => 0x08,
-        "PROBE" => 0x10,
-        "FAILED" => 0x20,
-        "NOARP" => 0x40,
-        "PERMANENT" => 0x80,
-        _ => 0,
     }
 }

@@ -3,6 +3,8 @@
 //! Every attachment is a BPF link held by an fd of this process (tp_btf, tcx, netfilter), so
 //! whatever way the process ends (return, signal, panic, SIGKILL) the kernel detaches
 //! everything when the fds close. Nothing is pinned.
+pub mod btf;
+pub mod kallsyms;
 pub mod netfilter;
 
 use std::{
@@ -55,7 +57,7 @@ pub struct Filter {
 }
 
 /// Loaded programs and their attachments.
-pub struct Probes {
+pub struct Programs {
     ebpf: Ebpf,
     nf_programs: Vec<OwnedFd>,
     /// Netfilter links, per namespace inode.
@@ -67,28 +69,28 @@ pub struct Probes {
     pub attach_time: std::time::Duration,
 }
 
-impl Probes {
+impl Programs {
     /// Loads the main object, writes the filter and the kernel's struct offsets.
     pub fn load(offsets: Offsets, filter: &Filter) -> Result<Self> {
-        let mut probes = Self::open(filter)?;
-        probes.configure(offsets, filter)?;
-        Ok(probes)
+        let mut programs = Self::open(filter)?;
+        programs.configure(offsets, filter)?;
+        Ok(programs)
     }
 
     /// Loads the main object and the address/namespace sets, without the configuration:
-    /// until [`Probes::configure`] the programs return at once, so they can be attached while
+    /// until [`Programs::configure`] the programs return at once, so they can be attached while
     /// the offsets are still being read from BTF.
     pub fn open(filter: &Filter) -> Result<Self> {
         if filter.ports.is_empty() || filter.ports.len() > MAX_PORTS {
             return Err(anyhow!("between 1 and {MAX_PORTS} ports can be followed"));
         }
-        let btf = aya::Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
+        let btf = aya::Btf::parse_file(btf::vmlinux_path(), aya::Endianness::default())
             .map_err(|e| EnvError::NoBtf(e.to_string()))?;
         let ebpf = EbpfLoader::new()
             .btf(&btf)
             .load(MAIN_OBJ)
             .map_err(|e| EnvError::from_load(&e.to_string()))?;
-        let mut probes = Self {
+        let mut programs = Self {
             ebpf,
             nf_programs: Vec::new(),
             nf_links: HashMap::new(),
@@ -97,12 +99,12 @@ impl Probes {
             attach_time: Default::default(),
         };
         for ns in &filter.netns {
-            probes.add_netns(*ns)?;
+            programs.add_netns(*ns)?;
         }
         for a in &filter.addrs {
-            probes.add_addr(*a)?;
+            programs.add_addr(*a)?;
         }
-        Ok(probes)
+        Ok(programs)
     }
 
     /// Writes the configuration (ports, flags, offsets): from here on the programs report.

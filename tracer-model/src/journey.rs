@@ -4,9 +4,12 @@
 //! envd never changes. Pure logic: the one-shot trace and the watcher feed it the same way.
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::hop::{Hop, HopKind, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT};
+use crate::{
+    hop::{Hop, HopKind},
+    tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT},
+};
 
 /// A connection attempt: client address, port and initial sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -17,7 +20,7 @@ pub struct ConnKey {
 }
 
 /// Which way a packet goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Leg {
     /// Client → envd.
@@ -41,7 +44,7 @@ pub enum JourneyId {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Journey {
     pub id: JourneyId,
     /// Hops in arrival order, each with its leg.
@@ -52,7 +55,6 @@ pub struct Journey {
     pub last_ns: u64,
     /// When an event arrived that decides the outcome (the journey is then finished after a
     /// short settle time that lets events from other CPUs arrive).
-    #[serde(skip)]
     pub decided_at: Option<u64>,
 }
 
@@ -444,87 +446,10 @@ pub fn is_route_failure(table: u32, error: i32) -> bool {
 
 #[cfg(test)]
 pub mod tests {
-    use tracer_common::{Packet, tcp_flag};
+    use tracer_common::tcp_flag;
 
     use super::*;
-    use crate::hop::Hook;
-
-    /// Fixture builder: hops of one namespace/device, in order.
-    pub fn ip(s: &str) -> u32 {
-        u32::from_ne_bytes(s.parse::<Ipv4Addr>().unwrap().octets())
-    }
-
-    pub fn pkt(src: &str, sport: u16, dst: &str, dport: u16, flags: u8, seq: u32, ack: u32) -> Packet {
-        Packet {
-            saddr: ip(src),
-            daddr: ip(dst),
-            sport,
-            dport,
-            seq,
-            ack,
-            ip_id: 1,
-            ttl: 64,
-            flags,
-        }
-    }
-
-    pub fn hop(ts: u64, ns: &str, dev: &str, kind: HopKind, p: Packet) -> Hop {
-        Hop {
-            ts_ns: ts,
-            netns: ns.bytes().map(u32::from).sum(),
-            netns_name: Some(ns.into()),
-            ifindex: 2,
-            device: (!dev.is_empty()).then(|| dev.to_string()),
-            kind,
-            pkt: p,
-            skb: 0xffff_8880_0000_1000,
-            sk: 0x5,
-            location: None,
-            function: None,
-        }
-    }
-
-    pub fn syn() -> Packet {
-        pkt("10.12.0.2", 40000, "10.11.0.1", 49983, tcp_flag::SYN, 1000, 0)
-    }
-
-    pub fn syn_dnat() -> Packet {
-        pkt("10.12.0.2", 40000, "169.254.0.21", 49983, tcp_flag::SYN, 1000, 0)
-    }
-
-    pub fn syn_ack_guest() -> Packet {
-        pkt(
-            "169.254.0.21",
-            49983,
-            "10.12.0.2",
-            40000,
-            tcp_flag::SYN | tcp_flag::ACK,
-            5000,
-            1001,
-        )
-    }
-
-    pub fn nf(hook: Hook, slot: u8) -> HopKind {
-        HopKind::Netfilter {
-            hook,
-            slot,
-            priority: tracer_common::NF_SLOT_PRIORITIES[slot as usize],
-            in_ifindex: 0,
-            out_ifindex: 0,
-            window_end: crate::path::slot_window(hook, slot).1,
-            in_dev: None,
-            out_dev: None,
-        }
-    }
-
-    pub fn sock(old: u32, new: u32) -> HopKind {
-        HopKind::Socket {
-            old: crate::hop::tcp_state_name(old),
-            new: crate::hop::tcp_state_name(new),
-            old_state: old,
-            new_state: new,
-        }
-    }
+    use crate::{fixtures::*, hook::Hook};
 
     fn sock_hop(ts: u64, old: u32, new: u32) -> Hop {
         hop(

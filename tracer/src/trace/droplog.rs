@@ -1,9 +1,19 @@
 //! The drop log: every dropped packet that matches the filter, one line each. This is what
 //! `tracer trace` prints without a sandbox to model a path against.
+use std::time::Duration;
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tracer_common::Event;
+use tracer_model::net::addr;
 
-use crate::events::{Clock, Names, Tuple, addr, flags_str, hms, ifname};
+use crate::{
+    cli::TraceArgs,
+    events::{Clock, Names, decode, ifname},
+    output::{Format, Output},
+    report::{Tuple, flags_str, hms},
+};
 
 /// One dropped packet, named.
 #[derive(Debug, Serialize)]
@@ -67,4 +77,52 @@ impl DropRecord {
             self.location
         )
     }
+}
+
+/// Prints each dropped packet until the duration ends or a signal arrives. Returns how many.
+pub async fn run(
+    events: RingBuf<MapData>,
+    mut names: Names,
+    args: &TraceArgs,
+    mut out: Output,
+) -> Result<u64> {
+    let clock = Clock::new();
+    let mut fd = crate::events::ring_fd(events)?;
+    let stop_signal = crate::events::stop_signal()?;
+    tokio::pin!(stop_signal);
+    let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    eprintln!(
+        "tracer: attached; following TCP port {} — Ctrl-C to stop",
+        args.ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut count = 0u64;
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    let Some(ev) = decode(&item) else { continue };
+                    let rec = DropRecord::new(&ev, &mut names, &clock);
+                    match out.format {
+                        Format::Json => out.json_line(&rec)?,
+                        Format::Text => {
+                            let line = format!("{}\n", rec.line(&ev));
+                            let line = out.plain(&line).into_owned();
+                            out.text(&line)?
+                        }
+                    }
+                    count += 1;
+                }
+                guard.clear_ready();
+            }
+            _ = &mut stop_signal => break,
+            _ = &mut deadline => break,
+        }
+    }
+    Ok(count)
 }

@@ -1,0 +1,512 @@
+//! `nft -j list ruleset`, read into typed items (tables, base chains, rules with their
+//! expressions) without failing on what this version of the model does not know, and turned
+//! into the rule model.
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::model::{Action, Chain, Cond, HookPoint, Rule, Source, Table, flag_bit, flags};
+
+/// One ruleset as `nft -j list ruleset` prints it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NftRuleset {
+    pub tables: Vec<NftTable>,
+    pub chains: Vec<NftChain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NftTable {
+    pub family: String,
+    pub name: String,
+}
+
+/// A chain with its rules (base chains have a hook and a priority).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NftChain {
+    pub family: String,
+    pub table: String,
+    pub name: String,
+    /// Hook name for base chains (prerouting, input, forward, output, postrouting, ingress).
+    pub hook: Option<String>,
+    pub priority: Option<i32>,
+    pub policy: Option<String>,
+    /// filter, nat, route.
+    pub kind: Option<String>,
+    /// The device of a netdev/inet ingress chain, when nft prints it.
+    pub device: Option<String>,
+    pub rules: Vec<NftRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NftRule {
+    pub handle: u64,
+    /// Packet count of a `counter` statement, if the rule has one.
+    pub packets: Option<u64>,
+    /// Verdict of the rule: accept, drop, jump X, ...
+    pub verdict: Option<String>,
+    /// The rule as nft prints it (reconstructed from the JSON's expressions).
+    pub text: String,
+    /// The statements, as nft gives them: `{"match": ...}`, `{"counter": ...}`, `{"drop":
+    /// null}` ... (read into the rule model by [`NftRuleset::tables`]).
+    pub exprs: Vec<Value>,
+}
+
+/// The JSON as nft writes it: a list of one-key objects. Keys this model does not use (sets,
+/// maps, elements, flowtables, metainfo ...) are skipped.
+#[derive(Deserialize)]
+struct Json {
+    nftables: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    table: Option<NftTable>,
+    chain: Option<ChainJson>,
+    rule: Option<RuleJson>,
+}
+
+#[derive(Deserialize)]
+struct ChainJson {
+    family: String,
+    table: String,
+    name: String,
+    hook: Option<String>,
+    prio: Option<Value>,
+    policy: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    dev: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RuleJson {
+    family: String,
+    table: String,
+    chain: String,
+    handle: Option<u64>,
+    #[serde(default)]
+    expr: Vec<Value>,
+}
+
+impl NftRuleset {
+    /// Parses `nft -j list ruleset`.
+    pub fn parse(json: &str) -> Result<Self> {
+        let parsed: Json = serde_json::from_str(json).context("parse nft JSON")?;
+        let mut out = Self::default();
+        for item in &parsed.nftables {
+            if let Some(t) = &item.table {
+                out.tables.push(t.clone());
+            }
+            if let Some(c) = &item.chain {
+                out.chains.push(chain_of(c));
+            }
+        }
+        for r in parsed.nftables.into_iter().filter_map(|i| i.rule) {
+            let chain = out
+                .chains
+                .iter_mut()
+                .find(|c| c.family == r.family && c.table == r.table && c.name == r.chain);
+            if let Some(c) = chain {
+                c.rules.push(rule_of(r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Base chains (those with a hook).
+    pub fn base_chains(&self) -> impl Iterator<Item = &NftChain> {
+        self.chains.iter().filter(|c| c.hook.is_some())
+    }
+
+    /// The native nftables tables in the rule model, leaving out the tables iptables-nft owns
+    /// (their rules are read from iptables-nft-save, which prints every match).
+    pub fn tables(&self, iptables_nft_tables: &[String]) -> Vec<Table> {
+        self.tables
+            .iter()
+            .filter(|t| matches!(t.family.as_str(), "ip" | "inet" | "netdev"))
+            .filter(|t| !(t.family == "ip" && iptables_nft_tables.contains(&t.name)))
+            .map(|t| Table {
+                source: Source::Nft,
+                family: t.family.clone(),
+                name: t.name.clone(),
+                chains: self
+                    .chains
+                    .iter()
+                    .filter(|c| c.family == t.family && c.table == t.name)
+                    .map(model_chain)
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn chain_of(c: &ChainJson) -> NftChain {
+    NftChain {
+        family: c.family.clone(),
+        table: c.table.clone(),
+        name: c.name.clone(),
+        hook: c.hook.clone(),
+        priority: c.prio.as_ref().and_then(Value::as_i64).map(clamp_i32),
+        policy: c.policy.clone(),
+        kind: c.kind.clone(),
+        device: match &c.dev {
+            Some(Value::String(d)) => Some(d.clone()),
+            _ => None,
+        },
+        rules: Vec::new(),
+    }
+}
+
+fn clamp_i32(v: i64) -> i32 {
+    v.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+fn rule_of(r: RuleJson) -> NftRule {
+    let mut packets = None;
+    let mut verdict = None;
+    let mut parts = Vec::new();
+    for e in &r.expr {
+        if let Some(c) = e.get("counter") {
+            packets = c["packets"].as_u64();
+            parts.push("counter".to_string());
+        } else if let Some(m) = e.get("match") {
+            parts.push(format!(
+                "{} {} {}",
+                expr_text(&m["left"]),
+                m["op"].as_str().unwrap_or("=="),
+                expr_text(&m["right"])
+            ));
+        } else if let Some((k, val)) = e.as_object().and_then(|o| o.iter().next()) {
+            let text = match k.as_str() {
+                "accept" | "drop" | "return" | "continue" => k.clone(),
+                "jump" | "goto" => format!("{k} {}", val["target"].as_str().unwrap_or("?")),
+                other => other.to_string(),
+            };
+            if matches!(
+                k.as_str(),
+                "accept" | "drop" | "jump" | "goto" | "return" | "reject"
+            ) {
+                verdict = Some(text.clone());
+            }
+            parts.push(text);
+        }
+    }
+    NftRule {
+        handle: r.handle.unwrap_or(0),
+        packets,
+        verdict,
+        text: parts.join(" ").replace(" == ", " "),
+        exprs: r.expr,
+    }
+}
+
+/// Renders the operand of an nft JSON match.
+fn expr_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Array(a) => a.iter().map(expr_text).collect::<Vec<_>>().join(","),
+        serde_json::Value::Object(o) => {
+            if let Some(p) = o.get("payload") {
+                format!(
+                    "{} {}",
+                    p["protocol"].as_str().unwrap_or(""),
+                    p["field"].as_str().unwrap_or("")
+                )
+                .trim()
+                .to_string()
+            } else if let Some(m) = o.get("meta") {
+                m["key"].as_str().unwrap_or("meta").to_string()
+            } else if let Some(ct) = o.get("ct") {
+                format!("ct {}", ct["key"].as_str().unwrap_or(""))
+            } else if let Some(set) = o.get("set") {
+                format!("{{ {} }}", expr_text(set))
+            } else if let Some(p) = o.get("prefix") {
+                format!("{}/{}", expr_text(&p["addr"]), p["len"])
+            } else if let Some(r) = o.get("range") {
+                format!("{}-{}", expr_text(&r[0]), expr_text(&r[1]))
+            } else {
+                o.keys().next().cloned().unwrap_or_default()
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn model_chain(c: &NftChain) -> Chain {
+    Chain {
+        name: c.name.clone(),
+        hook: c.hook.as_deref().and_then(HookPoint::from_nft),
+        priority: c.priority.unwrap_or(0),
+        is_nat: c.kind.as_deref() == Some("nat"),
+        policy_drop: c.policy.as_deref() == Some("drop"),
+        device: c.device.clone(),
+        rules: c.rules.iter().map(model_rule).collect(),
+    }
+}
+
+fn model_rule(r: &NftRule) -> Rule {
+    let mut conds = Vec::new();
+    let mut action = Action::Continue;
+    for e in &r.exprs {
+        if let Some(m) = e.get("match") {
+            conds.push(nft_match(m));
+            continue;
+        }
+        let Some((k, val)) = e.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let str_of = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_string();
+        match k.as_str() {
+            "accept" => action = Action::Accept,
+            "drop" => action = Action::Drop,
+            "reject" => action = Action::Reject,
+            "return" => action = Action::Return,
+            "jump" => action = Action::Jump(str_of(val, "target")),
+            "goto" => action = Action::Goto(str_of(val, "target")),
+            "dnat" => action = Action::Dnat(val["addr"].as_str().and_then(|a| a.parse().ok())),
+            "snat" => action = Action::Snat(val["addr"].as_str().and_then(|a| a.parse().ok())),
+            "masquerade" => action = Action::Masquerade,
+            "redirect" => action = Action::Redirect,
+            "queue" | "vmap" | "tproxy" | "synproxy" => action = Action::Divert(k.clone()),
+            "limit" | "quota" => conds.push(Cond::Unknown(k.clone())),
+            "xt" => {
+                let name = str_of(val, "name");
+                if val["type"] == "target" {
+                    action = Action::Divert(format!("xt {name}"));
+                } else {
+                    conds.push(Cond::Unknown(format!("xt {name}")));
+                }
+            }
+            // counter, log, mangle, notrack, ct helpers, set updates: no verdict.
+            _ => {}
+        }
+    }
+    Rule {
+        conds,
+        action,
+        text: r.text.clone(),
+        handle: Some(r.handle),
+    }
+}
+
+/// One `{"match": {op, left, right}}`.
+fn nft_match(m: &Value) -> Cond {
+    let op = m["op"].as_str().unwrap_or("==");
+    let cond = match_left(&m["left"], &m["right"], op);
+    match (op, cond) {
+        ("!=", c) => Cond::Not(Box::new(c)),
+        (_, c) => c,
+    }
+}
+
+fn match_left(left: &Value, right: &Value, op: &str) -> Cond {
+    let unknown = || Cond::Unknown(format!("{left} {op} {right}"));
+    if !matches!(op, "==" | "!=" | "in") {
+        return unknown();
+    }
+    if let Some(meta) = left.get("meta") {
+        return match meta["key"].as_str().unwrap_or("") {
+            "iifname" | "iif" => Cond::InDev(
+                strings(right)
+                    .map(|v| v.iter().map(|d| nft_wildcard(d)).collect())
+                    .unwrap_or_default(),
+            ),
+            "oifname" | "oif" => Cond::OutDev(
+                strings(right)
+                    .map(|v| v.iter().map(|d| nft_wildcard(d)).collect())
+                    .unwrap_or_default(),
+            ),
+            "l4proto" => Cond::Tcp(strings_or_numbers(right).iter().any(|p| p == "tcp" || p == "6")),
+            "nfproto" => Cond::from_bool(strings(right).is_some_and(|v| v.iter().any(|p| p == "ipv4"))),
+            "protocol" => Cond::from_bool(strings(right).is_some_and(|v| v.iter().any(|p| p == "ip"))),
+            _ => unknown(),
+        };
+    }
+    if let Some(p) = left.get("payload") {
+        let (proto, field) = (
+            p["protocol"].as_str().unwrap_or(""),
+            p["field"].as_str().unwrap_or(""),
+        );
+        return match (proto, field) {
+            ("ip", "saddr") => addr_set(right).map(Cond::Src).unwrap_or_else(unknown),
+            ("ip", "daddr") => addr_set(right).map(Cond::Dst).unwrap_or_else(unknown),
+            ("ip", "protocol") => Cond::Tcp(strings_or_numbers(right).iter().any(|p| p == "tcp" || p == "6")),
+            ("tcp" | "th", "dport") => port_set(right).map(Cond::DPort).unwrap_or_else(unknown),
+            ("tcp" | "th", "sport") => port_set(right).map(Cond::SPort).unwrap_or_else(unknown),
+            ("tcp", "flags") => {
+                let bits = nft_flags(right);
+                if op == "in" {
+                    Cond::FlagsAny(bits)
+                } else {
+                    Cond::Flags {
+                        mask: flags::ALL,
+                        cmp: bits,
+                    }
+                }
+            }
+            ("udp" | "icmp" | "sctp" | "udplite", _) => Cond::Tcp(false),
+            _ => unknown(),
+        };
+    }
+    if let Some(and) = left.get("&").and_then(Value::as_array)
+        && and.len() == 2
+        && and[0]["payload"]["field"] == "flags"
+        && and[0]["payload"]["protocol"] == "tcp"
+    {
+        return Cond::Flags {
+            mask: nft_flags(&and[1]),
+            cmp: nft_flags(right),
+        };
+    }
+    if left["ct"]["key"] == "state" {
+        return Cond::CtState(
+            strings(right)
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.to_ascii_uppercase())
+                .collect(),
+        );
+    }
+    unknown()
+}
+
+impl Cond {
+    fn from_bool(b: bool) -> Self {
+        if b {
+            Self::True
+        } else {
+            Self::Not(Box::new(Self::True))
+        }
+    }
+}
+
+/// nft's `eth*` → iptables' `eth+`.
+fn nft_wildcard(d: &str) -> String {
+    match d.strip_suffix('*') {
+        Some(p) if !p.ends_with('\\') => format!("{p}+"),
+        _ => d.to_string(),
+    }
+}
+
+/// A string, a list of strings, or a set of strings.
+fn strings(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::String(s) if !s.starts_with('@') => Some(vec![s.clone()]),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+        Value::Object(o) => o.get("set").and_then(strings),
+        _ => None,
+    }
+}
+
+fn strings_or_numbers(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(strings_or_numbers).collect(),
+        Value::Object(o) => o.get("set").map(strings_or_numbers).unwrap_or_default(),
+        Value::Number(n) => vec![n.to_string()],
+        Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn nft_flags(v: &Value) -> u8 {
+    match v {
+        Value::String(s) => flag_bit(s),
+        Value::Array(a) => a.iter().map(nft_flags).fold(0, |x, y| x | y),
+        Value::Object(o) => o.get("|").map(nft_flags).unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0) as u8,
+        _ => 0,
+    }
+}
+
+/// Addresses, prefixes, ranges (as their covering prefixes: only used to match one address)
+/// and sets of them. None for what the model cannot read (named sets).
+fn addr_set(v: &Value) -> Option<Vec<(Ipv4Addr, u8)>> {
+    match v {
+        Value::String(s) => Some(vec![(s.parse().ok()?, 32)]),
+        Value::Array(a) => a
+            .iter()
+            .map(addr_set)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat()),
+        Value::Object(o) => {
+            if let Some(set) = o.get("set") {
+                return addr_set(set);
+            }
+            if let Some(p) = o.get("prefix") {
+                return Some(vec![(
+                    p["addr"].as_str()?.parse().ok()?,
+                    p["len"].as_u64()? as u8,
+                )]);
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn port_set(v: &Value) -> Option<Vec<(u16, u16)>> {
+    match v {
+        Value::Number(n) => {
+            let p = n.as_u64()? as u16;
+            Some(vec![(p, p)])
+        }
+        Value::Array(a) => a
+            .iter()
+            .map(port_set)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat()),
+        Value::Object(o) => {
+            if let Some(set) = o.get("set") {
+                return port_set(set);
+            }
+            let r = o.get("range")?.as_array()?;
+            Some(vec![(r.first()?.as_u64()? as u16, r.get(1)?.as_u64()? as u16)])
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NFT: &str = r#"{"nftables": [
+ {"metainfo": {"version": "1.0.6"}},
+ {"table": {"family": "ip", "name": "lab-fault", "handle": 1}},
+ {"chain": {"family": "ip", "table": "lab-fault", "name": "pre", "handle": 1, "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}},
+ {"rule": {"family": "ip", "table": "lab-fault", "chain": "pre", "handle": 2, "expr": [
+   {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 49983}},
+   {"counter": {"packets": 4, "bytes": 240}}, {"drop": null}]}}
+]}"#;
+
+    #[test]
+    fn nft_chains_rules_and_counters() {
+        let set = NftRuleset::parse(NFT).unwrap();
+        assert_eq!(set.chains.len(), 1);
+        let c = &set.chains[0];
+        assert_eq!((c.hook.as_deref(), c.priority), (Some("prerouting"), Some(0)));
+        assert_eq!(c.rules[0].packets, Some(4));
+        assert_eq!(c.rules[0].verdict.as_deref(), Some("drop"));
+        assert_eq!(c.rules[0].text, "tcp dport 49983 counter drop");
+    }
+
+    #[test]
+    fn unknown_items_and_odd_values_do_not_fail_the_parse() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.9", "json_schema_version": 1}},
+          {"set": {"family": "inet", "name": "v2_veths", "table": "t", "type": "ifname", "handle": 3}},
+          {"table": {"family": "inet", "name": "t", "handle": 1}},
+          {"chain": {"family": "inet", "table": "t", "name": "c", "handle": 2, "type": "filter", "hook": "input", "prio": {"weird": 1}, "policy": "accept"}},
+          {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 4, "expr": [{"future-statement": {"x": [1, {"y": null}]}}]}},
+          {"rule": {"family": "inet", "table": "t", "chain": "missing", "handle": 5, "expr": []}},
+          {"flowtable": {"family": "inet", "name": "f"}}]}"#;
+        let set = NftRuleset::parse(json).unwrap();
+        assert_eq!(set.chains[0].priority, None);
+        assert_eq!(set.chains[0].rules.len(), 1);
+        assert_eq!(set.tables(&[]).len(), 1);
+        assert!(NftRuleset::parse("not json").is_err());
+        assert!(NftRuleset::parse(r#"{"nftables": [{"rule": {"family": 1}}]}"#).is_err());
+    }
+}

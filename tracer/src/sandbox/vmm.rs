@@ -1,0 +1,253 @@
+//! Cheap discovery: VMM processes from /proc command lines and E2B's cgroup names, the taps
+//! they hold from their fds. No namespace is entered here.
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use super::ids::{api_sock_of, id_from_api_sock, id_from_cgroup_name, id_from_proc_cgroup, iff_from_fdinfo};
+use crate::netns;
+
+/// Where E2B puts one cgroup per sandbox: `sbx-<id>-<rand>`.
+pub const E2B_CGROUP_DIR: &str = "/sys/fs/cgroup/e2b";
+const TUN_DEVICE: &str = "/dev/net/tun";
+const CMDLINE_CHUNK: usize = 8192;
+
+/// A VMM process, before its namespace is examined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Vmm {
+    pub(super) pid: u32,
+    pub(super) api_sock: Option<String>,
+    pub(super) id: Option<String>,
+}
+
+impl Vmm {
+    pub(super) fn from_cmdline(pid: u32, cmdline: &[u8]) -> Option<Self> {
+        let api_sock = api_sock_of(cmdline)?;
+        let id = id_from_api_sock(&api_sock);
+        Some(Self {
+            pid,
+            api_sock: Some(api_sock),
+            id,
+        })
+    }
+}
+
+/// Pids of all processes (thread group leaders).
+fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Every process with `--api-sock`, reading nothing but `/proc/*/cmdline`.
+pub(super) fn scan_vmms() -> Vec<Vmm> {
+    let own = std::process::id();
+    let mut buf = Vec::new();
+    let vmms: Vec<Vmm> = pids()
+        .into_iter()
+        .filter(|pid| *pid != own)
+        .filter_map(|pid| {
+            let len = read_cmdline(pid, &mut buf).ok()?;
+            Vmm::from_cmdline(pid, &buf[..len])
+        })
+        .collect();
+    drop_wrappers(vmms)
+}
+
+/// Reads a command line into a reused buffer (grown, never shrunk or re-zeroed) and returns
+/// its length, with as few syscalls as possible: this runs for every process of the host.
+/// (fs::read would stat first, and read_to_end reads once more to see the end; a /proc
+/// command line comes whole in one read when the buffer is larger.)
+fn read_cmdline(pid: u32, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::io::Read as _;
+    let mut file = fs::File::open(format!("/proc/{pid}/cmdline"))?;
+    if buf.is_empty() {
+        buf.resize(CMDLINE_CHUNK, 0);
+    }
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf[len..])?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            return Ok(len);
+        }
+        buf.resize(buf.len() + CMDLINE_CHUNK, 0);
+    }
+}
+
+/// When a wrapper (strace, a supervisor) carries the same `--api-sock` as the VMM it started,
+/// keeps the child: the process that really holds the tap.
+fn drop_wrappers(vmms: Vec<Vmm>) -> Vec<Vmm> {
+    let mut by_sock: HashMap<&Option<String>, usize> = HashMap::new();
+    for v in &vmms {
+        *by_sock.entry(&v.api_sock).or_default() += 1;
+    }
+    if by_sock.values().all(|n| *n == 1) {
+        return vmms;
+    }
+    let parents: HashSet<(u32, Option<String>)> = vmms
+        .iter()
+        .filter_map(|v| Some((ppid(v.pid)?, v.api_sock.clone())))
+        .collect();
+    vmms.iter()
+        .filter(|v| !parents.contains(&(v.pid, v.api_sock.clone())))
+        .cloned()
+        .collect()
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the last ')' (the command name may contain anything): state, ppid, ...
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// E2B's cgroups: (id, pids in it).
+pub(super) fn cgroup_sandboxes() -> Vec<(String, Vec<u32>)> {
+    let Ok(dir) = fs::read_dir(E2B_CGROUP_DIR) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let id = id_from_cgroup_name(e.file_name().to_str()?)?;
+            Some((id, cgroup_pids(&e.path())))
+        })
+        .collect()
+}
+
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Ids from cgroups: given to VMMs found without one, and VMMs only a cgroup names (their
+/// command line has no `--api-sock`) are added.
+pub(super) fn merge_cgroups(vmms: &mut Vec<Vmm>, cgroups: &[(String, Vec<u32>)]) {
+    for (id, pids) in cgroups {
+        if vmms.iter().any(|v| v.id.as_deref() == Some(id)) {
+            continue;
+        }
+        if let Some(v) = vmms.iter_mut().find(|v| pids.contains(&v.pid)) {
+            v.id = Some(id.clone());
+        } else if let Some(pid) = tap_holder(pids) {
+            vmms.push(Vmm {
+                pid,
+                api_sock: None,
+                id: Some(id.clone()),
+            });
+        }
+    }
+}
+
+/// The VMM of sandbox `id` from its cgroup, when no command line names it.
+pub(super) fn vmm_from_cgroup(id: &str) -> Option<Vmm> {
+    let dir = fs::read_dir(E2B_CGROUP_DIR).ok()?;
+    let cg = dir.flatten().find(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(id_from_cgroup_name)
+            .is_some_and(|found| found == id)
+    })?;
+    let pids = cgroup_pids(&cg.path());
+    let pid = pids
+        .iter()
+        .copied()
+        .find(|p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| api_sock_of(&c).is_some()))
+        .or_else(|| tap_holder(&pids))?;
+    let api_sock = fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| api_sock_of(&c));
+    Some(Vmm {
+        pid,
+        api_sock,
+        id: Some(id.to_string()),
+    })
+}
+
+pub(super) fn cgroup_id_of(pid: u32) -> Option<String> {
+    id_from_proc_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+pub(super) fn known_ids(vmms: &[Vmm]) -> Vec<String> {
+    let mut ids: Vec<String> = vmms
+        .iter()
+        .filter_map(|v| v.id.clone())
+        .chain(cgroup_sandboxes().into_iter().map(|(id, _)| id))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Taps a process holds open: its `/dev/net/tun` fds and the device each is attached to.
+pub(super) fn held_taps(pid: u32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut taps: Vec<String> = dir
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == Path::new(TUN_DEVICE)))
+        .filter_map(|e| {
+            let fd = e.file_name();
+            iff_from_fdinfo(&fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_str()?)).ok()?)
+        })
+        .collect();
+    // A multi-queue tap is one fd per queue.
+    taps.sort();
+    taps.dedup();
+    taps
+}
+
+/// The first of `pids` that holds a tap.
+fn tap_holder(pids: &[u32]) -> Option<u32> {
+    pids.iter().copied().find(|p| !held_taps(*p).is_empty())
+}
+
+/// The process in namespace `inode` that holds a tap; one with `--api-sock` first.
+pub(super) fn tap_holder_in(inode: u32) -> Option<Vmm> {
+    let own = std::process::id();
+    let mut holders: Vec<Vmm> = pids()
+        .into_iter()
+        .filter(|p| *p != own && netns_inode_of_pid(*p) == Some(inode) && !held_taps(*p).is_empty())
+        .map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            Vmm::from_cmdline(pid, &cmdline).unwrap_or(Vmm {
+                pid,
+                api_sock: None,
+                id: None,
+            })
+        })
+        .collect();
+    holders.sort_by_key(|v| (v.api_sock.is_none(), v.pid));
+    holders.into_iter().next()
+}
+
+pub(super) fn netns_inode_of_pid(pid: u32) -> Option<u32> {
+    netns::inode_of(&ns_path_of(pid)).ok()
+}
+
+pub(super) fn ns_path_of(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/net"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "ix7hj8hustuvlxiqc0g0u";
+    #[test]
+    fn cgroups_name_vmms_without_e2b_sockets() {
+        let mut vmms = vec![Vmm {
+            pid: 10,
+            api_sock: Some("/run/fc.sock".into()),
+            id: None,
+        }];
+        merge_cgroups(&mut vmms, &[(ID.to_string(), vec![9, 10])]);
+        assert_eq!(vmms[0].id.as_deref(), Some(ID));
+    }
+}

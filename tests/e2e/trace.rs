@@ -408,7 +408,11 @@ fn nothing_stays_attached_after_exit_signal_or_panic() {
         .env("TRACER_TEST_PANIC", "1")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(101), "it panicked");
+    assert_eq!(
+        out.status.code(),
+        Some(101),
+        "it panicked (the test build needs --features tracer/test-hooks, as `cargo xtask test` passes)"
+    );
     assert!(gone().is_some(), "after a panic: {:?}", ours());
 }
 

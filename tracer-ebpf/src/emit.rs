@@ -49,7 +49,28 @@ pub fn send(ev: &Event) {
     if EVENTS.output(ev, 0).is_err()
         && let Some(lost) = LOST.get_ptr_mut(LOST_EVENTS)
     {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *lost += 1 };
+        // Atomic: a program in softirq can interrupt one in process context on the same CPU,
+        // and both may count a loss.
+        // SAFETY: the map value is a live, aligned u64 for as long as the program runs.
+        unsafe { atomic_add(lost, 1) };
+    }
+}
+
+/// `*dst += v` as one atomic instruction (BPF_ATOMIC | BPF_ADD). The BPF target exposes no
+/// atomic read-modify-write types, only the intrinsic; the host build (lint) uses std's.
+///
+/// # Safety
+/// `dst` must be valid and aligned for the whole call.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(dst).fetch_add(v, core::sync::atomic::Ordering::Relaxed);
     }
 }

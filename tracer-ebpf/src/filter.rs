@@ -1,5 +1,5 @@
 //! The in-kernel filter: everything that is not followed returns within a few instructions.
-use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, Packet, Tracked};
+use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, Packet, Tracked, tcp_flag};
 
 use crate::maps::{ADDRS, CONFIG, NETNS, NF_SKIP, TRACKED};
 
@@ -33,6 +33,14 @@ pub fn addr_matches(cfg: &Config, a: u32, b: u32) -> bool {
     cfg.flags & CFG_ANY_ADDR != 0 || ADDRS.get_ptr(&a).is_some() || ADDRS.get_ptr(&b).is_some()
 }
 
+/// Packets that decide a connection attempt: SYN (and SYN-ACK) and RST. Data and pure ACKs
+/// of an established connection are never followed, so a long, busy connection on the port
+/// costs no events.
+#[inline(always)]
+pub fn is_handshake(flags: u8) -> bool {
+    flags & (tcp_flag::SYN | tcp_flag::RST) != 0
+}
+
 /// The whole filter for a packet seen in namespace `netns`.
 #[inline(always)]
 pub fn packet_matches(cfg: &Config, pkt: &Packet, netns: u32) -> bool {
@@ -46,9 +54,13 @@ pub fn is_tracked(skb: u64) -> bool {
     TRACKED.get_ptr(&skb).is_some()
 }
 
-/// Follows `skb` from now on.
+/// Follows `skb` from now on (and drops this CPU's foreign mark if it names the same
+/// address: the mark never claims a followed skb).
 #[inline(always)]
 pub fn track(skb: u64, now: u64) {
+    if marked_foreign(skb) {
+        mark_foreign(0);
+    }
     if !is_tracked(skb) {
         let _ = TRACKED.insert(&skb, &Tracked { first_ns: now }, 0);
     }
@@ -60,11 +72,12 @@ pub fn untrack(skb: u64) -> bool {
     TRACKED.remove(&skb).is_ok()
 }
 
-/// True when this CPU's last look at `skb` (by a netfilter hook) found it not followed. The
-/// same skb passes several hooks and tracepoints on one CPU in a row (OUTPUT, POSTROUTING,
-/// xmit, the peer's receive, PREROUTING ...): they all skip it for one array read. A stale
-/// mark only costs the full check. Only NAT could make a foreign packet ours between two
-/// hooks (e.g. a DNAT *to* a sandbox's envd); such a packet is still seen by tcx and drops.
+/// True when the first netfilter slot of the hook running now on this CPU found `skb` not
+/// followed. Only the later slots of that same hook traversal may rely on it: they run right
+/// after the first slot, on the same CPU, for the same skb. The first slot never trusts the
+/// mark (it checks every packet and rewrites the mark), and nothing else reads it, so a mark
+/// left behind by an skb that was freed meanwhile (dropped inside the hook, its address
+/// reused by a followed skb) cannot hide anything.
 #[inline(always)]
 pub fn marked_foreign(skb: u64) -> bool {
     // SAFETY: this CPU's slot.

@@ -44,14 +44,15 @@ pub struct TraceArgs {
     /// Like --vm, for VMMs without E2B naming: the namespace (name under /var/run/netns) that
     /// holds the tap.
     #[arg(long = "netns", value_name = "NAME", conflicts_with = "vm")]
-    pub netns: Vec<String>,
+    pub netns: Option<String>,
 
     /// Like --vm, for VMMs without E2B naming: the VMM's process id.
     #[arg(long, value_name = "PID", conflicts_with_all = ["vm", "netns"])]
     pub pid: Option<u32>,
 
-    /// TCP port(s) to follow (source or destination).
-    #[arg(long = "port", value_name = "PORT", default_value = "49983")]
+    /// TCP port(s) to follow (source or destination), up to 4.
+    #[arg(long = "port", value_name = "PORT", default_value = "49983",
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     /// Only packets to or from these addresses (any namespace). Default with --vm: the
@@ -64,13 +65,14 @@ pub struct TraceArgs {
     #[arg(long, requires = "target")]
     pub probe: bool,
 
-    /// Number of attempts with --probe.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    /// Number of attempts with --probe (1 to 1000).
+    #[arg(long, default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub attempts: u32,
 
-    /// Per-attempt timeout with --probe (the orchestrator's is 50 ms; a slow guest, e.g.
-    /// under emulation, may need more to tell "slow" from "silent").
-    #[arg(long, value_parser = parse_duration, default_value = "50ms", value_name = "DURATION")]
+    /// Per-attempt timeout with --probe, at most 60s (the orchestrator's is 50 ms; a slow
+    /// guest, e.g. under emulation, may need more to tell "slow" from "silent").
+    #[arg(long, value_parser = parse_attempt_timeout, default_value = "50ms", value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Stop after this long (e.g. 10s, 500ms). Default: until Ctrl-C (with --probe: at the
@@ -116,6 +118,19 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+/// The longest per-attempt timeout: an attempt is one connection, not a wait for a guest to
+/// boot.
+pub const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A per-attempt timeout: a duration from 1 ms to [`MAX_ATTEMPT_TIMEOUT`].
+pub fn parse_attempt_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) || d > MAX_ATTEMPT_TIMEOUT {
+        return Err(format!("{s:?} is not a timeout between 1ms and 60s"));
+    }
+    Ok(d)
+}
+
 /// `10s`, `500ms`, `2m`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -131,7 +146,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let v: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration (try 10s or 500ms)"))?;
-    if v.is_nan() || v < 0.0 {
+    // Up to a year: longer is not a duration anyone means, and would overflow timers.
+    if !v.is_finite() || v < 0.0 || v * mult_ms > 365.0 * 86_400_000.0 {
         return Err(format!("{s:?} is not a duration"));
     }
     Ok(Duration::from_micros((v * mult_ms * 1000.0) as u64))
@@ -153,6 +169,22 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn impossible_values_are_refused() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["tracer", "trace", "--vm", "x"][..], args].concat());
+        assert!(parse(&["--probe", "--attempts", "0"]).is_err());
+        assert!(parse(&["--port", "0"]).is_err());
+        assert!(parse(&["--timeout", "99999999999s"]).is_err());
+        assert!(parse(&["--timeout", "0ms"]).is_err());
+        assert!(parse(&["--timeout", "61s"]).is_err());
+        assert!(parse(&["--timeout", "1s", "--attempts", "1000"]).is_ok());
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_duration("inf").is_err());
+        let two = Cli::try_parse_from(["tracer", "trace", "--netns", "a", "--netns", "b"]);
+        assert!(two.is_err(), "one --netns");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result
         program: program.clone(),
         source,
     };
+    die_with_parent(cmd);
     let mut child = cmd
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -76,6 +77,21 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result
         stdout: readers.0.join().unwrap_or_default(),
         stderr: readers.1.join().unwrap_or_default(),
     })
+}
+
+/// The child is killed when the thread that started it ends (the whole tracer exiting
+/// included): a tool that hangs or is stopped is never left behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe; it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Like [`run`], failing when the command exits non-zero (with its stderr).

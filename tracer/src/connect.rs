@@ -17,6 +17,8 @@ use crate::netns::Netns;
 
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
 pub const RETRY_DELAY: Duration = Duration::from_millis(5);
+/// The most of an answer that is read (its status line is all that matters).
+pub const MAX_RESPONSE: usize = 4096;
 
 /// How one attempt ended, as the prober saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,12 +206,21 @@ impl Conn {
         {
             return Err(io::Error::last_os_error());
         }
+        // Only the status line matters. A guest may send anything, endlessly: the read is
+        // capped and ends at the deadline whatever arrives.
         let mut got = Vec::new();
         let mut buf = [0u8; 256];
         while !got.windows(2).any(|w| w == b"\r\n") {
+            if got.len() >= MAX_RESPONSE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no status line in the first {MAX_RESPONSE} bytes"),
+                ));
+            }
             self.wait(libc::POLLIN, start)?;
-            // SAFETY: valid fd and buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let room = buf.len().min(MAX_RESPONSE - got.len());
+            // SAFETY: valid fd and buffer of at least `room` bytes.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), room, 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -228,13 +239,18 @@ impl Conn {
     /// Waits for `events` until the attempt's deadline.
     fn wait(&self, events: i16, start: Instant) -> io::Result<()> {
         let left = self.timeout.saturating_sub(start.elapsed());
+        // Past the deadline nothing is waited for, even if data is ready.
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events,
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         match n {
             0 => Err(io::ErrorKind::TimedOut.into()),
             n if n < 0 => Err(io::Error::last_os_error()),

@@ -175,4 +175,42 @@ mod walls {
         }
         assert!(offenders.is_empty(), "outside firewall/: {offenders:?}");
     }
+
+    /// Test hooks never reach the binary operators run: every one sits behind the
+    /// `test-hooks` feature, which only `cargo xtask test` enables.
+    #[test]
+    fn test_hooks_only_behind_their_feature() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src];
+        let mut hooks = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let text = fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let lines: Vec<&str> = code.lines().collect();
+                for (i, l) in lines.iter().enumerate() {
+                    if l.contains("\"TRACER_TEST_") {
+                        hooks += 1;
+                        let gated = lines[..i]
+                            .iter()
+                            .rev()
+                            .take(3)
+                            .any(|p| p.contains("#[cfg(feature = \"test-hooks\")]"));
+                        assert!(
+                            gated,
+                            "{}:{}: a test hook outside the feature",
+                            path.display(),
+                            i + 1
+                        );
+                    }
+                }
+            }
+        }
+        assert!(hooks > 0, "the panic hook of the detach test exists");
+    }
 }

@@ -352,9 +352,10 @@ impl Rtnl {
     fn recv(&mut self) -> Result<()> {
         self.buf.clear();
         self.buf.reserve(RECV_BUF);
+        // MSG_TRUNC: the kernel reports the datagram's real length, so a truncation shows.
         let n = self
             .socket
-            .recv(&mut self.buf, 0)
+            .recv(&mut self.buf, libc::MSG_TRUNC)
             .with_context(|| format!("netlink recv in {}", self.label))?;
         if n > self.buf.len() {
             bail!("netlink datagram of {n} bytes truncated to {}", self.buf.len());

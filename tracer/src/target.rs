@@ -20,7 +20,7 @@ pub fn sandbox_of(args: &TraceArgs) -> Result<Option<Sandbox>> {
     if let Some(id) = &args.vm {
         return find_by_id(id).map(Some);
     }
-    if let Some(name) = args.netns.first() {
+    if let Some(name) = &args.netns {
         return sandbox::from_netns(name).map(Some);
     }
     if let Some(pid) = args.pid {

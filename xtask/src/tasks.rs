@@ -69,6 +69,8 @@ pub fn test(filters: &[String]) -> Result<()> {
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
+    // The test build of the tracer carries the hooks the end-to-end tests need.
+    cmd.args(["--features", "tracer/test-hooks"]);
     cmd.args(filters);
     // The end-to-end tests find the VMM here (the tracer they get from cargo).
     cmd.env("LAB_VMM_BIN", target_dir().join("debug/lab-vmm"));

@@ -89,6 +89,14 @@ pub fn veth_pair(tag: &str) -> (TestNetns, TestNetns) {
     (a, b)
 }
 
+/// The tracer under test: cargo's build, or $TRACER_BIN (to run the suite against another
+/// build, e.g. an older one, to see a test fail).
+pub fn tracer_bin() -> std::path::PathBuf {
+    std::env::var_os("TRACER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tracer").into())
+}
+
 /// The tracer binary under test, with its stdout read line by line on a thread.
 pub struct Tracer {
     child: Child,
@@ -99,10 +107,16 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `tracer <args>` and waits until it says it is attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Tracer::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let stderr_path =
             std::env::temp_dir().join(format!("tracer-e2e-{}-{}.err", std::process::id(), rand_suffix()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        let mut child = Command::new(tracer_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr_path).expect("stderr file"))
             .spawn()
@@ -201,7 +215,7 @@ fn rand_suffix() -> u64 {
 
 /// Runs `tracer trace --vm ID --probe --json <extra>`: (exit code, the verdict, stderr).
 pub fn probe(id: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let out = Command::new(tracer_bin())
         .args(["trace", "--vm", id, "--probe", "--json"])
         .args(extra)
         .output()
@@ -220,7 +234,7 @@ pub fn probe(id: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
 
 /// Runs the tracer with arbitrary arguments: (exit code, stdout, stderr).
 pub fn tracer(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let out = Command::new(tracer_bin())
         .args(args)
         .output()
         .expect("run tracer");
@@ -288,6 +302,15 @@ impl Tracer {
         self.child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1)
     }
 
+    /// Waits at most `limit` for the tracer to exit by itself: its exit code, or None (and
+    /// it is killed) when it did not.
+    pub fn wait_at_most(mut self, limit: Duration) -> Option<i32> {
+        let done = lab::testing::wait_for(limit, Duration::from_millis(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        done.map(|s| s.code().unwrap_or(-1))
+    }
+
     /// SIGINT, then every JSON line printed until exit.
     pub fn stop_and_collect(mut self) -> Vec<serde_json::Value> {
         // SAFETY: signal to our own child.
@@ -300,5 +323,102 @@ impl Tracer {
             }
         }
         out
+    }
+}
+
+/// Runs the tracer with `args`, killing it if it runs longer than `limit`: (exit code, or
+/// None when it had to be killed; stdout; stderr).
+pub fn tracer_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(tracer_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tracer");
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+    let done = lab::testing::wait_for(limit, Duration::from_millis(10), || {
+        child.try_wait().ok().flatten()
+    });
+    let code = match done {
+        Some(status) => status.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    (
+        code,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+/// Removes a directory tree when dropped (test scratch space).
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every process below `pid` (children, their children ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for e in dir.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if proc_ppid(child) == Some(p) {
+                out.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    out
+}
+
+fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// `/proc/PID/stat`'s state letter.
+pub fn proc_state(pid: u32) -> Option<char> {
+    proc_stat_fields(pid)?.first()?.chars().next()
+}
+
+fn proc_ppid(pid: u32) -> Option<u32> {
+    proc_stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// SIGKILLs a process when dropped (a test's leftover, whatever the test's outcome).
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a plain signal.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
 }

@@ -1,7 +1,9 @@
 //! The control channel on the `--api-sock` path: a line protocol over a Unix stream socket.
 //!
 //! Each request line gets exactly one reply line starting with `ok` or `err <reason>`:
-//! `listener off`, `listener on`, `status`. Connections are served on their own threads;
+//! `listener off`, `listener on`, `status`, and for the userspace guest `respond
+//! normal|garbage` (answer requests, or stream bytes without a line end for ever) and `delay
+//! <ms>` (hold each SYN to the port that long before the stack sees it: a slow guest). Connections are served on their own threads;
 //! commands are handed to the event loop (which owns the guest) and the reply is sent only
 //! once the loop has applied them, so a client that got `ok listener=off` can rely on it.
 
@@ -27,6 +29,19 @@ pub enum Command {
     /// Serve (true) or stop serving (false) the envd port.
     Listener(bool),
     Status,
+    /// How requests are answered.
+    Respond(Respond),
+    /// Milliseconds each SYN to the port waits before the guest's stack sees it.
+    Delay(u64),
+}
+
+/// How the envd stand-in answers a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Respond {
+    /// As envd does.
+    Normal,
+    /// A hostile guest: bytes without a line end, for as long as the client reads.
+    Garbage,
 }
 
 impl Command {
@@ -36,8 +51,15 @@ impl Command {
             ["listener", "on"] => Ok(Command::Listener(true)),
             ["listener", "off"] => Ok(Command::Listener(false)),
             ["status"] => Ok(Command::Status),
+            ["respond", "normal"] => Ok(Command::Respond(Respond::Normal)),
+            ["respond", "garbage"] => Ok(Command::Respond(Respond::Garbage)),
+            ["delay", ms] => ms
+                .trim_end_matches("ms")
+                .parse()
+                .map(Command::Delay)
+                .map_err(|_| format!("delay wants milliseconds, not {ms:?}")),
             _ => Err(format!(
-                "unknown command {line:?} (expected: listener on|off, status)"
+                "unknown command {line:?} (expected: listener on|off, status, respond normal|garbage, delay MS)"
             )),
         }
     }
@@ -178,6 +200,13 @@ mod tests {
         assert_eq!(Command::parse("listener off"), Ok(Command::Listener(false)));
         assert_eq!(Command::parse(" listener  on "), Ok(Command::Listener(true)));
         assert_eq!(Command::parse("status"), Ok(Command::Status));
+        assert_eq!(
+            Command::parse("respond garbage"),
+            Ok(Command::Respond(Respond::Garbage))
+        );
+        assert_eq!(Command::parse("delay 80ms"), Ok(Command::Delay(80)));
+        assert_eq!(Command::parse("delay 0"), Ok(Command::Delay(0)));
+        assert!(Command::parse("delay soon").is_err());
         assert!(Command::parse("listener").is_err());
     }
 }

@@ -16,6 +16,8 @@ pub enum Parse {
     Incomplete,
     /// The whole request is in: send this response and close.
     Respond(&'static [u8]),
+    /// `GET /stream?bytes=N`: a 200 with N bytes of body, for traffic on a long connection.
+    Stream(u64),
 }
 
 /// Decides on a response once the request (headers and any Content-Length body) is complete.
@@ -35,7 +37,23 @@ pub fn parse(buf: &[u8]) -> Parse {
     if body_have < body_len {
         return too_big_or_incomplete(buf.len());
     }
+    if let Some(n) = stream_bytes(request_line) {
+        return Parse::Stream(n);
+    }
     Parse::Respond(route(request_line))
+}
+
+/// `GET /stream?bytes=N HTTP/1.1` → N.
+fn stream_bytes(request_line: &str) -> Option<u64> {
+    let mut parts = request_line.split_ascii_whitespace();
+    let (method, target) = (parts.next()?, parts.next()?);
+    let query = target.strip_prefix("/stream?bytes=")?;
+    (method == "GET").then(|| query.parse().ok()).flatten()
+}
+
+/// The head of a streamed response of `n` bytes.
+pub fn stream_head(n: u64) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
 fn too_big_or_incomplete(len: usize) -> Parse {
@@ -84,6 +102,8 @@ mod tests {
         assert_eq!(parse(query), Parse::Respond(NO_CONTENT));
         let other = b"GET /nope HTTP/1.1\r\n\r\n";
         assert_eq!(parse(other), Parse::Respond(NOT_FOUND));
+        let stream = b"GET /stream?bytes=1000 HTTP/1.1\r\n\r\n";
+        assert_eq!(parse(stream), Parse::Stream(1000));
     }
 
     #[test]

@@ -174,6 +174,9 @@ impl GuestState {
                 );
                 request.answer(reply);
             }
+            Ctl::Respond(_) | Ctl::Delay(_) => {
+                request.answer("err only the userspace guest can change how it answers".into());
+            }
             Ctl::Listener(_) if self.tap_gone => {
                 request.answer("err the tap is gone and the guest is frozen".into());
             }

@@ -12,8 +12,10 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Cidr};
 
+use std::collections::VecDeque;
+
 use crate::arp::OffSubnetArp;
-use crate::control::{Command, Control};
+use crate::control::{Command, Control, Respond};
 use crate::http::{self, Parse};
 use crate::sys::{SignalFd, wait_readable};
 use crate::tap::Tap;
@@ -31,7 +33,7 @@ pub fn run(tap: Tap, net: &GuestNet, control: &Control, signals: &SignalFd) -> R
         mac: EthernetAddress(net.mac),
         cidr: Ipv4Cidr::new(net.ip, net.prefix),
     };
-    let mut dev = TapDevice::new(tap, arp);
+    let mut dev = TapDevice::new(tap, arp, net.port);
     let mut iface = interface(&mut dev, net)?;
     let mut sockets = SocketSet::new(Vec::new());
     let mut server = Server::new(&mut sockets, net.port);
@@ -54,7 +56,7 @@ pub fn run(tap: Tap, net: &GuestNet, control: &Control, signals: &SignalFd) -> R
             announce_ready();
             ready = true;
         }
-        let delay = iface.poll_delay(Instant::now(), &sockets);
+        let delay = earliest(iface.poll_delay(Instant::now(), &sockets), dev.next_due());
         // poll(2) skips negative fds: a deleted tap would otherwise report POLLERR forever.
         let tap_fd = if dev.gone { -1 } else { dev.tap.as_raw_fd() };
         let fds = [tap_fd, control.wake_fd().as_raw_fd(), signals.as_raw_fd()];
@@ -70,10 +72,21 @@ pub fn run(tap: Tap, net: &GuestNet, control: &Control, signals: &SignalFd) -> R
         }
         if events[1].readable {
             for request in control.take() {
-                let reply = server.apply(request.command, &mut sockets, dev.gone);
+                let reply = match request.command {
+                    Command::Delay(ms) => dev.set_syn_delay(ms),
+                    other => server.apply(other, &mut sockets, dev.gone),
+                };
                 request.answer(reply);
             }
         }
+    }
+}
+
+/// The sooner of two optional waits.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -110,6 +123,7 @@ fn random_seed() -> u64 {
 struct Server {
     port: u16,
     listening: bool,
+    respond: Respond,
     slots: Vec<Slot>,
 }
 
@@ -117,6 +131,18 @@ struct Slot {
     handle: SocketHandle,
     request: Vec<u8>,
     answered: bool,
+    /// What is still to be sent after the response head.
+    outgoing: Outgoing,
+}
+
+/// A response that does not fit the send buffer at once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    Nothing,
+    /// `/stream`: this many body bytes are still to go.
+    Body(u64),
+    /// `respond garbage`: bytes without a line end until the peer leaves.
+    Garbage,
 }
 
 impl Server {
@@ -132,12 +158,14 @@ impl Server {
                     handle: sockets.add(socket),
                     request: Vec::new(),
                     answered: false,
+                    outgoing: Outgoing::Nothing,
                 }
             })
             .collect();
         Server {
             port,
             listening: true,
+            respond: Respond::Normal,
             slots,
         }
     }
@@ -147,7 +175,7 @@ impl Server {
         let mut changed = false;
         for slot in &mut self.slots {
             let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
-            changed |= slot.service(socket, self.listening, self.port);
+            changed |= slot.service(socket, self.listening, self.port, self.respond);
         }
         changed
     }
@@ -169,6 +197,13 @@ impl Server {
                 on_off(self.listening),
                 if tap_gone { "gone" } else { "attached" }
             ),
+            Command::Respond(r) => {
+                self.respond = r;
+                eprintln!("lab-vmm: respond {r:?}");
+                format!("ok respond={r:?}")
+            }
+            // Handled by the device (it holds the frames).
+            Command::Delay(_) => "err delay is applied by the device".into(),
         }
     }
 
@@ -185,7 +220,7 @@ impl Server {
 }
 
 impl Slot {
-    fn service(&mut self, socket: &mut tcp::Socket, listening: bool, port: u16) -> bool {
+    fn service(&mut self, socket: &mut tcp::Socket, listening: bool, port: u16, respond: Respond) -> bool {
         match socket.state() {
             // TIME-WAIT is done with as far as we care: the peer has all our data and our
             // FIN, so the socket goes straight back to listening instead of idling 10 s.
@@ -196,7 +231,7 @@ impl Slot {
             _ => {}
         }
         if self.answered {
-            return false;
+            return self.send_more(socket);
         }
         if socket.can_recv() {
             let request = &mut self.request;
@@ -205,8 +240,22 @@ impl Slot {
                 (data.len(), ())
             });
         }
+        if respond == Respond::Garbage && !self.request.is_empty() {
+            self.answered = true;
+            self.outgoing = Outgoing::Garbage;
+            return self.send_more(socket);
+        }
         match http::parse(&self.request) {
             Parse::Respond(response) => self.respond(socket, response),
+            Parse::Stream(n) => {
+                let head = http::stream_head(n);
+                if socket.send_slice(&head).is_err() {
+                    socket.abort();
+                }
+                self.answered = true;
+                self.outgoing = Outgoing::Body(n);
+                self.send_more(socket)
+            }
             // The peer closed before sending a whole request: nothing to answer.
             Parse::Incomplete if !socket.may_recv() => {
                 socket.close();
@@ -229,9 +278,41 @@ impl Slot {
         true
     }
 
+    /// Fills the send buffer from what is still to go; closes when a body is complete.
+    fn send_more(&mut self, socket: &mut tcp::Socket) -> bool {
+        const FILL: [u8; 1024] = [b'x'; 1024];
+        if self.outgoing == Outgoing::Nothing || !socket.can_send() {
+            return false;
+        }
+        let mut sent_any = false;
+        while socket.can_send() {
+            let want = match self.outgoing {
+                Outgoing::Body(0) => {
+                    socket.close();
+                    self.outgoing = Outgoing::Nothing;
+                    return true;
+                }
+                Outgoing::Body(left) => left.min(FILL.len() as u64) as usize,
+                Outgoing::Garbage => FILL.len(),
+                Outgoing::Nothing => return sent_any,
+            };
+            match socket.send_slice(&FILL[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    sent_any = true;
+                    if let Outgoing::Body(left) = &mut self.outgoing {
+                        *left -= n as u64;
+                    }
+                }
+            }
+        }
+        sent_any
+    }
+
     fn relisten(&mut self, socket: &mut tcp::Socket, listening: bool, port: u16) -> bool {
         self.request.clear();
         self.answered = false;
+        self.outgoing = Outgoing::Nothing;
         if !listening {
             return false;
         }
@@ -260,10 +341,15 @@ struct TapDevice {
     gone: bool,
     /// The errno of the last failed write, so a down tap logs once, not per retransmit.
     tx_error: Option<i32>,
+    /// The envd port, and how long SYNs to it are held back (a slow guest).
+    port: u16,
+    syn_delay: std::time::Duration,
+    /// Held SYN frames and when each is due.
+    held: VecDeque<(std::time::Instant, Vec<u8>)>,
 }
 
 impl TapDevice {
-    fn new(tap: Tap, arp: OffSubnetArp) -> TapDevice {
+    fn new(tap: Tap, arp: OffSubnetArp, port: u16) -> TapDevice {
         // IFF_NO_PI without vnet headers: frames are at most MTU + the Ethernet header.
         let frame = tap.mtu() + 14;
         TapDevice {
@@ -273,6 +359,63 @@ impl TapDevice {
             tx: vec![0; frame],
             gone: false,
             tx_error: None,
+            port,
+            syn_delay: std::time::Duration::ZERO,
+            held: VecDeque::new(),
+        }
+    }
+
+    fn set_syn_delay(&mut self, ms: u64) -> String {
+        self.syn_delay = std::time::Duration::from_millis(ms);
+        eprintln!("lab-vmm: SYNs to port {} wait {ms} ms", self.port);
+        format!("ok delay={ms}ms")
+    }
+
+    /// How long until the next held SYN is due.
+    fn next_due(&self) -> Option<Duration> {
+        let (due, _) = self.held.front()?;
+        let left = due.saturating_duration_since(std::time::Instant::now());
+        Some(Duration::from_micros(left.as_micros() as u64))
+    }
+
+    /// A TCP SYN (without ACK) to the envd port, in an Ethernet frame.
+    fn is_syn_to_port(&self, frame: &[u8]) -> bool {
+        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
+            return false;
+        }
+        let l4 = 14 + ((frame[14] & 0x0f) as usize) * 4;
+        frame.len() >= l4 + 14
+            && u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]) == self.port
+            && frame[l4 + 13] & 0x12 == 0x02
+    }
+
+    /// The next frame for the stack: a held SYN that is due, else one from the tap (holding
+    /// SYNs to the port while a delay is set).
+    fn next_frame(&mut self) -> Option<usize> {
+        if self
+            .held
+            .front()
+            .is_some_and(|(due, _)| *due <= std::time::Instant::now())
+        {
+            let (_, frame) = self.held.pop_front()?;
+            self.rx[..frame.len()].copy_from_slice(&frame);
+            return Some(frame.len());
+        }
+        loop {
+            let len = match self.tap.recv(&mut self.rx) {
+                Ok(Some(len)) => len,
+                Ok(None) => return None,
+                Err(e) => {
+                    // Reported here only; a vanished tap shows up as POLLERR in the loop.
+                    eprintln!("lab-vmm: read from {} failed: {e}", self.tap.name());
+                    return None;
+                }
+            };
+            if self.syn_delay.is_zero() || !self.is_syn_to_port(&self.rx[..len]) {
+                return Some(len);
+            }
+            let due = std::time::Instant::now() + self.syn_delay;
+            self.held.push_back((due, self.rx[..len].to_vec()));
         }
     }
 
@@ -295,15 +438,7 @@ impl Device for TapDevice {
         if self.gone {
             return None;
         }
-        let len = match self.tap.recv(&mut self.rx) {
-            Ok(Some(len)) => len,
-            Ok(None) => return None,
-            Err(e) => {
-                // Reported here only; a vanished tap shows up as POLLERR in the loop.
-                eprintln!("lab-vmm: read from {} failed: {e}", self.tap.name());
-                return None;
-            }
-        };
+        let len = self.next_frame()?;
         let frame = &self.rx[..len];
         if let Some(reply) = self.arp.reply(frame)
             && let Err(e) = self.tap.send(&reply)

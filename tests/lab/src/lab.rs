@@ -358,6 +358,12 @@ impl Lab {
         Ok(id)
     }
 
+    /// Sends one control command to sandbox `i`'s guest (`respond garbage`, `delay 80`,
+    /// `listener off` ...) and returns its reply.
+    pub fn control(&self, i: usize, command: &str) -> Result<String> {
+        guest::control(&self.state.sandboxes[i].api_sock(), command)
+    }
+
     /// Status of every sandbox, with one real connection attempt each for `healthy`.
     pub fn status(&self) -> Vec<SandboxStatus> {
         self.state

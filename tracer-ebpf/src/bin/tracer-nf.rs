@@ -13,7 +13,9 @@ use core::ffi::c_void;
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
-    filter::{config, is_tracked, mark_foreign, marked_foreign, packet_matches, port_matches, track},
+    filter::{
+        config, is_handshake, is_tracked, mark_foreign, marked_foreign, packet_matches, port_matches, track,
+    },
     kernel::{net_inum, read, skb_packet},
 };
 
@@ -30,9 +32,10 @@ fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
     // SAFETY: the verifier lets netfilter programs read both context fields.
     let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
     // Only the first slot of a hook matches packets by content; later slots follow what it
-    // marked, so NAT in between cannot hide a packet. What the first slot passed over, the
-    // others skip at the cost of an array read.
-    if marked_foreign(skb) || (slot != 0 && !is_tracked(skb)) {
+    // tracked, so NAT in between cannot hide a packet. What the first slot passed over, the
+    // later slots of the same traversal skip at the cost of an array read (see
+    // `marked_foreign`); the first slot itself always checks.
+    if slot != 0 && (marked_foreign(skb) || !is_tracked(skb)) {
         return NF_ACCEPT;
     }
     let pass = || {
@@ -42,11 +45,12 @@ fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
     let Some(pkt) = skb_packet(skb, off) else {
         return if slot == 0 { pass() } else { NF_ACCEPT };
     };
+    // Cheapest test first (the port), then: followed already, or a handshake packet of ours.
     if slot == 0 && !port_matches(cfg, pkt.sport, pkt.dport) {
         return pass();
     }
     let netns = net_inum(read(state, off.nf_state_net).unwrap_or(0), off);
-    if slot == 0 && !packet_matches(cfg, &pkt, netns) {
+    if slot == 0 && !is_tracked(skb) && !(is_handshake(pkt.flags) && packet_matches(cfg, &pkt, netns)) {
         return pass();
     }
     let mut ev = event(point::NETFILTER);

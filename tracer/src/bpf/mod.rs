@@ -82,7 +82,10 @@ impl Programs {
     /// the offsets are still being read from BTF.
     pub fn open(filter: &Filter) -> Result<Self> {
         if filter.ports.is_empty() || filter.ports.len() > MAX_PORTS {
-            return Err(anyhow!("between 1 and {MAX_PORTS} ports can be followed"));
+            return Err(EnvError::Usage(format!(
+                "between 1 and {MAX_PORTS} ports can be followed (--port)"
+            ))
+            .into());
         }
         let btf = aya::Btf::parse_file(btf::vmlinux_path(), aya::Endianness::default())
             .map_err(|e| EnvError::NoBtf(e.to_string()))?;

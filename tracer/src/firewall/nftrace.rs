@@ -85,8 +85,9 @@ pub fn resolve(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Option<RuleName
 }
 
 fn trace_once(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Result<Option<(String, String, String)>> {
-    let mut child = ns
-        .command("nft")
+    let mut monitor = ns.command("nft");
+    crate::cmd::die_with_parent(&mut monitor);
+    let mut child = monitor
         .args(["-a", "monitor", "trace"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

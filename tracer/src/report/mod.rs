@@ -136,6 +136,7 @@ impl Reporter {
             verdict_latency_us: Clock::now_mono_ns()
                 .saturating_sub(journey.decided_at.unwrap_or(journey.last_ns))
                 / 1000,
+            lost_events: j.lost_events,
             hops: journey
                 .hops
                 .iter()

@@ -123,6 +123,10 @@ pub struct JourneyRecord {
     pub last_seen: String,
     /// µs from the kernel event that decided the outcome to this record (report latency).
     pub verdict_latency_us: u64,
+    /// Events the kernel could not queue (ring buffer full) while this attempt ran: when
+    /// not 0, the verdict may rest on fewer events than it should.
+    #[serde(default)]
+    pub lost_events: u64,
     pub hops: Vec<HopRecord>,
 }
 
@@ -134,6 +138,8 @@ pub struct Judged<'a> {
     pub verdict: &'a Verdict,
     pub rule: Option<&'a RuleName>,
     pub explained_by: &'a [String],
+    /// Events lost while the journey ran.
+    pub lost_events: u64,
 }
 
 impl Judged<'_> {

@@ -18,12 +18,10 @@ use tracer_model::{
     hop::{Hop, HopKind},
     journey::{Correlator, Journey, JourneyId, Timing},
     path::ExpectedPath,
-    reason::ReasonClass,
-    rule::RuleName,
-    tcp::nud_bits,
-    verdict::{self, Outcome, Verdict},
+    verdict::Outcome,
 };
 
+use super::judge::{Decided, Judge, Work};
 use crate::{
     bpf::{
         ALL_TRACEPOINTS, Filter, NfLayout, Programs,
@@ -34,19 +32,13 @@ use crate::{
     connect::{self, AttemptEvent},
     error::{EXIT_FOUND, EXIT_OK, EnvError},
     events::{Clock, Names, decode, hop_from_event},
-    firewall::{
-        Rulesets,
-        naming::{Place, RuleBaseline},
-    },
+    firewall::{Rulesets, naming::RuleBaseline},
     netns::Netns,
     netstate,
     output::{Format, Output},
-    report::{Judged, Reporter},
+    report::Reporter,
     sandbox::Sandbox,
 };
-
-/// Where a netfilter drop happened: namespace inode, hook, priority window.
-type DropPlace = (u32, tracer_model::hook::Hook, Option<(i32, i32)>);
 
 /// How often finished journeys are collected (bounds verdict latency with the settle time).
 const TICK: Duration = Duration::from_millis(5);
@@ -109,6 +101,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let attach_time = attach_start.elapsed();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "attached");
     // Test hook: the detach tests prove nothing stays attached after a panic.
+    #[cfg(feature = "test-hooks")]
     if std::env::var_os("TRACER_TEST_PANIC").is_some() {
         panic!("TRACER_TEST_PANIC is set: panicking with everything attached");
     }
@@ -131,29 +124,32 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     announce(&path, attached.devices, attach_time, args.probe);
     let events = attached.programs.take_events()?;
     let out = Output::stdout(Format::from_json_flag(args.json));
+    let judge = JudgeHandle::spawn(Judge::new(
+        path.clone(),
+        sb.clone(),
+        (host_ns.clone(), sandbox_ns.clone()),
+        Reporter::new(out, args.all_hops, Some(&path)),
+        baseline,
+        args.nft_trace,
+    ))?;
     let mut session = Session {
         debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
         nf_layout: attached.programs.nf_layout().clone(),
-        sandbox: sb.clone(),
-        doctor: None,
-        reporter: Reporter::new(out, args.all_hops, Some(&path)),
         correlator: Correlator::new(&args.ports, Timing::default()),
         path,
-        sandbox_ns,
-        host_ns,
+        host_ns_inode: host_ns.inode,
+        host_netns: host_ns,
         names,
         ifnames: std::mem::take(&mut attached.ifnames),
-        baseline,
-        rules_now: HashMap::new(),
-        named: HashMap::new(),
         probe_ports: HashSet::new(),
         probing: args.probe,
         failures: 0,
         decided: None,
-        nft_trace: args.nft_trace,
+        in_judgement: 0,
+        losses: LossLog::default(),
+        decode_errors: 0,
     };
-    let result = rt.block_on(session.run_loop(events, &args, stop));
-    super::report_lost(&attached.programs)?;
+    let result = rt.block_on(session.run_loop(events, &attached.programs, &args, judge, stop));
     let result = result?;
     if args.probe {
         eprintln!(
@@ -237,43 +233,92 @@ fn attach(
     ))
 }
 
+/// The event loop's state: turning events into journeys and handing finished ones to the
+/// judge. Nothing here blocks.
 struct Session {
     /// TRACER_DEBUG_EVENTS: every decoded event on stderr, for debugging the tracer itself.
     debug_events: bool,
-    sandbox: Sandbox,
     /// Where the netfilter slots are: the priority windows of netfilter hops.
     nf_layout: NfLayout,
-    /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
-    /// while (configuration changes while watching).
-    doctor: Option<(Instant, Vec<crate::doctor::Check>)>,
-    reporter: Reporter,
     correlator: Correlator,
     path: ExpectedPath,
-    sandbox_ns: Netns,
-    host_ns: Netns,
+    host_ns_inode: u32,
+    /// Where probe attempts are made from.
+    host_netns: Netns,
     names: Names,
     ifnames: HashMap<u32, HashMap<u32, String>>,
-    baseline: RuleBaseline,
-    /// The rulesets read after a failure, per namespace inode, with when: shared by rule
-    /// naming and the doctor, so a failure costs one read per namespace.
-    rules_now: HashMap<u32, (Instant, Arc<Rulesets>)>,
-    /// Rules already named, by (netns, hook, window): counters only grow, so once is enough
-    /// (and a watch must not run iptables-save per attempt).
-    named: HashMap<DropPlace, RuleName>,
     probe_ports: HashSet<u16>,
     /// --probe: only our own attempts are reported, and the first verdict ends the run.
     probing: bool,
     failures: u64,
     /// With --probe: the verdict that ends the run.
     decided: Option<Outcome>,
-    nft_trace: bool,
+    /// Journeys handed to the judge and not yet decided.
+    in_judgement: usize,
+    losses: LossLog,
+    /// Records that could not be decoded (a bug, counted and shown).
+    decode_errors: u64,
 }
+
+/// Events the kernel could not queue, as the loop noticed them over time.
+#[derive(Default)]
+struct LossLog {
+    total: u64,
+    /// (when noticed, monotonic ns; how many), the last minute of them.
+    recent: std::collections::VecDeque<(u64, u64)>,
+    last_warned: Option<Instant>,
+}
+
+impl LossLog {
+    /// Takes the kernel's running count; says on stderr (at most once a second) when it grew.
+    fn observe(&mut self, total: u64, now_ns: u64) {
+        if total <= self.total {
+            return;
+        }
+        let new = total - self.total;
+        self.total = total;
+        self.recent.push_back((now_ns, new));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| *t + 60_000_000_000 < now_ns)
+        {
+            self.recent.pop_front();
+        }
+        if self
+            .last_warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_warned = Some(Instant::now());
+            eprintln!(
+                "tracer: {new} events lost (ring buffer full; {} in all); verdicts of this moment may rest on fewer events",
+                self.total
+            );
+        }
+    }
+
+    /// Events lost since `from_ns` (monotonic).
+    fn since(&self, from_ns: u64) -> u64 {
+        self.recent
+            .iter()
+            .filter(|(t, _)| *t >= from_ns)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Event records handled per wakeup before timers and signals get their turn.
+const DRAIN_BUDGET: usize = 4096;
+/// How long a stop waits for the judge to finish what it was given.
+const JUDGE_GRACE: Duration = Duration::from_millis(500);
 
 impl Session {
     async fn run_loop(
         &mut self,
         events: RingBuf<MapData>,
+        programs: &Programs,
         args: &TraceArgs,
+        judge: JudgeHandle,
         stop_signal: impl std::future::Future<Output = ()>,
     ) -> Result<i32> {
         let mut fd = crate::events::ring_fd(events)?;
@@ -291,15 +336,9 @@ impl Session {
             tokio::select! {
                 guard = fd.readable_mut() => {
                     let mut guard = guard?;
-                    while let Some(item) = guard.get_inner_mut().next() {
-                        if let Some(ev) = decode(&item) && let Some(hop) = hop_from_event(&ev, &mut self.names) {
-                            if self.debug_events {
-                                eprintln!("event: {hop:?}");
-                            }
-                            self.correlator.push(self.name_devices(hop));
-                        }
+                    if self.drain(guard.get_inner_mut()) {
+                        guard.clear_ready();
                     }
-                    guard.clear_ready();
                 }
                 _ = tick.tick() => {
                     while let Ok(ev) = rx.try_recv() {
@@ -313,9 +352,12 @@ impl Session {
                             h.join().map_err(|_| anyhow::anyhow!("prober panicked"))??;
                         }
                     }
+                    self.losses.observe(programs.lost_events().unwrap_or(0), Clock::now_mono_ns());
+                    self.collect_decisions(&judge);
                     let due = self.correlator.take_due(Clock::now_mono_ns());
-                    self.handle(due)?;
-                    if self.decided.is_some() || probe_done_at.is_some_and(|t| t.elapsed() > PROBE_GRACE) {
+                    self.hand_over(due, &judge);
+                    let waited = probe_done_at.is_some_and(|t| t.elapsed() > PROBE_GRACE);
+                    if self.decided.is_some() || (waited && self.in_judgement == 0) {
                         break;
                     }
                 }
@@ -326,10 +368,126 @@ impl Session {
         stop.store(true, Ordering::Relaxed);
         if args.probe && self.decided.is_none() {
             let rest = self.correlator.take_all();
-            self.handle(rest)?;
+            self.hand_over(rest, &judge);
         }
-        self.reporter.print_repeats()?;
+        self.finish(judge);
+        if self.decode_errors > 0 {
+            eprintln!(
+                "tracer: {} event records could not be decoded (a bug)",
+                self.decode_errors
+            );
+        }
         Ok(self.exit_code(args.probe))
+    }
+
+    /// Turns up to [`DRAIN_BUDGET`] records into hops; true when the ring is empty.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+        for _ in 0..DRAIN_BUDGET {
+            let Some(item) = ring.next() else {
+                return true;
+            };
+            let Some(ev) = decode(&item) else {
+                self.decode_errors += 1;
+                continue;
+            };
+            if let Some(hop) = hop_from_event(&ev, &mut self.names) {
+                if self.debug_events {
+                    eprintln!("event: {hop:?}");
+                }
+                let hop = self.name_devices(hop);
+                self.correlator.push(hop);
+            }
+        }
+        false
+    }
+
+    /// Hands this sandbox's finished journeys to the judge.
+    fn hand_over(&mut self, journeys: Vec<Journey>, judge: &JudgeHandle) {
+        for j in journeys {
+            // A probe is decided by its first journey: nothing after it is judged.
+            let probe_done = self.probing && self.in_judgement + self.decided.iter().count() > 0;
+            if !self.relevant(&j) || (self.probing && !self.is_probe(&j)) || probe_done {
+                continue;
+            }
+            let guest_neigh = self
+                .correlator
+                .neigh_state(self.path.sandbox_ns.inode, self.path.guest_ip);
+            let lost_events = self.losses.since(j.first_ns);
+            if judge
+                .work
+                .send(Work::Journey {
+                    journey: Box::new(j),
+                    guest_neigh,
+                    lost_events,
+                })
+                .is_ok()
+            {
+                self.in_judgement += 1;
+            }
+        }
+    }
+
+    fn collect_decisions(&mut self, judge: &JudgeHandle) {
+        while let Ok(d) = judge.decided.try_recv() {
+            self.in_judgement = self.in_judgement.saturating_sub(1);
+            if d.outcome != Outcome::Connected {
+                self.failures += 1;
+            }
+            if self.probing {
+                self.decided = Some(d.outcome);
+            }
+        }
+    }
+
+    /// Lets the judge finish what it was given, for a bounded time (a hung tool must not keep
+    /// the tracer from exiting; the judge's children die with the process).
+    fn finish(&mut self, judge: JudgeHandle) {
+        let JudgeHandle {
+            work,
+            decided,
+            thread,
+        } = judge;
+        drop(work);
+        let deadline = Instant::now() + JUDGE_GRACE;
+        while !thread.is_finished() && Instant::now() < deadline {
+            match decided.recv_timeout(Duration::from_millis(10)) {
+                Ok(d) => {
+                    self.in_judgement = self.in_judgement.saturating_sub(1);
+                    if d.outcome != Outcome::Connected {
+                        self.failures += 1;
+                    }
+                    if self.probing && self.decided.is_none() {
+                        self.decided = Some(d.outcome);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // The judge has returned: its thread ends at once.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    while !thread.is_finished() {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        while let Ok(d) = decided.try_recv() {
+            if d.outcome != Outcome::Connected {
+                self.failures += 1;
+            }
+            if self.probing && self.decided.is_none() {
+                self.decided = Some(d.outcome);
+            }
+        }
+        if thread.is_finished() {
+            if let Ok(Err(e)) = thread.join()
+                && !crate::output::is_closed_pipe(&e)
+            {
+                eprintln!("tracer: {e:#}");
+            }
+        } else {
+            eprintln!(
+                "tracer: stopped while a verdict was still being worked out (a tool did not answer in time)"
+            );
+        }
     }
 
     fn start_probe(
@@ -341,7 +499,8 @@ impl Session {
     ) -> std::thread::JoinHandle<Result<()>> {
         let target = SocketAddrV4::new(self.path.host_ip, self.path.port);
         let own = Netns::current().ok().map(|n| n.inode);
-        let ns = (own != Some(self.host_ns.inode)).then(|| self.host_ns.clone());
+        let host = self.host_ns_inode;
+        let ns = (own != Some(host)).then(|| self.host_netns.clone());
         connect::spawn(ns, target, attempts, timeout, tx, stop)
     }
 
@@ -353,7 +512,6 @@ impl Session {
             _ => EXIT_OK,
         }
     }
-
     /// Names the in/out devices of netfilter hops from the namespace's links.
     fn name_devices(&self, mut hop: Hop) -> Hop {
         if let HopKind::Netfilter {
@@ -398,116 +556,26 @@ impl Session {
             JourneyId::NoRoute { .. } => true,
         }
     }
+}
 
-    fn handle(&mut self, journeys: Vec<Journey>) -> Result<()> {
-        let probing = self.probing;
-        for j in journeys {
-            if !self.relevant(&j) || (probing && !self.is_probe(&j)) || self.decided.is_some() {
-                continue;
-            }
-            let v = self.decide(&j);
-            if v.outcome != Outcome::Connected {
-                self.failures += 1;
-            }
-            let rule = self.name_rule(&j, &v);
-            let explained_by = if v.outcome != Outcome::Connected {
-                crate::doctor::explain(&v, self.doctor_checks())
-            } else {
-                Vec::new()
-            };
-            self.reporter.add(Judged {
-                journey: &j,
-                verdict: &v,
-                rule: rule.as_ref(),
-                explained_by: &explained_by,
-            })?;
-            if probing {
-                self.decided = Some(v.outcome);
-            }
-        }
-        Ok(())
-    }
+/// The judge's thread and the channels to it.
+struct JudgeHandle {
+    work: mpsc::Sender<Work>,
+    decided: mpsc::Receiver<Decided>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
 
-    fn decide(&mut self, j: &Journey) -> Verdict {
-        let neigh_snapshot = std::cell::OnceCell::new();
-        let sandbox_ns = self.sandbox_ns.clone();
-        let correlator = &self.correlator;
-        // The namespace's neighbour table now is the truth (the kernel moves an entry back to
-        // INCOMPLETE without any tracepoint we attach); the last change seen is the fallback.
-        let lookup = |ns: u32, addr: std::net::Ipv4Addr| {
-            let snap = neigh_snapshot.get_or_init(|| netstate::snapshot(&sandbox_ns).ok());
-            let live = (ns == sandbox_ns.inode)
-                .then(|| {
-                    snap.as_ref()?
-                        .neighbours
-                        .iter()
-                        .find(|n| n.addr == addr)
-                        .map(|n| nud_bits(&n.state))
-                })
-                .flatten();
-            live.or_else(|| correlator.neigh_state(ns, addr))
-        };
-        verdict::decide(j, Some(&self.path), &lookup)
-    }
-
-    /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
-    /// making its own), taken at the first failure and refreshed after a while
-    /// (configuration changes while watching). They reuse the rulesets rule naming just read.
-    fn doctor_checks(&mut self) -> &[crate::doctor::Check] {
-        let stale = self
-            .doctor
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(5));
-        if stale {
-            let fresh: HashMap<u32, Arc<Rulesets>> = self
-                .rules_now
-                .iter()
-                .filter(|(_, (at, _))| at.elapsed() < Duration::from_secs(5))
-                .map(|(inode, (_, r))| (*inode, r.clone()))
-                .collect();
-            let report = crate::doctor::check_with_rules(&self.sandbox, false, fresh);
-            self.doctor = Some((Instant::now(), report.checks));
-        }
-        self.doctor
-            .as_ref()
-            .map(|(_, c)| c.as_slice())
-            .unwrap_or_default()
-    }
-
-    /// The rule of a netfilter drop (named once per place), by counters, else by an nft trace
-    /// when asked for.
-    fn name_rule(&mut self, j: &Journey, v: &Verdict) -> Option<RuleName> {
-        let d = v.drop.as_ref()?;
-        let hook = d.hook.filter(|_| d.reason.is(ReasonClass::Netfilter))?;
-        let inode = v.failing_hop.and_then(|i| j.hops.get(i)).map(|(_, h)| h.netns)?;
-        let key = (inode, hook, d.priority_window);
-        if let Some(done) = self.named.get(&key) {
-            return Some(done.clone());
-        }
-        let ns = self.netns_by_inode(inode)?;
-        let now = Arc::new(Rulesets::read(&ns));
-        self.rules_now.insert(inode, (Instant::now(), now.clone()));
-        let place = Place {
-            hook,
-            table: d.table.as_deref(),
-            window: d.priority_window,
-        };
-        let mut rule = self.baseline.name(inode, &now, place);
-        if self.nft_trace
-            && rule.rule.is_none()
-            && let Some(traced) = crate::firewall::nftrace::resolve(&ns, &self.host_ns, &self.path)
-        {
-            rule = traced;
-        }
-        self.named.insert(key, rule.clone());
-        Some(rule)
-    }
-
-    fn netns_by_inode(&self, inode: u32) -> Option<Netns> {
-        [&self.host_ns, &self.sandbox_ns]
-            .into_iter()
-            .find(|n| n.inode == inode)
-            .cloned()
-            .or_else(|| crate::netns::all_named().into_iter().find(|n| n.inode == inode))
+impl JudgeHandle {
+    fn spawn(judge: Judge) -> Result<Self> {
+        let (work, work_rx) = mpsc::channel();
+        let (decided_tx, decided) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("judge".into())
+            .spawn(move || judge.run(work_rx, decided_tx))?;
+        Ok(Self {
+            work,
+            decided,
+            thread,
+        })
     }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_dev, set_skb},
-    filter::{config, is_tracked, marked_foreign, packet_matches, track},
+    filter::{config, is_handshake, is_tracked, packet_matches, track},
     kernel::{is_ipv4, skb_packet},
 };
 
@@ -40,8 +40,8 @@ fn on_tcx(ctx: &TcContext, at: u8) {
     let Some(cfg) = config() else { return };
     // Ports straight from the packet (direct access, no helper calls): most traffic on a
     // path device is not ours and must cost next to nothing.
-    if let Some((sport, dport)) = linear_ports(ctx)
-        && !tracer_ebpf::filter::port_matches(cfg, sport, dport)
+    if let Some((sport, dport, flags)) = linear_tcp(ctx)
+        && (!tracer_ebpf::filter::port_matches(cfg, sport, dport) || !is_handshake(flags))
     {
         return;
     }
@@ -52,7 +52,7 @@ fn on_tcx(ctx: &TcContext, at: u8) {
     let Some(pkt) = skb_packet(skb, off) else {
         return;
     };
-    if !tracer_ebpf::filter::port_matches(cfg, pkt.sport, pkt.dport) {
+    if !tracer_ebpf::filter::port_matches(cfg, pkt.sport, pkt.dport) || !is_handshake(pkt.flags) {
         return;
     }
     let mut ev = event(at);
@@ -61,16 +61,14 @@ fn on_tcx(ctx: &TcContext, at: u8) {
         return;
     }
     track(skb, ev.ts_ns);
-    if marked_foreign(skb) {
-        tracer_ebpf::filter::mark_foreign(0);
-    }
     send(&ev);
 }
 
-/// TCP ports of an Ethernet/IPv4 frame whose headers are in the linear area; None when they
-/// are not (then the slower generic parse decides).
+/// TCP ports and flags of an Ethernet/IPv4 frame whose headers are in the linear area (a
+/// non-TCP frame reports port 0); None when they are not (then the slower generic parse
+/// decides).
 #[inline(always)]
-fn linear_ports(ctx: &TcContext) -> Option<(u16, u16)> {
+fn linear_tcp(ctx: &TcContext) -> Option<(u16, u16, u8)> {
     const ETH: usize = 14;
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH + 20 > end {
@@ -80,24 +78,25 @@ fn linear_ports(ctx: &TcContext) -> Option<(u16, u16)> {
     let vihl = unsafe { *((data + ETH) as *const u8) };
     let proto = unsafe { *((data + ETH + 9) as *const u8) };
     if proto != 6 {
-        return Some((0, 0));
+        return Some((0, 0, 0));
     }
     let l4 = data + ETH + ((vihl & 0x0f) as usize) * 4;
-    if l4 + 4 > end {
+    if l4 + 14 > end {
         return None;
     }
     // SAFETY: bounds checked above.
-    let ports = unsafe { *(l4 as *const [u8; 4]) };
+    let head = unsafe { *(l4 as *const [u8; 14]) };
     Some((
-        u16::from_be_bytes([ports[0], ports[1]]),
-        u16::from_be_bytes([ports[2], ports[3]]),
+        u16::from_be_bytes([head[0], head[1]]),
+        u16::from_be_bytes([head[2], head[3]]),
+        head[13],
     ))
 }
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if !marked_foreign(skb) && is_tracked(skb) {
+    if is_tracked(skb) {
         let dev: u64 = ctx.arg(1);
         followed(skb, dev, point::XMIT);
     }
@@ -107,7 +106,7 @@ pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if !marked_foreign(skb) && is_tracked(skb) {
+    if is_tracked(skb) {
         followed(skb, 0, point::RECEIVE);
     }
     0

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
-    filter::{config, is_tracked, marked_foreign, packet_matches, untrack},
+    filter::{config, is_handshake, is_tracked, packet_matches, untrack},
     kernel::{dev_net, net_inum, read, sk_net, skb_dev, skb_packet},
 };
 
@@ -21,7 +21,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     // Every consumed skb of the machine passes here: only the ones we follow count.
-    if !marked_foreign(skb) && is_tracked(skb) {
+    if is_tracked(skb) {
         let location: u64 = ctx.arg(1);
         on_free(skb, location, 0, point::CONSUME);
     }
@@ -43,7 +43,7 @@ fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
         } else {
             sk_net(read(skb, off.skb_sk).unwrap_or(0), off)
         };
-        if !packet_matches(cfg, &pkt, net_inum(net, off)) {
+        if !is_handshake(pkt.flags) || !packet_matches(cfg, &pkt, net_inum(net, off)) {
             return;
         }
     }

@@ -1,0 +1,215 @@
+//! The judge: decides each finished journey, names the rule of a netfilter drop, asks the
+//! doctor why, and reports. It runs on its own thread: rule naming and the doctor run tools
+//! and netlink dumps that take milliseconds to seconds (or hang until their timeout), and the
+//! event loop must keep draining the ring buffer and answering signals meanwhile.
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use tracer_model::{
+    hook::Hook,
+    journey::Journey,
+    path::ExpectedPath,
+    reason::ReasonClass,
+    rule::RuleName,
+    tcp::nud_bits,
+    verdict::{self, Outcome, Verdict},
+};
+
+use crate::{
+    doctor::Check,
+    firewall::{
+        Rulesets,
+        naming::{Place, RuleBaseline},
+    },
+    netns::Netns,
+    netstate,
+    report::{Judged, Reporter},
+    sandbox::Sandbox,
+};
+
+/// How long the doctor's checks and a fresh ruleset read stay valid for later failures.
+const FRESH: Duration = Duration::from_secs(5);
+
+/// What the event loop hands over.
+pub enum Work {
+    /// A finished journey, with the neighbour state the events last showed for the guest (the
+    /// fallback when the live table says nothing) and the events lost while it ran.
+    Journey {
+        journey: Box<Journey>,
+        guest_neigh: Option<u32>,
+        lost_events: u64,
+    },
+    /// Print how often each failure repeated.
+    Repeats,
+}
+
+/// What the judge tells the event loop back.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided {
+    pub outcome: Outcome,
+}
+
+/// Where a netfilter drop happened: namespace inode, hook, priority window.
+type DropPlace = (u32, Hook, Option<(i32, i32)>);
+
+pub struct Judge {
+    pub path: ExpectedPath,
+    pub sandbox: Sandbox,
+    pub host_ns: Netns,
+    pub sandbox_ns: Netns,
+    pub reporter: Reporter,
+    pub baseline: RuleBaseline,
+    pub nft_trace: bool,
+    /// The rulesets read after a failure, per namespace inode, with when: shared by rule
+    /// naming and the doctor, so a failure costs one read per namespace.
+    rules_now: HashMap<u32, (Instant, Arc<Rulesets>)>,
+    /// Rules already named, by place: counters only grow, so once is enough (and a watch must
+    /// not run iptables-save per attempt).
+    named: HashMap<DropPlace, RuleName>,
+    /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
+    /// while (configuration changes while watching).
+    doctor: Option<(Instant, Vec<Check>)>,
+}
+
+impl Judge {
+    pub fn new(
+        path: ExpectedPath,
+        sandbox: Sandbox,
+        (host_ns, sandbox_ns): (Netns, Netns),
+        reporter: Reporter,
+        baseline: RuleBaseline,
+        nft_trace: bool,
+    ) -> Self {
+        Self {
+            path,
+            sandbox,
+            host_ns,
+            sandbox_ns,
+            reporter,
+            baseline,
+            nft_trace,
+            rules_now: HashMap::new(),
+            named: HashMap::new(),
+            doctor: None,
+        }
+    }
+
+    /// Judges work until the loop hangs up; tells it each outcome.
+    pub fn run(mut self, work: mpsc::Receiver<Work>, decided: mpsc::Sender<Decided>) -> Result<()> {
+        for w in work {
+            match w {
+                Work::Journey {
+                    journey,
+                    guest_neigh,
+                    lost_events,
+                } => {
+                    let outcome = self.judge(&journey, guest_neigh, lost_events)?;
+                    let _ = decided.send(Decided { outcome });
+                }
+                Work::Repeats => self.reporter.print_repeats()?,
+            }
+        }
+        self.reporter.print_repeats()?;
+        Ok(())
+    }
+
+    fn judge(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> Result<Outcome> {
+        let v = self.decide(j, guest_neigh);
+        let rule = self.name_rule(j, &v);
+        let explained_by = match v.outcome {
+            Outcome::Connected => Vec::new(),
+            _ => crate::doctor::explain(&v, self.doctor_checks()),
+        };
+        self.reporter.add(Judged {
+            journey: j,
+            verdict: &v,
+            rule: rule.as_ref(),
+            explained_by: &explained_by,
+            lost_events,
+        })?;
+        Ok(v.outcome)
+    }
+
+    fn decide(&self, j: &Journey, guest_neigh: Option<u32>) -> Verdict {
+        let snapshot = std::cell::OnceCell::new();
+        let sandbox_ns = &self.sandbox_ns;
+        let guest_ip = self.path.guest_ip;
+        // The namespace's neighbour table now is the truth (the kernel moves an entry back to
+        // INCOMPLETE without any tracepoint we attach); the last change seen is the fallback.
+        let lookup = |ns: u32, addr: Ipv4Addr| {
+            let snap = snapshot.get_or_init(|| netstate::snapshot(sandbox_ns).ok());
+            let live = (ns == sandbox_ns.inode)
+                .then(|| {
+                    snap.as_ref()?
+                        .neighbours
+                        .iter()
+                        .find(|n| n.addr == addr)
+                        .map(|n| nud_bits(&n.state))
+                })
+                .flatten();
+            live.or(guest_neigh.filter(|_| ns == sandbox_ns.inode && addr == guest_ip))
+        };
+        verdict::decide(j, Some(&self.path), &lookup)
+    }
+
+    /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
+    /// making its own). They reuse the rulesets rule naming just read.
+    fn doctor_checks(&mut self) -> &[Check] {
+        let stale = self.doctor.as_ref().is_none_or(|(at, _)| at.elapsed() > FRESH);
+        if stale {
+            let fresh: HashMap<u32, Arc<Rulesets>> = self
+                .rules_now
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() < FRESH)
+                .map(|(inode, (_, r))| (*inode, r.clone()))
+                .collect();
+            let report = crate::doctor::check_with_rules(&self.sandbox, false, fresh);
+            self.doctor = Some((Instant::now(), report.checks));
+        }
+        self.doctor
+            .as_ref()
+            .map(|(_, c)| c.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The rule of a netfilter drop (named once per place), by counters, else by an nft trace
+    /// when asked for.
+    fn name_rule(&mut self, j: &Journey, v: &Verdict) -> Option<RuleName> {
+        let d = v.drop.as_ref()?;
+        let hook = d.hook.filter(|_| d.reason.is(ReasonClass::Netfilter))?;
+        let inode = v.failing_hop.and_then(|i| j.hops.get(i)).map(|(_, h)| h.netns)?;
+        let key = (inode, hook, d.priority_window);
+        if let Some(done) = self.named.get(&key) {
+            return Some(done.clone());
+        }
+        let ns = self.netns_by_inode(inode)?;
+        let now = Arc::new(Rulesets::read(&ns));
+        self.rules_now.insert(inode, (Instant::now(), now.clone()));
+        let place = Place {
+            hook,
+            table: d.table.as_deref(),
+            window: d.priority_window,
+        };
+        let mut rule = self.baseline.name(inode, &now, place);
+        if self.nft_trace
+            && rule.rule.is_none()
+            && let Some(traced) = crate::firewall::nftrace::resolve(&ns, &self.host_ns, &self.path)
+        {
+            rule = traced;
+        }
+        self.named.insert(key, rule.clone());
+        Some(rule)
+    }
+
+    fn netns_by_inode(&self, inode: u32) -> Option<Netns> {
+        [&self.host_ns, &self.sandbox_ns]
+            .into_iter()
+            .find(|n| n.inode == inode)
+            .cloned()
+    }
+}

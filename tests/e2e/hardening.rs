@@ -199,3 +199,134 @@ fn a_stopped_nft_does_not_stop_the_tracer() {
     drop(stop_guard);
     assert!(gone.is_some(), "the stopped nft {stopped} was left behind");
 }
+
+/// Defect 8: a slot namespace deleted and recreated under the same name while a trace runs
+/// (the VMM keeps the old one alive) must not send later reads to the new namespace: the
+/// rule that drops in the namespace the packets really cross is still named.
+#[test]
+fn a_namespace_recreated_under_its_name_is_not_confused() {
+    let Some(mut lab) = lab_up("netns_recreated", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    lab.break_fault(0, lab::Fault::ForwardDrop).unwrap();
+    let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
+    // The name now points at an empty namespace; the guest (and the path) stay in the old one.
+    common::sh(&["ip", "netns", "del", "ns-1"]);
+    common::sh(&["ip", "netns", "add", "ns-1"]);
+    let _ = lab.connect(0, 2);
+    let (v, _) = t.next_json(Duration::from_secs(15), |v| v["type"] == "journey");
+    assert_eq!(v["outcome"], "dropped", "{v}");
+    assert_eq!(
+        v["drop"]["rule"], "-A FORWARD -i eth0 -o tap0 -p tcp -m tcp --dport 49983 -j DROP",
+        "named from the namespace the packets cross: {v}"
+    );
+}
+
+/// Defect 4: a dead sandbox's id is never pinned on the sandbox that reuses its slot (E2B hands
+/// `ns-N` to the next sandbox 3 s after one ends): the old id is gone (exit 2, naming the new
+/// holder), the new id is traced.
+#[test]
+fn a_recycled_slot_is_not_traced_under_the_dead_id() {
+    let Some(mut lab) = lab_up("recycled_slot", LabConfig::default()) else {
+        return;
+    };
+    let old = lab.sandbox_ids()[0].clone();
+    // Discovery remembers the old sandbox (as `list` and every trace do).
+    assert_eq!(common::tracer(&["list"]).0, 0);
+    let new = lab.recycle(0, Duration::ZERO, None).unwrap();
+    for args in [
+        vec!["trace", "--vm", old.as_str(), "--probe", "--json"],
+        vec!["doctor", "--vm", old.as_str(), "--no-connect"],
+    ] {
+        let (code, out, err) = common::tracer(&args);
+        assert_eq!(code, 2, "{args:?}: {out}\n{err}");
+        assert!(
+            err.contains(&format!("sandbox {old} is gone")) && err.contains(&new),
+            "{args:?}: names the new holder: {err}"
+        );
+    }
+    let (code, v, err) = common::probe(&new, &[]);
+    assert_eq!(
+        (code, v["outcome"].as_str()),
+        (0, Some("connected")),
+        "{v}\n{err}"
+    );
+    assert_eq!(v["sandbox"]["id"], new.as_str());
+    let mode = std::fs::metadata("/run/tracer/sandboxes.json")
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "the cache is root's alone"
+    );
+}
+
+/// Defect 9: any local user can start a process with a Firecracker-like `--api-sock`; it is
+/// never taken for a sandbox (`list --verbose` says why), and nothing a stranger controls
+/// (here: a rule comment) puts terminal control sequences on the screen.
+#[test]
+fn a_process_posing_as_a_vmm_is_not_a_sandbox() {
+    let Some(lab) = lab_up("posing_vmm", LabConfig::default()) else {
+        return;
+    };
+    let real = lab.sandbox_ids()[0].clone();
+    let fake = "ifake0000000000000000";
+    let sock = format!("/tmp/fc-{fake}-aaaaaaaaaaaaaaaaaaaa.sock");
+    use std::os::unix::process::CommandExt as _;
+    let child = Command::new("python3")
+        .args(["-c", "import time; time.sleep(60)", "--api-sock", &sock])
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the impostor");
+    let _guard = common::KillOnDrop(child.id());
+    let listed = common::tracer(&["list", "--json"]).1;
+    assert!(listed.contains(&real) && !listed.contains(fake), "{listed}");
+    let (code, _, err) = common::tracer(&["list", "--verbose"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.contains(&format!("skipped pid {}", child.id())) && err.contains("uid 65534"),
+        "{err}"
+    );
+    let (code, _, err) = common::tracer(&["trace", "--vm", fake, "--probe"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("no sandbox {fake}")), "{err}");
+}
+
+#[test]
+fn terminal_control_characters_never_reach_the_screen() {
+    let Some(lab) = lab_up("control_characters", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    lab::sh::run_in(
+        Some("ns-1"),
+        "iptables",
+        &[
+            "-I",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            "49983",
+            "-m",
+            "comment",
+            "--comment",
+            "\x1b]0;owned\x07\x1b[2J",
+            "-j",
+            "DROP",
+        ],
+    )
+    .unwrap();
+    let (code, out, err) = common::tracer(&["trace", "--vm", &id, "--probe"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("--comment"), "the rule is shown: {out}");
+    assert!(
+        !out.contains('\x1b') && !out.contains('\x07'),
+        "raw control characters: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}"), "made visible instead: {out}");
+}

@@ -100,6 +100,11 @@ pub struct ListArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
+    /// Also list processes that carry `--api-sock` but were not taken for VMMs, and why (a
+    /// VMM runs as root, in this user namespace, from a root-owned executable, and holds a
+    /// tap or sits in E2B's sandbox cgroup).
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]

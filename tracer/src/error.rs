@@ -21,6 +21,8 @@ pub enum EnvError {
     UnknownSandbox { id: String, known: Vec<String> },
     /// The sandbox id is not lowercase letters and digits (1 to 64 of them).
     MalformedSandboxId(String),
+    /// The sandbox ended; what is in its place now.
+    SandboxGone { id: String, detail: String },
     /// A prefix that more than one sandbox id starts with.
     AmbiguousSandboxId { prefix: String, candidates: Vec<String> },
     /// Anything else the operator must fix (bad flag combination, missing namespace, ...).
@@ -89,6 +91,10 @@ impl fmt::Display for EnvError {
             Self::MalformedSandboxId(id) => write!(
                 f,
                 "{id:?} is not a sandbox id (expected lowercase letters and digits as in the orchestrator's logs, e.g. ix7hj8hustuvlxiqc0g0u, or a unique prefix of one)"
+            ),
+            Self::SandboxGone { id, detail } => write!(
+                f,
+                "sandbox {id} is gone: {detail}; trace the sandbox that holds the slot now by its id"
             ),
             Self::AmbiguousSandboxId { prefix, candidates } => write!(
                 f,

@@ -55,7 +55,8 @@ pub fn run(args: ListArgs) -> Result<i32> {
     if !is_root() {
         return Err(EnvError::NoPrivileges.into());
     }
-    let found = sandbox::discover_all()?;
+    let discovery = sandbox::discover()?;
+    let found = discovery.sandboxes;
     crate::cache::remember(&found.iter().collect::<Vec<_>>());
     let rows: Vec<Row> = found.iter().map(Row::from).collect();
     let mut out = Output::stdout(Format::from_json_flag(args.json));
@@ -65,6 +66,16 @@ pub fn run(args: ListArgs) -> Result<i32> {
             let text = out.plain(&table(&rows)).into_owned();
             out.text(&text).context("write to stdout")?;
             warn_all(&rows);
+        }
+    }
+    if args.verbose {
+        for s in &discovery.skipped {
+            eprintln!(
+                "tracer: skipped pid {} ({}): {}",
+                s.pid,
+                crate::output::escape(s.api_sock.as_deref().unwrap_or("-")),
+                s.reason
+            );
         }
     }
     Ok(EXIT_OK)

@@ -7,32 +7,64 @@ use std::{
     collections::HashMap,
     fs::{self, File},
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::Command,
+    sync::{Arc, OnceLock},
 };
 
 use anyhow::{Context as _, Result};
 
 pub const NETNS_DIR: &str = "/var/run/netns";
 
-/// A network namespace we can enter: its inode and a file that pins it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A network namespace we can enter: its inode, its name, the file it was found by, and
+/// (from its first use on) an open fd that holds on to it.
+///
+/// The fd is what every later use goes through (entering it, running a tool in it, asking
+/// netlink about it): if the name is meanwhile given to another namespace (a slot deleted and
+/// recreated), the tracer keeps talking to the namespace it found, and opening a path whose
+/// inode changed is an error, never a silent switch. Clones share the fd.
+#[derive(Debug, Clone)]
 pub struct Netns {
     pub inode: u32,
     /// Name under /var/run/netns, if it has one.
     pub name: Option<String>,
     /// `/var/run/netns/NAME` or `/proc/PID/ns/net`.
     pub path: PathBuf,
+    fd: Arc<OnceLock<Result<OwnedFd, String>>>,
 }
 
+impl PartialEq for Netns {
+    fn eq(&self, other: &Self) -> bool {
+        (self.inode, &self.name, &self.path) == (other.inode, &other.name, &other.path)
+    }
+}
+
+impl Eq for Netns {}
+
 impl Netns {
-    pub fn from_path(path: &Path, name: Option<String>) -> Result<Self> {
-        Ok(Self {
-            inode: inode_of(path)?,
+    /// A namespace known by inode and path; the fd is opened (and the inode checked) at first
+    /// use.
+    pub fn new(inode: u32, name: Option<String>, path: PathBuf) -> Self {
+        Self {
+            inode,
             name,
-            path: path.to_path_buf(),
-        })
+            path,
+            fd: Arc::default(),
+        }
+    }
+
+    /// Opens `path` now: the namespace is held from here on.
+    pub fn from_path(path: &Path, name: Option<String>) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+        let inode = fs_inode(&file).with_context(|| format!("stat {}", path.display()))?;
+        let ns = Self::new(inode, name, path.to_path_buf());
+        let _ = ns.fd.set(Ok(file.into()));
+        Ok(ns)
     }
 
     /// The namespace of this process (the "root" namespace when run from the host).
@@ -56,28 +88,58 @@ impl Netns {
             .unwrap_or_else(|| format!("netns:{}", self.inode))
     }
 
-    /// Switches this thread into the namespace until the guard drops.
-    pub fn enter(&self) -> Result<Entered> {
-        Entered::new(&self.path)
+    /// The fd that holds the namespace, opened at first use.
+    pub fn fd(&self) -> Result<BorrowedFd<'_>> {
+        let held = self.fd.get_or_init(|| open_checked(&self.path, self.inode));
+        match held {
+            Ok(fd) => Ok(fd.as_fd()),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        }
     }
 
-    /// A command that runs inside this namespace.
+    /// Switches this thread into the namespace until the guard drops.
+    pub fn enter(&self) -> Result<Entered> {
+        Entered::new(self.fd()?, &self.label())
+    }
+
+    /// A command that runs inside this namespace (the namespace held, not its path: see the
+    /// type's comment).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        let path = self.path.clone();
+        let held = self.fd.clone();
+        let _ = self.fd();
         // SAFETY: pre_exec runs in the forked child before exec; only async-signal-safe calls
-        // (open, setns) are made.
+        // (setns) are made. The fd stays open while the closure (holding its Arc) lives.
         unsafe {
-            cmd.pre_exec(move || {
-                let f = File::open(&path)?;
-                if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
+            cmd.pre_exec(move || match held.get() {
+                Some(Ok(fd)) => {
+                    if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
                 }
-                Ok(())
+                _ => Err(io::Error::other("the network namespace could not be opened")),
             });
         }
         cmd
     }
+}
+
+/// Opens a namespace file and checks it is still the namespace with `inode`.
+fn open_checked(path: &Path, inode: u32) -> Result<OwnedFd, String> {
+    let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let now = fs_inode(&file).map_err(|e| format!("stat {}: {e}", path.display()))?;
+    if now != inode {
+        return Err(format!(
+            "{} is now another network namespace (inode {now}, was {inode}): the one the tracer found is gone",
+            path.display()
+        ));
+    }
+    Ok(file.into())
+}
+
+fn fs_inode(file: &File) -> io::Result<u32> {
+    Ok(file.metadata()?.ino() as u32)
 }
 
 /// Inode of a namespace file.
@@ -103,11 +165,7 @@ pub fn names() -> HashMap<u32, String> {
 pub fn all_named() -> Vec<Netns> {
     let mut v: Vec<Netns> = names()
         .into_iter()
-        .map(|(inode, name)| Netns {
-            inode,
-            path: Path::new(NETNS_DIR).join(&name),
-            name: Some(name),
-        })
+        .map(|(inode, name)| Netns::new(inode, Some(name.clone()), Path::new(NETNS_DIR).join(name)))
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
@@ -119,13 +177,11 @@ pub struct Entered {
 }
 
 impl Entered {
-    fn new(target: &Path) -> Result<Self> {
+    fn new(target: BorrowedFd<'_>, label: &str) -> Result<Self> {
         let home = File::open("/proc/thread-self/ns/net").context("open own netns")?;
-        let target_file = File::open(target).with_context(|| format!("open netns {}", target.display()))?;
         // SAFETY: plain syscall on valid fds.
-        if unsafe { libc::setns(target_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("setns into {}", target.display()));
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("setns into {label}"));
         }
         Ok(Self { home })
     }

@@ -5,13 +5,7 @@
 //! A netlink socket belongs to the namespace it was created in, whatever thread uses it later:
 //! [`Rtnl::open`] enters the namespace only for the `socket()` call, then every request on it
 //! is answered by that namespace.
-use std::{
-    fs::{self, File},
-    net::Ipv4Addr,
-    os::fd::AsRawFd as _,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{fs, net::Ipv4Addr, os::fd::AsRawFd as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_core::{
@@ -275,12 +269,10 @@ impl Rtnl {
     /// The nsid this socket's namespace uses for `target`; None when it assigned none. Asking
     /// never assigns one (RTM_GETNSID only reads).
     pub fn nsid_of(&mut self, target: &Netns) -> Result<Option<i32>> {
-        let file = File::open(&target.path).with_context(|| format!("open {}", target.path.display()))?;
+        let fd = target.fd()?;
         let mut msg = NsidMessage::default();
-        msg.attributes.push(NsidAttribute::Fd(file.as_raw_fd() as u32));
+        msg.attributes.push(NsidAttribute::Fd(fd.as_raw_fd() as u32));
         let replies = self.request(RouteNetlinkMessage::GetNsId(msg))?;
-        // The fd must stay open until the kernel has answered.
-        drop(file);
         let id = replies.iter().find_map(|m| match m {
             RouteNetlinkMessage::NewNsId(n) => n.attributes.iter().find_map(|a| match a {
                 NsidAttribute::Id(id) => Some(*id),

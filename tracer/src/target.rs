@@ -38,24 +38,52 @@ pub fn find_by_id(arg: &str) -> Result<Sandbox> {
             cache::remember(&[&sb]);
             Ok(*sb)
         }
-        sandbox::Lookup::NotRunning(id) => {
-            let seen = cache::recall(&id).ok_or_else(|| EnvError::UnknownSandbox {
-                id: arg.to_string(),
-                known: Vec::new(),
-            })?;
-            let mut sb = sandbox::from_netns(&seen.netns)?;
-            sb.id = Some(id.clone());
-            sb.warnings.insert(
-                0,
-                format!(
-                    "no VMM process of sandbox {id} is running (last seen as pid {}); tracing its namespace {}",
-                    seen.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-                    seen.netns
-                ),
-            );
-            Ok(sb)
-        }
+        sandbox::Lookup::NotRunning(id) => in_its_namespace(arg, &id),
     }
+}
+
+/// A sandbox whose VMM is not running, in the namespace it was last seen in: only when that
+/// is still its namespace (E2B reuses `ns-N` for the next sandbox within seconds).
+fn in_its_namespace(arg: &str, id: &str) -> Result<Sandbox> {
+    let seen = cache::recall(id).ok_or_else(|| EnvError::UnknownSandbox {
+        id: arg.to_string(),
+        known: Vec::new(),
+    })?;
+    let ns = Netns::named(&seen.netns).map_err(|e| EnvError::Usage(format!("{e:#}")))?;
+    if seen.netns_inode != 0 && ns.inode != seen.netns_inode {
+        return Err(EnvError::SandboxGone {
+            id: id.to_string(),
+            detail: format!(
+                "its namespace {} was deleted, and the name now belongs to another namespace",
+                seen.netns
+            ),
+        }
+        .into());
+    }
+    if let Some((other, pid)) = sandbox::running_in(ns.inode)
+        && other.as_deref() != Some(id)
+    {
+        return Err(EnvError::SandboxGone {
+            id: id.to_string(),
+            detail: format!(
+                "its slot {} now belongs to {} (pid {pid})",
+                seen.netns,
+                other.map_or("another VMM".into(), |o| format!("sandbox {o}"))
+            ),
+        }
+        .into());
+    }
+    let mut sb = sandbox::from_netns(&seen.netns)?;
+    sb.id = Some(id.to_string());
+    sb.warnings.insert(
+        0,
+        format!(
+            "no VMM process of sandbox {id} is running (last seen as pid {}); tracing its namespace {}",
+            seen.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            seen.netns
+        ),
+    );
+    Ok(sb)
 }
 
 /// The expected path of a sandbox. What discovery could not read falls back to E2B's

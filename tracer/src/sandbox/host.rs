@@ -75,20 +75,15 @@ impl Shared {
         }))
     }
 
+    /// The namespace the VMM is in, held open from here on (its name only labels it).
     pub(super) fn netns_of_pid(&self, pid: u32) -> Result<Netns> {
-        let inode = netns::inode_of(&ns_path_of(pid)).with_context(|| format!("namespace of pid {pid}"))?;
-        Ok(match self.names.get(&inode) {
-            Some(name) => Netns {
-                inode,
-                name: Some(name.clone()),
-                path: Path::new(netns::NETNS_DIR).join(name),
-            },
-            None => Netns {
-                inode,
-                name: None,
-                path: ns_path_of(pid),
-            },
-        })
+        let mut ns =
+            Netns::from_path(&ns_path_of(pid), None).with_context(|| format!("namespace of pid {pid}"))?;
+        if let Some(name) = self.names.get(&ns.inode) {
+            ns.name = Some(name.clone());
+            ns.path = Path::new(netns::NETNS_DIR).join(name);
+        }
+        Ok(ns)
     }
 }
 
@@ -100,11 +95,9 @@ fn own_netns(names: &HashMap<u32, String>) -> Option<Netns> {
 }
 
 fn named_netns(names: &HashMap<u32, String>) -> impl Iterator<Item = Netns> + '_ {
-    names.iter().map(|(inode, name)| Netns {
-        inode: *inode,
-        name: Some(name.clone()),
-        path: Path::new(netns::NETNS_DIR).join(name),
-    })
+    names
+        .iter()
+        .map(|(inode, name)| Netns::new(*inode, Some(name.clone()), Path::new(netns::NETNS_DIR).join(name)))
 }
 
 fn looks_like_slot(ns: &Netns) -> bool {

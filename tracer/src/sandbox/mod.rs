@@ -22,7 +22,7 @@ pub use ids::{
     MAX_ID_LEN, api_sock_of, e2b_host_ip, id_from_api_sock, id_from_cgroup_name, id_from_proc_cgroup,
     iff_from_fdinfo, is_valid_id, match_id, slot_from_netns,
 };
-pub use vmm::E2B_CGROUP_DIR;
+pub use vmm::{E2B_CGROUP_DIR, Skipped};
 
 use crate::{error::EnvError, firewall::Rulesets, netns::Netns};
 use host::{HostCache, Shared};
@@ -109,12 +109,26 @@ impl Sandbox {
 /// Every VMM on this host: processes with `--api-sock` (Firecracker, the lab's lab-vmm), plus
 /// E2B's sandbox cgroups. Sorted by slot, then id.
 pub fn discover_all() -> Result<Vec<Sandbox>> {
-    let mut vmms = scan_vmms();
+    Ok(discover()?.sandboxes)
+}
+
+/// What a discovery found, and the candidates it did not take for VMMs.
+pub struct Discovery {
+    pub sandboxes: Vec<Sandbox>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Like [`discover_all`], with the processes that were not taken for VMMs and why.
+pub fn discover() -> Result<Discovery> {
+    let (mut vmms, skipped) = vmm::scan_vetted();
     merge_cgroups(&mut vmms, &cgroup_sandboxes());
     let shared = Shared::new(Some(&vmms));
     let mut found = resolve_parallel(&vmms, &shared);
     found.sort_by(|a, b| (a.slot, &a.id, a.pid).cmp(&(b.slot, &b.id, b.pid)));
-    Ok(found)
+    Ok(Discovery {
+        sandboxes: found,
+        skipped,
+    })
 }
 
 /// The sandbox with this id, or with the one id that starts with it (as git and docker take
@@ -190,6 +204,17 @@ pub fn from_netns(name: &str) -> Result<Sandbox> {
     Ok(sb)
 }
 
+/// The VMM running in namespace `inode` now, if any: (its id, its pid).
+pub fn running_in(inode: u32) -> Option<(Option<String>, u32)> {
+    let vmms = scan_vmms();
+    let holder = vmms
+        .iter()
+        .find(|v| vmm::netns_inode_of_pid(v.pid) == Some(inode))
+        .cloned()
+        .or_else(|| tap_holder_in(inode))?;
+    Some((holder.id, holder.pid))
+}
+
 /// For VMMs without E2B naming (`--pid`).
 pub fn from_pid(pid: u32) -> Result<Sandbox> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
@@ -203,7 +228,14 @@ pub fn from_pid(pid: u32) -> Result<Sandbox> {
         vmm.id = cgroup_id_of(pid);
     }
     let shared = Shared::new(None);
-    resolve_vmm(&vmm, &shared, &mut HostCache::default()).with_context(|| format!("VMM pid {pid}"))
+    let mut sb =
+        resolve_vmm(&vmm, &shared, &mut HostCache::default()).with_context(|| format!("VMM pid {pid}"))?;
+    // Asked for by pid: traced anyway, but said plainly when it does not look like a VMM.
+    if let Err(why) = vmm::vet(pid) {
+        sb.warnings
+            .insert(0, format!("pid {pid} does not look like a VMM: {why}"));
+    }
+    Ok(sb)
 }
 
 /// Resolves every VMM on a few threads. A VMM that vanished meanwhile is left out; other

@@ -187,14 +187,7 @@ mod tests {
     }
 
     fn bare(netns: &str) -> Sandbox {
-        Sandbox::new(
-            None,
-            Netns {
-                inode: 1,
-                name: Some(netns.into()),
-                path: PathBuf::from("/x"),
-            },
-        )
+        Sandbox::new(None, Netns::new(1, Some(netns.into()), PathBuf::from("/x")))
     }
 
     #[test]

@@ -44,8 +44,85 @@ fn pids() -> Vec<u32> {
         .collect()
 }
 
-/// Every process with `--api-sock`, reading nothing but `/proc/*/cmdline`.
+/// The VMMs of this host: processes with `--api-sock` that pass [`vet`].
 pub(super) fn scan_vmms() -> Vec<Vmm> {
+    scan_vetted().0
+}
+
+/// A process with `--api-sock` that was not taken for a VMM, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub pid: u32,
+    pub api_sock: Option<String>,
+    pub reason: String,
+}
+
+/// The VMMs, and the candidates that did not pass [`vet`].
+pub(super) fn scan_vetted() -> (Vec<Vmm>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let vmms = scan_candidates()
+        .into_iter()
+        .filter(|v| match vet(v.pid) {
+            Ok(()) => true,
+            Err(reason) => {
+                skipped.push(Skipped {
+                    pid: v.pid,
+                    api_sock: v.api_sock.clone(),
+                    reason,
+                });
+                false
+            }
+        })
+        .collect();
+    (vmms, skipped)
+}
+
+/// Whether a process can be a sandbox's VMM, not someone posing as one (anyone can start a
+/// process with `--api-sock /tmp/fc-<id>-x.sock`): it runs as root, in this user namespace,
+/// from a root-owned executable nobody else may write, and holds a tap (or sits in E2B's
+/// sandbox cgroup, which only root can create).
+pub(super) fn vet(pid: u32) -> Result<(), String> {
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| "it has exited".to_string())?;
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|v| v.split_whitespace().filter_map(|u| u.parse().ok()).collect())
+        .unwrap_or_default();
+    if uids.first() != Some(&0) || uids.get(1) != Some(&0) {
+        return Err(format!(
+            "it runs as uid {}, not root",
+            uids.get(1).or(uids.first()).copied().unwrap_or(u32::MAX)
+        ));
+    }
+    let userns = |p: &str| {
+        fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    if userns(&format!("/proc/{pid}/ns/user")) != userns("/proc/self/ns/user") {
+        return Err("it runs in another user namespace".into());
+    }
+    let exe = fs::metadata(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("its executable cannot be read ({e})"))?;
+    use std::os::unix::fs::MetadataExt as _;
+    if exe.uid() != 0 || exe.mode() & 0o022 != 0 {
+        return Err(format!(
+            "its executable is owned by uid {} with mode {:o} (a VMM's is root's and not writable by others)",
+            exe.uid(),
+            exe.mode() & 0o7777
+        ));
+    }
+    let in_e2b_cgroup =
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| id_from_proc_cgroup(&t).is_some());
+    if held_taps(pid).is_empty() && !in_e2b_cgroup {
+        return Err("it holds no tap device (/dev/net/tun)".into());
+    }
+    Ok(())
+}
+
+/// Every process with `--api-sock`, reading nothing but `/proc/*/cmdline`.
+fn scan_candidates() -> Vec<Vmm> {
     let own = std::process::id();
     let mut buf = Vec::new();
     let vmms: Vec<Vmm> = pids()

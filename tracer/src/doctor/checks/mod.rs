@@ -327,11 +327,11 @@ mod tests {
     }
 
     fn netns(inode: u32, name: &str) -> Netns {
-        Netns {
+        Netns::new(
             inode,
-            name: Some(name.into()),
-            path: PathBuf::from(format!("/var/run/netns/{name}")),
-        }
+            Some(name.into()),
+            PathBuf::from(format!("/var/run/netns/{name}")),
+        )
     }
 
     fn sysctls(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {

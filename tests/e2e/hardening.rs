@@ -275,20 +275,22 @@ fn a_process_posing_as_a_vmm_is_not_a_sandbox() {
     let fake = "ifake0000000000000000";
     let sock = format!("/tmp/fc-{fake}-aaaaaaaaaaaaaaaaaaaa.sock");
     use std::os::unix::process::CommandExt as _;
-    let child = Command::new("python3")
-        .args(["-c", "import time; time.sleep(60)", "--api-sock", &sock])
-        .uid(65534)
-        .gid(65534)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the impostor");
-    let _guard = common::KillOnDrop(child.id());
+    let child = common::ChildGuard(
+        Command::new("python3")
+            .args(["-c", "import time; time.sleep(60)", "--api-sock", &sock])
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the impostor"),
+    );
+    let pid = child.0.id();
     let listed = common::tracer(&["list", "--json"]).1;
     assert!(listed.contains(&real) && !listed.contains(fake), "{listed}");
     let (code, _, err) = common::tracer(&["list", "--verbose"]);
     assert_eq!(code, 0);
     assert!(
-        err.contains(&format!("skipped pid {}", child.id())) && err.contains("uid 65534"),
+        err.contains(&format!("skipped pid {pid}")) && err.contains("uid 65534"),
         "{err}"
     );
     let (code, _, err) = common::tracer(&["trace", "--vm", fake, "--probe"]);

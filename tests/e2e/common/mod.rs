@@ -422,3 +422,13 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
 }
+
+/// Kills and reaps a child process when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -332,3 +332,264 @@ fn terminal_control_characters_never_reach_the_screen() {
     );
     assert!(out.contains("\\u{1b}"), "made visible instead: {out}");
 }
+
+/// Names of the tracer's nft trace tables in `ns`.
+fn trace_tables(ns: &str) -> Vec<String> {
+    lab::sh::run_in(Some(ns), "nft", &["list", "tables"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|t| t.starts_with("tracer-nftrace"))
+        .map(String::from)
+        .collect()
+}
+
+/// Defect 3: `--nft-trace` tables are per run (named after the process), cover this sandbox
+/// only, are removed on SIGHUP too, and tables left by killed runs are removed with a notice.
+#[test]
+fn nft_trace_tables_are_per_run_and_never_left_behind() {
+    let Some(mut lab) = lab_up("nft_trace_tables", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    lab.break_fault(0, lab::Fault::PreroutingDropNft).unwrap();
+    // A table of a run killed with SIGKILL (no process has this pid).
+    let stale = "tracer-nftrace-4194301";
+    lab::sh::run_in(Some("ns-1"), "nft", &["add", "table", "inet", stale]).unwrap();
+    let (code, v, err) = common::probe(&id, &["--nft-trace"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        v["drop"]["rule"].as_str().unwrap_or("").starts_with("tcp dport 49983 drop # handle "),
+        "{v}\n{err}"
+    );
+    assert!(err.contains(&format!("removing nft table inet {stale}")), "{err}");
+    assert!(trace_tables("ns-1").is_empty(), "{:?}", trace_tables("ns-1"));
+
+    // SIGHUP (a lost ssh session) while the table is in place: still removed. An nft that
+    // takes its time deleting tables keeps the table there long enough to be seen.
+    let dir = std::env::temp_dir().join(format!("tracer-slow-nft-{}", std::process::id()));
+    let _cleanup = common::RemoveOnDrop(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = common::sh(&["sh", "-c", "command -v nft"]).trim().to_string();
+    std::fs::write(
+        dir.join("nft"),
+        format!("#!/bin/sh\n[ \"$1\" = delete ] && sleep 1.5\nexec {real} \"$@\"\n"),
+    )
+    .unwrap();
+    common::sh(&["chmod", "+x", &dir.join("nft").display().to_string()]);
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let t = Tracer::start_with_env(&["trace", "--vm", &id, "--json", "--nft-trace"], &[("PATH", &path)]);
+    let ours = format!("tracer-nftrace-{}", t.pid());
+    let _ = lab.connect(0, 1);
+    let seen = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(5), || {
+        trace_tables("ns-1").contains(&ours).then_some(())
+    });
+    assert!(seen.is_some(), "the run's own table {ours} appeared; stderr: {}", t.stderr());
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGHUP) };
+    let code = t.wait_at_most(Duration::from_secs(15));
+    let left = trace_tables("ns-1");
+    for table in &left {
+        let _ = lab::sh::run_in(Some("ns-1"), "nft", &["delete", "table", "inet", table]);
+    }
+    assert!(code.is_some(), "SIGHUP ends the trace");
+    assert!(left.is_empty(), "left behind after SIGHUP: {left:?}");
+}
+
+/// Two tracers at once (a watcher and an operator's trace, two operators, trace + doctor +
+/// list): the kernel allows one BPF netfilter program per namespace, hook and priority, yet
+/// every run answers correctly, and nothing stays attached afterwards.
+#[test]
+fn two_tracers_at_once_all_answer_and_leave_nothing() {
+    let Some(mut lab) = lab_up("two_tracers", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    lab.break_fault(0, lab::Fault::ForwardDrop).unwrap();
+    let watcher = Tracer::start(&["trace", "--vm", &id, "--json"]);
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let id = id.clone();
+            std::thread::spawn(move || common::probe(&id, &[]))
+        })
+        .collect();
+    let doctor = {
+        let id = id.clone();
+        std::thread::spawn(move || common::tracer(&["doctor", "--vm", &id, "--json", "--no-connect"]))
+    };
+    let list = std::thread::spawn(|| common::tracer(&["list", "--json"]));
+    for r in runs {
+        let (code, v, err) = r.join().unwrap();
+        assert_eq!(code, 1, "{v}\n{err}");
+        assert_eq!(v["drop"]["hook"], "FORWARD", "{v}");
+        assert_eq!(
+            v["drop"]["rule"], "-A FORWARD -i eth0 -o tap0 -p tcp -m tcp --dport 49983 -j DROP",
+            "{v}"
+        );
+    }
+    let (code, out, err) = doctor.join().unwrap();
+    assert_eq!(code, 1, "the doctor names the rule too: {out}\n{err}");
+    let (code, out, _) = list.join().unwrap();
+    assert!(code == 0 && out.contains(&id), "{out}");
+    let (v, _) = watcher.next_json(Duration::from_secs(10), |v| v["type"] == "journey");
+    assert_eq!(v["drop"]["hook"], "FORWARD", "the watcher saw the probes' attempts: {v}");
+    watcher.stop();
+    let ours = || {
+        common::loaded_program_names()
+            .into_iter()
+            .filter(|n| common::OUR_PROGRAMS.contains(&n.as_str()))
+            .collect::<Vec<_>>()
+    };
+    let gone = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        ours().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "still attached: {:?}", ours());
+}
+
+/// Packets of DROP rules in a namespace's iptables (all tables), from `iptables-save -c`.
+fn drop_counter(ns: &str) -> u64 {
+    lab::sh::run_in(Some(ns), "iptables-save", &["-c"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with("-j DROP"))
+        .filter_map(|l| l.strip_prefix('[')?.split(':').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What the orchestrator stand-in sees, and what the firewalls drop, for `n` attempts.
+fn fate(lab: &lab::Lab, n: u32) -> (Vec<String>, u64) {
+    let before = drop_counter("ns-1") + drop_counter("e2b-host");
+    let report = lab.connect(0, n).unwrap();
+    let results = report
+        .attempts
+        .iter()
+        .map(|a| format!("{:?}", a.result).split([' ', '{']).next().unwrap_or("").to_string())
+        .collect();
+    (results, drop_counter("ns-1") + drop_counter("e2b-host") - before)
+}
+
+/// The kernel programs never change a packet's fate: with the tracer attached, every attempt
+/// ends as it does without, and the firewalls drop exactly as many packets.
+#[test]
+fn the_tracer_never_changes_packet_fate() {
+    let Some(mut lab) = lab_up("packet_fate", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    // Few attempts per run: an unanswered SYN-ACK keeps one of the guest's 16 listening
+    // sockets busy for 10 s, and running out of them would change the fate by itself. Drops
+    // are compared where each attempt's packet is dropped once: a guest retransmits a lost
+    // SYN-ACK on its own timer, so reply-side counts vary from run to run without any tracer.
+    for (fault, count_drops) in [
+        (None, true),
+        (Some(lab::Fault::ForwardDrop), true),
+        (Some(lab::Fault::UserChainDrop), true),
+        (Some(lab::Fault::GuestNoListener), true),
+        (Some(lab::Fault::HostInputDrop), false),
+        (Some(lab::Fault::ReplyDrop), false),
+    ] {
+        if let Some(f) = fault {
+            lab.break_fault(0, f).unwrap();
+        }
+        let mut without = fate(&lab, 3);
+        let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
+        let mut with = fate(&lab, 3);
+        t.stop();
+        if !count_drops {
+            assert!(with.1 >= 3 && without.1 >= 3, "{fault:?}: every reply dropped");
+            (with.1, without.1) = (0, 0);
+        }
+        assert_eq!(with, without, "{fault:?}: with the tracer vs without");
+        lab.heal(0).unwrap();
+    }
+}
+
+/// The tracer's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Defect 6: only what decides an attempt is followed. 1 GB streamed through a followed
+/// connection on envd's port neither grows the tracer nor costs the verdict of an attempt
+/// that fails meanwhile.
+#[test]
+fn a_long_busy_connection_grows_nothing_and_hides_no_failure() {
+    let Some(lab) = lab_up("long_connection", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    let host_ip = lab.sandboxes()[0].slot.host_ip();
+    // Attempts from client ports 41000-41010 are dropped; the stream's own port is not.
+    lab::sh::run_in(
+        Some("ns-1"),
+        "iptables",
+        &["-I", "FORWARD", "-p", "tcp", "--dport", "49983", "--sport", "41000:41010", "-j", "DROP"],
+    )
+    .unwrap();
+    let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
+    let rss_before = rss_kib(t.pid());
+    const BYTES: u64 = 1 << 30;
+    let stream = std::thread::spawn(move || {
+        in_ns_on_cpu0("e2b-host", move || {
+            let mut s = TcpStream::connect_timeout(&SocketAddr::from((host_ip, 49983)), Duration::from_secs(2))
+                .expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(s, "GET /stream?bytes={BYTES} HTTP/1.1\r\n\r\n").unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0u64;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break got,
+                    Ok(n) => got += n as u64,
+                }
+            }
+        })
+    });
+    // A failing attempt from a dropped port while the stream runs.
+    std::thread::sleep(Duration::from_secs(2));
+    let failed = in_ns_on_cpu0("e2b-host", move || {
+        // SAFETY: a plain socket bound to a chosen port, closed on return.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            let one: libc::c_int = 1;
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+            let local = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 41005u16.to_be(),
+                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_zero: [0; 8],
+            };
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), 16);
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 49983u16.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(host_ip.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), 16);
+            std::thread::sleep(Duration::from_millis(200));
+            libc::close(fd);
+        }
+        41005u16
+    });
+    let got = stream.join().unwrap();
+    assert!(got > BYTES, "the whole stream came through ({got} bytes)");
+    let (v, _) = t.next_json(Duration::from_secs(10), |v| {
+        v["type"] == "journey" && v["client"].as_str().is_some_and(|c| c.ends_with(&format!(":{failed}")))
+    });
+    assert_eq!(v["outcome"], "dropped", "{v}");
+    assert_eq!(v["lost_events"], 0, "{v}");
+    let rss_after = rss_kib(t.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(!t.stderr().contains("lost"), "{}", t.stderr());
+}

@@ -22,6 +22,8 @@ pub enum RuleText {
     Policy { chain: String, policy: String },
     /// As nft prints it, and its handle.
     Nft { text: String, handle: u64 },
+    /// An nft base chain's policy.
+    NftPolicy { chain: String, policy: String },
 }
 
 impl RuleText {
@@ -45,6 +47,7 @@ impl RuleText {
             Self::Iptables(t) => t.clone(),
             Self::Policy { chain, policy } => format!("-P {chain} {policy}"),
             Self::Nft { text, handle } => format!("{text} # handle {handle}"),
+            Self::NftPolicy { chain, policy } => format!("chain {chain} policy {policy}"),
         }
     }
 }

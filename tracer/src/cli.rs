@@ -88,9 +88,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub all_hops: bool,
 
-    /// To name an nft rule that has no counter: add an nft trace rule in the namespace where
-    /// the drop happens, read the trace events, and remove it again. This CHANGES the
-    /// ruleset while it runs; without this flag the tracer never does.
+    /// To name an nft rule that has no counter: in the namespace where the drop happens, add a
+    /// table `inet tracer-nftrace-<pid>` that traces this sandbox's envd packets only, SEND
+    /// ONE MORE connection attempt like the orchestrator's, read which rule dropped it, and
+    /// remove the table again (also on Ctrl-C, SIGTERM, SIGHUP, SIGQUIT; tables of killed runs
+    /// are removed by the next). This CHANGES the ruleset while it runs; without this flag the
+    /// tracer never does.
     #[arg(long)]
     pub nft_trace: bool,
 }

@@ -46,6 +46,11 @@ impl EnvError {
     pub fn from_program(program: &str, detail: &str) -> Self {
         if is_permission(detail) && !is_root() {
             Self::NoPrivileges
+        } else if detail.contains("Device or resource busy") || detail.contains("EBUSY") {
+            // Taken by another program (another tracer): not a missing kernel feature.
+            Self::Usage(format!(
+                "the kernel refused the {program} program because its attach point is taken ({detail}); another tracer may hold it: retry, or stop the other one"
+            ))
         } else {
             Self::KernelFeature {
                 program: program.into(),

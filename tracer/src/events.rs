@@ -214,16 +214,22 @@ pub fn ring_fd(
         .map_err(|e| anyhow::anyhow!("poll ring buffer: {e}"))
 }
 
-/// Resolves at the first SIGINT or SIGTERM: both end a trace cleanly (links detach when
-/// the probes drop). The handlers are installed by this call, before anything is awaited, so
-/// a signal right after "attached" is never lost to the default action.
+/// Resolves at the first SIGINT, SIGTERM, SIGHUP (a lost ssh session) or SIGQUIT: each ends
+/// a trace cleanly (links detach when the programs drop, temporary nft tables are removed).
+/// The handlers are installed by this call, before anything is awaited, so a signal right
+/// after "attached" is never lost to the default action.
 pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
     Ok(async move {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = quit.recv() => {}
         }
     })
 }

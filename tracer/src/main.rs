@@ -14,6 +14,8 @@ fn main() {
         cli::Command::List(args) => tracer::list::run(args),
         cli::Command::Doctor(args) => tracer::doctor::run(args),
     };
+    // Temporary nft trace tables never outlive the run (also after an error).
+    tracer::firewall::nftrace::cleanup();
     match result {
         Ok(code) => std::process::exit(code),
         // The reader of our output went away (`tracer list --json | head -1`): a normal end.

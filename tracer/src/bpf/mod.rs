@@ -214,16 +214,13 @@ impl Programs {
             let _inside = ns.enter()?;
             for hooknum in 0..hook::COUNT as u8 {
                 let slots = choose_slots(hooknum, &present[hooknum as usize]);
+                let mut placed = Vec::with_capacity(slots.len());
                 for &slot in &slots {
-                    let (prog, prio) = (
-                        &self.nf_programs[slot as usize],
-                        NF_SLOT_PRIORITIES[slot as usize],
-                    );
-                    let link = netfilter::attach(prog.as_fd(), hooknum, prio)
-                        .map_err(|e| EnvError::from_program("netfilter", &format!("BPF_LINK_CREATE: {e}")))?;
+                    let (link, prio) = attach_slot(&self.nf_programs[slot as usize], hooknum, slot, ns)?;
                     links.push(link);
+                    placed.push((slot, prio));
                 }
-                self.nf_slots.0.insert((ns.inode, hooknum), slots);
+                self.nf_slots.0.insert((ns.inode, hooknum), placed);
             }
         }
         self.nf_links.insert(ns.inode, links);
@@ -273,11 +270,49 @@ impl Programs {
     }
 }
 
-/// The netfilter slots attached, per (namespace inode, hook number).
+/// How far from its planned priority a slot may move when that one is taken (another tracer
+/// at the same priority, or a link of an earlier run still being released): the standard
+/// tables are 50 to 100 apart, so the slot stays between the same two.
+const MAX_SHIFT: i32 = 16;
+
+/// Attaches one slot's program at `hooknum`, at its planned priority or, when that is taken
+/// (EBUSY: the kernel allows one BPF program per namespace, hook and priority), at the next
+/// free one inward. Returns the link and the priority used.
+fn attach_slot(prog: &OwnedFd, hooknum: u8, slot: u8, ns: &Netns) -> Result<(OwnedFd, i32)> {
+    let planned = NF_SLOT_PRIORITIES[slot as usize];
+    // The last slot sits just below i32::MAX: it moves down; the others move up.
+    let step = if planned > 0 && planned > i32::MAX - MAX_SHIFT - 2 { -1 } else { 1 };
+    let mut last = None;
+    for shift in 0..=MAX_SHIFT {
+        let prio = planned + step * shift;
+        match netfilter::attach(prog.as_fd(), hooknum, prio) {
+            Ok(link) => return Ok((link, prio)),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+            Err(e) => {
+                return Err(EnvError::from_program("netfilter", &format!("BPF_LINK_CREATE: {e}")).into());
+            }
+        }
+    }
+    Err(EnvError::Usage(format!(
+        "every netfilter priority from {planned} to {} at hook {hooknum} in {} is taken by other BPF programs ({}); is another tracer attached there?",
+        planned + step * MAX_SHIFT,
+        ns.label(),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+    .into())
+}
+
+/// The netfilter slots attached, per (namespace inode, hook number): (slot, priority used).
 #[derive(Debug, Clone, Default)]
-pub struct NfLayout(HashMap<(u32, u8), Vec<u8>>);
+pub struct NfLayout(HashMap<(u32, u8), Vec<(u8, i32)>>);
 
 impl NfLayout {
+    /// Priority at which `slot` was attached at `hook` in namespace `netns`.
+    pub fn priority(&self, netns: u32, hooknum: u8, slot: u8) -> Option<i32> {
+        let slots = self.0.get(&(netns, hooknum))?;
+        slots.iter().find(|(s, _)| *s == slot).map(|(_, p)| *p)
+    }
+
     /// Priority of the slot attached after `slot` at `hook` in namespace `netns` (i32::MAX
     /// after the last one): a drop after `slot` happened between the two.
     pub fn window_end(&self, netns: u32, hooknum: u8, slot: u8) -> Option<i32> {
@@ -285,8 +320,8 @@ impl NfLayout {
         Some(
             slots
                 .iter()
-                .find(|s| **s > slot)
-                .map(|s| NF_SLOT_PRIORITIES[*s as usize])
+                .find(|(s, _)| *s > slot)
+                .map(|(_, p)| *p)
                 .unwrap_or(i32::MAX),
         )
     }

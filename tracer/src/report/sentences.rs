@@ -265,6 +265,10 @@ fn drop_fix(f: Facts<'_>, class: ReasonClass, ns: &str) -> String {
             Some(RuleText::Policy { chain, .. }) => format!(
                 "accept envd traffic before the policy applies, or change it: ip netns exec {ns} iptables -P {chain} ACCEPT"
             ),
+            Some(RuleText::NftPolicy { chain, .. }) => format!(
+                "accept envd traffic before the policy applies, or change it: ip netns exec {ns} nft chain {} {chain} '{{ policy accept; }}'",
+                f.table().unwrap_or_else(|| "?".into())
+            ),
             Some(RuleText::Nft { handle, .. }) => format!(
                 "delete that rule: ip netns exec {ns} nft delete rule {} {} handle {handle}",
                 f.table().unwrap_or_else(|| "?".into()),

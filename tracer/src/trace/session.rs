@@ -517,12 +517,18 @@ impl Session {
         if let HopKind::Netfilter {
             hook,
             slot,
+            priority,
             window_end,
             ..
         } = &mut hop.kind
-            && let Some(end) = self.nf_layout.window_end(hop.netns, *hook as u8, *slot)
         {
-            *window_end = end;
+            let (ns, h) = (hop.netns, *hook as u8);
+            if let Some(p) = self.nf_layout.priority(ns, h, *slot) {
+                *priority = p;
+            }
+            if let Some(end) = self.nf_layout.window_end(ns, h, *slot) {
+                *window_end = end;
+            }
         }
         if let HopKind::Netfilter {
             in_ifindex,

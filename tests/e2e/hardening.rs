@@ -359,7 +359,10 @@ fn nft_trace_tables_are_per_run_and_never_left_behind() {
     let (code, v, err) = common::probe(&id, &["--nft-trace"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        v["drop"]["rule"].as_str().unwrap_or("").starts_with("tcp dport 49983 drop # handle "),
+        v["drop"]["rule"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("tcp dport 49983 drop # handle "),
         "{v}\n{err}"
     );
     assert!(err.contains(&format!("removing nft table inet {stale}")), "{err}");
@@ -378,13 +381,20 @@ fn nft_trace_tables_are_per_run_and_never_left_behind() {
     .unwrap();
     common::sh(&["chmod", "+x", &dir.join("nft").display().to_string()]);
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let t = Tracer::start_with_env(&["trace", "--vm", &id, "--json", "--nft-trace"], &[("PATH", &path)]);
+    let t = Tracer::start_with_env(
+        &["trace", "--vm", &id, "--json", "--nft-trace"],
+        &[("PATH", &path)],
+    );
     let ours = format!("tracer-nftrace-{}", t.pid());
     let _ = lab.connect(0, 1);
     let seen = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(5), || {
         trace_tables("ns-1").contains(&ours).then_some(())
     });
-    assert!(seen.is_some(), "the run's own table {ours} appeared; stderr: {}", t.stderr());
+    assert!(
+        seen.is_some(),
+        "the run's own table {ours} appeared; stderr: {}",
+        t.stderr()
+    );
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(t.pid() as i32, libc::SIGHUP) };
     let code = t.wait_at_most(Duration::from_secs(15));
@@ -432,7 +442,10 @@ fn two_tracers_at_once_all_answer_and_leave_nothing() {
     let (code, out, _) = list.join().unwrap();
     assert!(code == 0 && out.contains(&id), "{out}");
     let (v, _) = watcher.next_json(Duration::from_secs(10), |v| v["type"] == "journey");
-    assert_eq!(v["drop"]["hook"], "FORWARD", "the watcher saw the probes' attempts: {v}");
+    assert_eq!(
+        v["drop"]["hook"], "FORWARD",
+        "the watcher saw the probes' attempts: {v}"
+    );
     watcher.stop();
     let ours = || {
         common::loaded_program_names()
@@ -463,7 +476,13 @@ fn fate(lab: &lab::Lab, n: u32) -> (Vec<String>, u64) {
     let results = report
         .attempts
         .iter()
-        .map(|a| format!("{:?}", a.result).split([' ', '{']).next().unwrap_or("").to_string())
+        .map(|a| {
+            format!("{:?}", a.result)
+                .split([' ', '{'])
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     (results, drop_counter("ns-1") + drop_counter("e2b-host") - before)
 }
@@ -528,7 +547,18 @@ fn a_long_busy_connection_grows_nothing_and_hides_no_failure() {
     lab::sh::run_in(
         Some("ns-1"),
         "iptables",
-        &["-I", "FORWARD", "-p", "tcp", "--dport", "49983", "--sport", "41000:41010", "-j", "DROP"],
+        &[
+            "-I",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            "49983",
+            "--sport",
+            "41000:41010",
+            "-j",
+            "DROP",
+        ],
     )
     .unwrap();
     let t = Tracer::start(&["trace", "--vm", &id, "--json"]);
@@ -536,8 +566,9 @@ fn a_long_busy_connection_grows_nothing_and_hides_no_failure() {
     const BYTES: u64 = 1 << 30;
     let stream = std::thread::spawn(move || {
         in_ns_on_cpu0("e2b-host", move || {
-            let mut s = TcpStream::connect_timeout(&SocketAddr::from((host_ip, 49983)), Duration::from_secs(2))
-                .expect("connect");
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::from((host_ip, 49983)), Duration::from_secs(2))
+                    .expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             write!(s, "GET /stream?bytes={BYTES} HTTP/1.1\r\n\r\n").unwrap();
             let mut buf = vec![0u8; 1 << 16];
@@ -557,7 +588,13 @@ fn a_long_busy_connection_grows_nothing_and_hides_no_failure() {
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
             let one: libc::c_int = 1;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const i32).cast(),
+                4,
+            );
             let local = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: 41005u16.to_be(),
@@ -582,7 +619,10 @@ fn a_long_busy_connection_grows_nothing_and_hides_no_failure() {
     let got = stream.join().unwrap();
     assert!(got > BYTES, "the whole stream came through ({got} bytes)");
     let (v, _) = t.next_json(Duration::from_secs(10), |v| {
-        v["type"] == "journey" && v["client"].as_str().is_some_and(|c| c.ends_with(&format!(":{failed}")))
+        v["type"] == "journey"
+            && v["client"]
+                .as_str()
+                .is_some_and(|c| c.ends_with(&format!(":{failed}")))
     });
     assert_eq!(v["outcome"], "dropped", "{v}");
     assert_eq!(v["lost_events"], 0, "{v}");
@@ -592,4 +632,40 @@ fn a_long_busy_connection_grows_nothing_and_hides_no_failure() {
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
     assert!(!t.stderr().contains("lost"), "{}", t.stderr());
+}
+
+/// Defect 7: events lost because the ring buffer was full are counted, shown when it happens,
+/// and put on every verdict whose attempt ran meanwhile (`lost_events`).
+#[test]
+fn lost_events_are_shown_and_put_on_the_verdicts() {
+    let Some(mut lab) = lab_up("lost_events", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    let host_ip = lab.sandboxes()[0].slot.host_ip();
+    lab.break_fault(0, lab::Fault::ForwardDrop).unwrap();
+    // A ring of one page holds a few dozen events: a burst of attempts overflows it.
+    let t = Tracer::start(&["trace", "--vm", &id, "--json", "--ring-size", "4096"]);
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                in_ns_on_cpu0("e2b-host", move || {
+                    for _ in 0..40 {
+                        let _ = TcpStream::connect_timeout(
+                            &SocketAddr::from((host_ip, 49983)),
+                            Duration::from_millis(20),
+                        );
+                    }
+                })
+            })
+        })
+        .collect();
+    for b in burst {
+        b.join().unwrap();
+    }
+    t.wait_stderr("events lost", Duration::from_secs(10));
+    let (v, _) = t.next_json(Duration::from_secs(10), |v| {
+        v["lost_events"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(v["type"], "journey", "{v}");
 }

@@ -88,6 +88,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub all_hops: bool,
 
+    /// Size of the kernel's event ring buffer (a power of two, 4096 to 1 GiB). The default,
+    /// 4 MiB, holds seconds of a failing orchestrator's retries; events that do not fit are
+    /// counted, shown on stderr, and on every verdict they may have touched (`lost_events`).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
+
     /// To name an nft rule that has no counter: in the namespace where the drop happens, add a
     /// table `inet tracer-nftrace-<pid>` that traces this sandbox's envd packets only, SEND
     /// ONE MORE connection attempt like the orchestrator's, read which rule dropped it, and
@@ -124,6 +130,17 @@ pub struct DoctorArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A ring buffer size: a power of two from one page to 1 GiB.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !v.is_power_of_two() || !(4096..=1 << 30).contains(&v) {
+        return Err(format!(
+            "{s:?}: the ring size is a power of two from 4096 to 1073741824"
+        ));
+    }
+    Ok(v)
 }
 
 /// The longest per-attempt timeout: an attempt is one connection, not a wait for a guest to

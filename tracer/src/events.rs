@@ -183,10 +183,16 @@ const NETNS_REREAD: Duration = Duration::from_secs(1);
 
 impl Names {
     pub fn new(reasons: ReasonNames, kallsyms: Kallsyms) -> Self {
+        Self::with_netns(reasons, kallsyms, netns::names())
+    }
+
+    /// With the namespace names given (tests and fuzzing: no directory is read until a second
+    /// has passed).
+    pub fn with_netns(reasons: ReasonNames, kallsyms: Kallsyms, netns: HashMap<u32, String>) -> Self {
         Self {
             reasons,
             kallsyms,
-            netns: netns::names(),
+            netns,
             netns_read: std::time::Instant::now(),
         }
     }

@@ -385,6 +385,28 @@ fn is_errno(err: &anyhow::Error, errno: i32) -> bool {
     })
 }
 
+/// One reply datagram to request `seq`, read as a dump reads it, each message converted to the
+/// snapshot types it can be: what the tracer does with bytes netlink sends (the fuzz target
+/// of this parse).
+pub fn parse_reply(datagram: &[u8], seq: u32) -> Result<Snapshot> {
+    let mut replies = Replies {
+        dump: true,
+        ..Default::default()
+    };
+    replies.absorb(datagram, seq)?;
+    let mut snap = Snapshot::default();
+    for m in &replies.messages {
+        match m {
+            RouteNetlinkMessage::NewLink(l) => snap.links.push(link_from(l)),
+            RouteNetlinkMessage::NewAddress(a) => snap.addrs.extend(addr_from(a)),
+            RouteNetlinkMessage::NewRoute(r) => snap.routes.extend(route_from(r)),
+            RouteNetlinkMessage::NewNeighbour(n) => snap.neighbours.extend(neighbour_from(n)),
+            _ => {}
+        }
+    }
+    Ok(snap)
+}
+
 /// Replies to one request, accumulated datagram by datagram.
 #[derive(Debug, Default)]
 struct Replies {

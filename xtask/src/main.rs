@@ -4,6 +4,7 @@
 //! because it is what installs the pinned ones: keep its dependencies light.
 mod bench;
 mod demo;
+mod fuzz;
 mod lab_cmd;
 mod setup;
 mod tasks;
@@ -49,6 +50,8 @@ enum Task {
     },
     /// Benchmark: throughput and connection rate with the tracer attached vs not.
     Bench(bench::BenchArgs),
+    /// Fuzz every parser of external input (tests/fuzz) for a time budget each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
         Task::Demo { fault } => demo::run(&fault),
         Task::Lab { cmd } => lab_cmd::run(cmd),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -16,6 +16,8 @@ use crate::toolchain::{self, Pins, cargo, output, workspace_root};
 
 /// bpf-linker release known to work with the pinned nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz release (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: iptables/nftables (lab rules, rule lookup), busybox-static (QEMU guest),
 /// iperf3 (bench), qemu-system-x86 (QEMU guest, from backports so the machine's qemu-utils stays).
 const PACKAGES: &[&str] = &["iptables", "nftables", "busybox-static", "iperf3"];
@@ -27,6 +29,7 @@ pub fn run() -> Result<()> {
     let mut done = Vec::new();
     toolchains(&pins, &mut done)?;
     bpf_linker(&pins, &mut done)?;
+    cargo_fuzz(&mut done)?;
     debian_packages(&mut done)?;
     toolchain_file(&mut done)?;
     guest_image(&mut done)?;
@@ -127,6 +130,37 @@ fn bpf_linker(pins: &Pins, done: &mut Vec<String>) -> Result<()> {
             .env("LLVM_PREFIX", &prefix),
     )?;
     done.push("built bpf-linker".into());
+    Ok(())
+}
+
+/// cargo-fuzz, cached outside the repository.
+pub fn cargo_fuzz_bin() -> PathBuf {
+    cache_dir()
+        .join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"))
+        .join("bin/cargo-fuzz")
+}
+
+fn cargo_fuzz(done: &mut Vec<String>) -> Result<()> {
+    let bin = cargo_fuzz_bin();
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (~1 min)");
+    let root = bin.parent().and_then(Path::parent).unwrap_or(&bin).to_path_buf();
+    toolchain::run(
+        cargo()?
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--force",
+                "--root",
+            ])
+            .arg(&root),
+    )?;
+    done.push("built cargo-fuzz".into());
     Ok(())
 }
 

@@ -30,6 +30,10 @@ pub fn target_dir() -> PathBuf {
 pub fn lint() -> Result<()> {
     setup::run()?;
     run(cargo()?.args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets are a crate of their own (built only by cargo fuzz).
+    run(cargo()?
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(workspace_root().join("tests/fuzz/Cargo.toml")))?;
     run(cargo()?.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel programs, for their own target.
     let pins = Pins::read()?;

@@ -54,6 +54,8 @@ pub struct Filter {
     pub netns: Vec<u32>,
     /// Addresses; empty = any address.
     pub addrs: Vec<Ipv4Addr>,
+    /// Size of the event ring buffer in bytes (None: the object's 4 MiB).
+    pub ring_bytes: Option<u32>,
 }
 
 /// Loaded programs and their attachments.
@@ -89,8 +91,12 @@ impl Programs {
         }
         let btf = aya::Btf::parse_file(btf::vmlinux_path(), aya::Endianness::default())
             .map_err(|e| EnvError::NoBtf(e.to_string()))?;
-        let ebpf = EbpfLoader::new()
-            .btf(&btf)
+        let mut loader = EbpfLoader::new();
+        loader.btf(&btf);
+        if let Some(bytes) = filter.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let ebpf = loader
             .load(MAIN_OBJ)
             .map_err(|e| EnvError::from_load(&e.to_string()))?;
         let mut programs = Self {
@@ -281,7 +287,11 @@ const MAX_SHIFT: i32 = 16;
 fn attach_slot(prog: &OwnedFd, hooknum: u8, slot: u8, ns: &Netns) -> Result<(OwnedFd, i32)> {
     let planned = NF_SLOT_PRIORITIES[slot as usize];
     // The last slot sits just below i32::MAX: it moves down; the others move up.
-    let step = if planned > 0 && planned > i32::MAX - MAX_SHIFT - 2 { -1 } else { 1 };
+    let step = if planned > i32::MAX - MAX_SHIFT - 2 {
+        -1
+    } else {
+        1
+    };
     let mut last = None;
     for shift in 0..=MAX_SHIFT {
         let prio = planned + step * shift;

@@ -46,7 +46,10 @@ pub fn cleanup() {
         if let Err(e) = run_nft(&ns, &["delete", "table", "inet", &name], None)
             && !format!("{e:#}").contains("No such file")
         {
-            eprintln!("tracer: could not remove the nft trace table {name} in {}: {e:#}", ns.label());
+            eprintln!(
+                "tracer: could not remove the nft trace table {name} in {}: {e:#}",
+                ns.label()
+            );
         }
     }
 }
@@ -117,7 +120,11 @@ fn run_nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Result<()> {
 pub fn remove_stale(ns: &Netns, rules: &Rulesets) {
     let Some(set) = &rules.nft else { return };
     for t in &set.tables {
-        let Some(pid) = t.name.strip_prefix(TABLE_PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = t
+            .name
+            .strip_prefix(TABLE_PREFIX)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if t.family != "inet" || pid == std::process::id() || is_live_tracer(pid) {
@@ -133,8 +140,11 @@ pub fn remove_stale(ns: &Netns, rules: &Rulesets) {
 }
 
 fn is_live_tracer(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"tracer")))
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(b"tracer"))
+    })
 }
 
 /// The nft rule (or chain policy) that dropped envd packets in `ns`, from the trace of one
@@ -168,12 +178,20 @@ fn trace_once(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Result<Option<Ru
         }
         let n = match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue;
             }
             Err(e) => return Err(e).context("read nft trace events"),
         };
-        if let Some(d) = parse_datagram(&buf[..n.min(buf.len())]).into_iter().find(TraceEvent::is_drop) {
+        if let Some(d) = parse_datagram(&buf[..n.min(buf.len())])
+            .into_iter()
+            .find(TraceEvent::is_drop)
+        {
             break Some(d);
         }
     };
@@ -214,7 +232,10 @@ fn set_timeout(socket: &Socket, t: Duration) -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!("set the trace socket's timeout: {}", std::io::Error::last_os_error());
+        bail!(
+            "set the trace socket's timeout: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -308,7 +329,12 @@ fn trace_event(family: u8, attrs: &[u8]) -> Option<TraceEvent> {
             CHAIN => ev.chain = c_string(v),
             RULE_HANDLE => ev.handle = Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?)),
             TYPE => ev.kind = be32(v)?,
-            VERDICT => ev.verdict = attributes(v).find(|(t, _)| *t == 1).and_then(|(_, c)| be32(c)).map(|c| c as i32),
+            VERDICT => {
+                ev.verdict = attributes(v)
+                    .find(|(t, _)| *t == 1)
+                    .and_then(|(_, c)| be32(c))
+                    .map(|c| c as i32)
+            }
             POLICY => ev.policy = be32(v),
             _ => {}
         }
@@ -349,10 +375,11 @@ fn c_string(v: &[u8]) -> String {
 /// The rule named by a traced drop, with its text from the ruleset.
 fn name_traced(d: &TraceEvent, rules: &Rulesets) -> RuleName {
     let family = d.family_name();
-    let chain: Option<&NftChain> = rules
-        .nft
-        .as_ref()
-        .and_then(|n| n.chains.iter().find(|c| c.family == family && c.table == d.table && c.name == d.chain));
+    let chain: Option<&NftChain> = rules.nft.as_ref().and_then(|n| {
+        n.chains
+            .iter()
+            .find(|c| c.family == family && c.table == d.table && c.name == d.chain)
+    });
     let rule = match (d.kind, d.handle) {
         (NFT_TRACETYPE_RULE, Some(handle)) => Some(RuleText::Nft {
             text: chain
@@ -437,7 +464,11 @@ mod tests {
         assert_eq!(events.len(), 3);
         assert!(events[0].is_drop() && !events[1].is_drop() && events[2].is_drop());
         assert_eq!(
-            (events[0].family_name(), events[0].table.as_str(), events[0].handle),
+            (
+                events[0].family_name(),
+                events[0].table.as_str(),
+                events[0].handle
+            ),
             ("ip", "lab-fault", Some(2))
         );
     }

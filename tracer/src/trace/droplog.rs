@@ -30,6 +30,8 @@ pub struct DropRecord {
     pub reason: String,
     pub location: String,
     pub function: Option<String>,
+    /// Events the kernel could not queue since the previous record (ring buffer full).
+    pub lost_events: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +60,7 @@ impl DropRecord {
             reason: names.reasons.drop_name(ev.reason),
             location: names.kallsyms.describe(ev.location),
             function: names.kallsyms.function(ev.location),
+            lost_events: 0,
         }
     }
 
@@ -82,6 +85,7 @@ impl DropRecord {
 /// Prints each dropped packet until the duration ends or a signal arrives. Returns how many.
 pub async fn run(
     events: RingBuf<MapData>,
+    programs: &crate::bpf::Programs,
     mut names: Names,
     args: &TraceArgs,
     mut out: Output,
@@ -101,13 +105,27 @@ pub async fn run(
             .join(",")
     );
     let mut count = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let (mut lost_seen, mut lost_unreported, mut decode_errors) = (0u64, 0u64, 0u64);
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let lost = programs.lost_events().unwrap_or(lost_seen);
+                if lost > lost_seen {
+                    eprintln!("tracer: {} events lost (ring buffer full; {lost} in all)", lost - lost_seen);
+                    lost_unreported += lost - lost_seen;
+                    lost_seen = lost;
+                }
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 while let Some(item) = guard.get_inner_mut().next() {
-                    let Some(ev) = decode(&item) else { continue };
-                    let rec = DropRecord::new(&ev, &mut names, &clock);
+                    let Some(ev) = decode(&item) else {
+                        decode_errors += 1;
+                        continue;
+                    };
+                    let mut rec = DropRecord::new(&ev, &mut names, &clock);
+                    rec.lost_events = std::mem::take(&mut lost_unreported);
                     match out.format {
                         Format::Json => out.json_line(&rec)?,
                         Format::Text => {
@@ -123,6 +141,9 @@ pub async fn run(
             _ = &mut stop_signal => break,
             _ = &mut deadline => break,
         }
+    }
+    if decode_errors > 0 {
+        eprintln!("tracer: {decode_errors} event records could not be decoded (a bug)");
     }
     Ok(count)
 }

@@ -43,6 +43,7 @@ fn run_drop_log(args: TraceArgs) -> Result<i32> {
         ports: args.ports.clone(),
         addrs: args.addrs.clone(),
         netns: Vec::new(),
+        ring_bytes: args.ring_size,
     };
     let mut programs = Programs::load(btf.offsets()?, &filter)?;
     programs.attach_tracepoints(DROP_TRACEPOINTS)?;
@@ -51,15 +52,6 @@ fn run_drop_log(args: TraceArgs) -> Result<i32> {
         .enable_all()
         .build()?;
     let out = Output::stdout(Format::from_json_flag(args.json));
-    let drops = rt.block_on(droplog::run(events, names, &args, out))?;
-    report_lost(&programs)?;
+    let drops = rt.block_on(droplog::run(events, &programs, names, &args, out))?;
     Ok(if drops > 0 { EXIT_FOUND } else { EXIT_OK })
-}
-
-pub fn report_lost(programs: &Programs) -> Result<()> {
-    let lost = programs.lost_events()?;
-    if lost > 0 {
-        eprintln!("tracer: {lost} events were lost (ring buffer full); results may be incomplete");
-    }
-    Ok(())
 }

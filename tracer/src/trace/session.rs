@@ -198,6 +198,7 @@ fn attach(
         ports: args.ports.clone(),
         netns: vec![host_ns.inode, sandbox_ns.inode],
         addrs,
+        ring_bytes: args.ring_size,
     };
     let mut programs = Programs::open(&filter)?;
     programs.attach_tracepoints(ALL_TRACEPOINTS)?;

@@ -1,0 +1,7 @@
+//! The discovery cache in /run/tracer, as read back.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = tracer::cache::parse(&String::from_utf8_lossy(data));
+});

@@ -1,0 +1,32 @@
+//! Ring buffer records from the kernel programs: decoded, named, correlated into journeys and
+//! judged.
+#![no_main]
+use std::collections::HashMap;
+
+use libfuzzer_sys::fuzz_target;
+use tracer::{
+    bpf::{btf::ReasonNames, kallsyms::Kallsyms},
+    events::{Names, decode, hop_from_event},
+};
+use tracer_model::{
+    fixtures,
+    journey::{Correlator, Timing},
+    verdict,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let mut names = Names::with_netns(ReasonNames::default(), Kallsyms::parse(""), HashMap::new());
+    let mut c = Correlator::new(&[49983], Timing::default());
+    let size = size_of::<tracer_common::Event>();
+    for chunk in data.chunks(size) {
+        if let Some(ev) = decode(chunk)
+            && let Some(hop) = hop_from_event(&ev, &mut names)
+        {
+            c.push(hop);
+        }
+    }
+    let path = fixtures::path();
+    for j in c.take_all() {
+        let _ = verdict::decide(&j, Some(&path), &|_, _| None);
+    }
+});

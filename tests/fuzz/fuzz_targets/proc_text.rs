@@ -1,0 +1,19 @@
+//! What discovery reads from /proc and cgroupfs of processes anyone may start: command lines,
+//! socket paths, cgroup paths, fdinfo, and /proc/kallsyms.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tracer::{bpf::kallsyms::Kallsyms, sandbox};
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(sock) = sandbox::api_sock_of(data) {
+        let _ = sandbox::id_from_api_sock(&sock);
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = sandbox::id_from_proc_cgroup(&text);
+    let _ = sandbox::iff_from_fdinfo(&text);
+    let _ = sandbox::id_from_cgroup_name(&text);
+    let _ = sandbox::slot_from_netns(&text);
+    let _ = sandbox::match_id(&text, &["ix7hj8hustuvlxiqc0g0u".into()]);
+    let k = Kallsyms::parse(&text);
+    let _ = k.describe(0xffff_ffff_8100_0000);
+});

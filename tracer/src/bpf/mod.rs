@@ -287,11 +287,7 @@ const MAX_SHIFT: i32 = 16;
 fn attach_slot(prog: &OwnedFd, hooknum: u8, slot: u8, ns: &Netns) -> Result<(OwnedFd, i32)> {
     let planned = NF_SLOT_PRIORITIES[slot as usize];
     // The last slot sits just below i32::MAX: it moves down; the others move up.
-    let step = if planned > i32::MAX - MAX_SHIFT - 2 {
-        -1
-    } else {
-        1
-    };
+    let step = if planned > i32::MAX - MAX_SHIFT - 2 { -1 } else { 1 };
     let mut last = None;
     for shift in 0..=MAX_SHIFT {
         let prio = planned + step * shift;

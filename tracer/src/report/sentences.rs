@@ -68,7 +68,9 @@ pub fn summary(f: Facts<'_>) -> String {
 }
 
 fn dropped(f: Facts<'_>, target: &str) -> String {
-    let d = f.verdict.drop.as_ref().expect("a dropped verdict has a drop");
+    let Some(d) = f.verdict.drop.as_ref() else {
+        return format!("the SYN to {target} was dropped");
+    };
     let dir = match d.direction {
         Direction::Request => "the SYN to",
         Direction::Reply => "the reply from",
@@ -98,7 +100,9 @@ fn dropped(f: Facts<'_>, target: &str) -> String {
 }
 
 fn reset(v: &Verdict, target: &str) -> String {
-    let r = v.reset.as_ref().expect("a reset verdict has a reset");
+    let Some(r) = v.reset.as_ref() else {
+        return format!("a RST answered the SYN to {target}");
+    };
     match r.by {
         ResetBy::Guest => format!(
             "the guest answered the SYN to {target} with RST: nothing listens on the port inside the VM"

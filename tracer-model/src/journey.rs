@@ -42,6 +42,15 @@ pub enum JourneyId {
         dst: Ipv4Addr,
         at_ns: u64,
     },
+    /// A connect() that failed at once, with this errno, before any packet was sent (a
+    /// prohibit or blackhole route or rule, a local firewall): known from the client.
+    NotSent {
+        netns: u32,
+        dst: Ipv4Addr,
+        port: u16,
+        errno: i32,
+        at_ns: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +65,10 @@ pub struct Journey {
     /// When an event arrived that decides the outcome (the journey is then finished after a
     /// short settle time that lets events from other CPUs arrive).
     pub decided_at: Option<u64>,
+    /// When the client gave up (its socket closed without an answer). A reply can still come
+    /// (a slow guest): the journey stays open for the late window, unless something decides
+    /// it first.
+    pub closed_at: Option<u64>,
 }
 
 impl Journey {
@@ -67,17 +80,33 @@ impl Journey {
             first_ns: ts,
             last_ns: ts,
             decided_at: None,
+            closed_at: None,
         }
     }
 
+    /// Adds a hop; beyond [`MAX_HOPS`] only the count grows (a journey is one attempt: more
+    /// hops than that are repeats of the same packets).
     fn push(&mut self, leg: Leg, hop: Hop) {
         self.last_ns = self.last_ns.max(hop.ts_ns);
         self.first_ns = self.first_ns.min(hop.ts_ns);
-        self.hops.push((leg, hop));
+        if self.hops.len() < MAX_HOPS {
+            self.hops.push((leg, hop));
+        }
     }
 
     fn decide(&mut self, ts: u64) {
         self.decided_at.get_or_insert(ts);
+    }
+
+    /// Applies what an event says about the attempt's end.
+    fn settle(&mut self, d: Decision, ts: u64) {
+        match d {
+            Decision::Hard => self.decide(ts),
+            Decision::ClientGaveUp => {
+                self.closed_at.get_or_insert(ts);
+            }
+            Decision::None => {}
+        }
     }
 
     /// Hops of one leg.
@@ -88,7 +117,7 @@ impl Journey {
     pub fn client(&self) -> Option<(Ipv4Addr, u16)> {
         match self.id {
             JourneyId::Conn(k) => Some((k.client, k.client_port)),
-            JourneyId::NoRoute { .. } => None,
+            JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } => None,
         }
     }
 }
@@ -102,7 +131,14 @@ pub struct Timing {
     pub quiet_ns: u64,
     /// Route/socket events wait this long for the packet they belong to.
     pub pending_ns: u64,
+    /// After the client gives up without an answer, a reply is still awaited this long (a
+    /// slow guest answers after the orchestrator's 50 ms timeout).
+    pub late_ns: u64,
 }
+
+/// The default late window: a reply seconds late is not "late" any more but a separate
+/// problem, and Linux retransmits an unanswered SYN after 1 s.
+pub const LATE_WINDOW_NS: u64 = 1_000_000_000;
 
 impl Default for Timing {
     fn default() -> Self {
@@ -110,8 +146,30 @@ impl Default for Timing {
             settle_ns: 15_000_000,
             quiet_ns: 400_000_000,
             pending_ns: 20_000_000,
+            late_ns: LATE_WINDOW_NS,
         }
     }
+}
+
+/// Most hops kept per journey.
+pub const MAX_HOPS: usize = 512;
+/// Most journeys open at once; beyond, the oldest is finished early.
+pub const MAX_OPEN: usize = 8192;
+/// Most events waiting for the packet they belong to.
+pub const MAX_PENDING: usize = 8192;
+/// Most finished attempts remembered (to ignore their late packets).
+pub const MAX_FINISHED: usize = 65536;
+/// Most neighbour states remembered.
+pub const MAX_NEIGH: usize = 8192;
+
+/// What an event says about the end of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Decides it: connected, a RST received, a packet dropped.
+    Hard,
+    /// The client gave up: a late reply may still come.
+    ClientGaveUp,
+    None,
 }
 
 /// `-EAGAIN`: a fib table had no matching route (`fib_lookup` turns it into ENETUNREACH).
@@ -176,7 +234,9 @@ impl Correlator {
             HopKind::Neigh {
                 address, new_state, ..
             } => {
-                self.neigh.insert((hop.netns, *address), (*new_state, hop.ts_ns));
+                if self.neigh.len() < MAX_NEIGH || self.neigh.contains_key(&(hop.netns, *address)) {
+                    self.neigh.insert((hop.netns, *address), (*new_state, hop.ts_ns));
+                }
                 self.push_neigh(hop);
             }
             _ => self.push_packet(hop),
@@ -231,7 +291,7 @@ impl Correlator {
         let is_drop = matches!(hop.kind, HopKind::Drop { .. });
         let handshake = hop.is_syn() || hop.is_syn_ack() || hop.is_rst();
         let ts = hop.ts_ns;
-        let j = self.open.get_mut(&key).expect("journey just ensured");
+        let Some(j) = self.open.get_mut(&key) else { return };
         // Once decided, only the handshake matters: the data exchange that follows a
         // connection is not part of the attempt.
         if j.decided_at.is_some() && !handshake {
@@ -252,12 +312,10 @@ impl Correlator {
         let pending = self.pending_sock.remove(&sk).unwrap_or_default();
         if let Some(j) = self.open.get_mut(&key) {
             for h in pending {
-                let decisive = is_decisive(&h);
+                let d = decision(&h);
                 let ts = h.ts_ns;
                 j.push(Leg::Control, h);
-                if decisive {
-                    j.decide(ts);
-                }
+                j.settle(d, ts);
             }
             j.hops.sort_by_key(|(_, h)| h.ts_ns);
         }
@@ -276,8 +334,37 @@ impl Correlator {
             j.push(Leg::Control, r);
         }
         j.hops.sort_by_key(|(_, h)| h.ts_ns);
+        if self.open.len() >= MAX_OPEN {
+            self.finish_oldest();
+        }
         self.by_client.insert(client, key);
         self.open.insert(key, j);
+    }
+
+    /// Finishes the journey that started first (the table of open journeys is full).
+    fn finish_oldest(&mut self) {
+        let Some(k) = self.open.iter().min_by_key(|(_, j)| j.first_ns).map(|(k, _)| *k) else {
+            return;
+        };
+        let now = self.open[&k].last_ns;
+        self.close_out(k, now);
+    }
+
+    /// Moves a finished journey out of the open table (to `ready`), remembering its key and
+    /// sockets for a while to ignore their late packets.
+    fn close_out(&mut self, k: ConnKey, now_ns: u64) {
+        let Some(j) = self.open.remove(&k) else { return };
+        self.finished.insert(k, now_ns);
+        self.by_sock.retain(|sk, key| {
+            if *key == k {
+                self.finished_sock.insert(*sk, now_ns);
+            }
+            *key != k
+        });
+        if self.by_client.get(&(k.client, k.client_port)) == Some(&k) {
+            self.by_client.remove(&(k.client, k.client_port));
+        }
+        self.ready.push(j);
     }
 
     fn push_socket(&mut self, hop: Hop) {
@@ -296,7 +383,7 @@ impl Correlator {
             // A new attempt (the address of a freed socket may be reused).
             self.by_sock.remove(&sk);
             self.finished_sock.remove(&sk);
-            self.pending_sock.entry(sk).or_default().push(hop);
+            self.park_socket_event(sk, hop);
             return;
         }
         // By socket; events without one (test fixtures) by client address and port.
@@ -307,19 +394,29 @@ impl Correlator {
         };
         match key.filter(|k| self.open.contains_key(k)) {
             Some(k) => {
-                let decisive = is_decisive(&hop);
+                let d = decision(&hop);
                 let ts = hop.ts_ns;
-                let j = self.open.get_mut(&k).expect("checked");
-                if j.decided_at.is_some() && !decisive {
+                let Some(j) = self.open.get_mut(&k) else { return };
+                if j.decided_at.is_some() && d == Decision::None {
                     return;
                 }
                 j.push(Leg::Control, hop);
-                if decisive {
-                    j.decide(ts);
-                }
+                j.settle(d, ts);
             }
             None if self.finished_sock.contains_key(&sk) || key.is_some() => {}
-            None => self.pending_sock.entry(sk).or_default().push(hop),
+            None => self.park_socket_event(sk, hop),
+        }
+    }
+
+    /// Keeps a socket event until its SYN shows up (bounded: a flood of sockets that never
+    /// send a SYN on the path must not grow the tracer).
+    fn park_socket_event(&mut self, sk: u64, hop: Hop) {
+        if self.pending_sock.len() >= MAX_PENDING && !self.pending_sock.contains_key(&sk) {
+            return;
+        }
+        let hops = self.pending_sock.entry(sk).or_default();
+        if hops.len() < 16 {
+            hops.push(hop);
         }
     }
 
@@ -336,7 +433,8 @@ impl Correlator {
         });
         match target {
             Some(j) => j.push(Leg::Control, hop),
-            None => self.pending_route.push(hop),
+            None if self.pending_route.len() < MAX_PENDING => self.pending_route.push(hop),
+            None => {}
         }
     }
 
@@ -360,30 +458,64 @@ impl Correlator {
         let due: Vec<ConnKey> = self
             .open
             .iter()
-            .filter(|(_, j)| match j.decided_at {
-                Some(d) => now_ns >= d + t.settle_ns,
-                None => now_ns >= j.last_ns + t.quiet_ns,
+            .filter(|(_, j)| match (j.decided_at, j.closed_at) {
+                (Some(d), _) => now_ns >= d + t.settle_ns,
+                (None, Some(c)) => now_ns >= c + t.late_ns.max(t.settle_ns),
+                (None, None) => now_ns >= j.last_ns + t.quiet_ns,
             })
             .map(|(k, _)| *k)
             .collect();
-        let mut out = std::mem::take(&mut self.ready);
         for k in due {
-            if let Some(j) = self.open.remove(&k) {
-                self.finished.insert(k, now_ns);
-                self.by_sock.retain(|sk, key| {
-                    if *key == k {
-                        self.finished_sock.insert(*sk, now_ns);
-                    }
-                    *key != k
-                });
-                out.push(j);
-            }
+            self.close_out(k, now_ns);
         }
+        let mut out = std::mem::take(&mut self.ready);
         out.sort_by_key(|j| j.first_ns);
         out
     }
 
+    /// A connect() from namespace `netns` to `dst:port` failed at once with `errno` (the
+    /// client says so; no packet exists). The route lookups that failed on the way are its
+    /// evidence.
+    pub fn connect_failed(&mut self, netns: u32, dst: Ipv4Addr, port: u16, errno: i32, at_ns: u64) {
+        let mut j = Journey::new(
+            JourneyId::NotSent {
+                netns,
+                dst,
+                port,
+                errno,
+                at_ns,
+            },
+            at_ns,
+        );
+        j.target = Some((dst, port));
+        let (routes, rest): (Vec<Hop>, Vec<Hop>) = std::mem::take(&mut self.pending_route)
+            .into_iter()
+            .partition(|r| r.dst() == dst);
+        self.pending_route = rest;
+        for r in routes {
+            j.push(Leg::Control, r);
+        }
+        j.decide(at_ns);
+        self.ready.push(j);
+    }
+
     /// Everything still open (at exit).
+    /// Journeys whose end is known (a drop, a reset, a connection, a late reply) before
+    /// their settle time has passed, with the ones already due: what a stopping trace still
+    /// reports. Open attempts stay ([`Correlator::open_count`]).
+    pub fn take_decided(&mut self, now_ns: u64) -> Vec<Journey> {
+        let decided: Vec<ConnKey> = self
+            .open
+            .iter()
+            .filter(|(_, j)| j.decided_at.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in decided {
+            self.close_out(k, now_ns);
+        }
+        self.take_due(now_ns)
+    }
+
     pub fn take_all(&mut self) -> Vec<Journey> {
         self.expire(u64::MAX);
         let mut out = std::mem::take(&mut self.ready);
@@ -424,17 +556,39 @@ impl Correlator {
         let keep_finished = now_ns.saturating_sub(10_000_000_000);
         self.finished.retain(|_, t| *t >= keep_finished);
         self.finished_sock.retain(|_, t| *t >= keep_finished);
+        cap_by_age(&mut self.finished, MAX_FINISHED);
+        cap_by_age(&mut self.finished_sock, MAX_FINISHED);
+        let keep_neigh = now_ns.saturating_sub(60_000_000_000);
+        self.neigh.retain(|_, (_, t)| *t >= keep_neigh);
     }
 }
 
-/// Socket events that decide an attempt: connected, or given up (timeout, RST).
-fn is_decisive(h: &Hop) -> bool {
+/// Keeps the `cap` newest entries of a map of timestamps.
+fn cap_by_age<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, cap: usize) {
+    if map.len() <= cap {
+        return;
+    }
+    let mut times: Vec<u64> = map.values().copied().collect();
+    times.sort_unstable();
+    let cut = times[times.len() - cap];
+    map.retain(|_, t| *t >= cut);
+}
+
+/// What a socket event says about the attempt: connected or reset decides it; a close from
+/// SYN_SENT means the client gave up, and a late reply may still come.
+fn decision(h: &Hop) -> Decision {
     match h.kind {
         HopKind::Socket {
-            old_state, new_state, ..
-        } => new_state == TCP_ESTABLISHED || (old_state == TCP_SYN_SENT && new_state == TCP_CLOSE),
-        HopKind::RecvReset => true,
-        _ => false,
+            new_state: TCP_ESTABLISHED,
+            ..
+        }
+        | HopKind::RecvReset => Decision::Hard,
+        HopKind::Socket {
+            old_state: TCP_SYN_SENT,
+            new_state: TCP_CLOSE,
+            ..
+        } => Decision::ClientGaveUp,
+        _ => Decision::None,
     }
 }
 
@@ -510,13 +664,81 @@ pub mod tests {
         let mut close = hop(3, "e2b-host", "", sock(TCP_SYN_SENT, TCP_CLOSE), portless);
         close.sk = 0xabc;
         c.push(close);
-        let done = c.take_due(3 + t.settle_ns);
+        assert!(
+            c.take_due(3 + t.settle_ns).is_empty(),
+            "a client that gave up may still get a late reply"
+        );
+        let done = c.take_due(3 + t.late_ns);
         assert_eq!(
             done.len(),
             1,
-            "decided by the socket's close, not by the quiet timeout"
+            "finished by the late window after the close, not by the quiet timeout"
         );
         assert_eq!(done[0].hops.len(), 3);
+        assert_eq!(done[0].closed_at, Some(3));
+    }
+
+    #[test]
+    fn a_late_reply_joins_the_attempt_and_its_drop_decides_it() {
+        let t = Timing::default();
+        let mut c = Correlator::new(&[49983], t);
+        c.push(hop(
+            1,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            syn(),
+        ));
+        c.push(sock_hop(50_000_000, TCP_SYN_SENT, TCP_CLOSE));
+        c.push(hop(
+            80_000_000,
+            "ns-1",
+            "tap0",
+            HopKind::Tcx { ingress: true },
+            syn_ack_guest(),
+        ));
+        let mut dropped = syn_ack_guest();
+        dropped.saddr = ip("10.11.0.1");
+        c.push(hop(
+            80_100_000,
+            "e2b-host",
+            "veth-1",
+            HopKind::Drop {
+                reason: crate::reason::DropReason::new("NO_SOCKET"),
+            },
+            dropped,
+        ));
+        let done = c.take_due(80_100_000 + t.settle_ns);
+        assert_eq!(
+            done.len(),
+            1,
+            "the reply's fate decides it before the window ends"
+        );
+        assert_eq!(done[0].leg(Leg::Reply).count(), 2);
+    }
+
+    #[test]
+    fn tables_stay_bounded() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        for port in 0..(MAX_OPEN as u32 + 100) {
+            let mut p = syn();
+            p.sport = (port % 60000) as u16 + 1;
+            p.saddr = port;
+            p.seq = port;
+            c.push(hop(
+                port as u64 + 1,
+                "e2b-host",
+                "veth-1",
+                HopKind::Tcx { ingress: false },
+                p,
+            ));
+        }
+        assert!(c.open_count() <= MAX_OPEN);
+        assert_eq!(
+            c.take_all().len(),
+            MAX_OPEN + 100,
+            "none is lost, the oldest finish early"
+        );
     }
 
     #[test]

@@ -88,6 +88,15 @@ pub struct TraceArgs {
     #[arg(long)]
     pub all_hops: bool,
 
+    /// How long an attempt is still followed after its client gave up: a SYN-ACK (or RST) in
+    /// that time makes the verdict `late` (a slow guest, not a broken path) instead of
+    /// `no_reply`. 0 turns it off. Verdicts of attempts that got no answer come this much
+    /// later; drops, resets and refusals are reported at once. The default, 1s, is 20 times
+    /// the orchestrator's 50 ms attempt: it catches a busy, booting or CPU-starved guest's
+    /// reply and keeps a one-shot trace near a second; a guest slower than that is `no_reply`.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub late_window: Duration,
+
     /// Size of the kernel's event ring buffer (a power of two, 4096 to 1 GiB). The default,
     /// 4 MiB, holds seconds of a failing orchestrator's retries; events that do not fit are
     /// counted, shown on stderr, and on every verdict they may have touched (`lost_events`).

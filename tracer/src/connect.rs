@@ -26,6 +26,9 @@ pub enum AttemptResult {
     Status(u16),
     Timeout,
     Refused,
+    /// connect() failed at once with this errno: no packet was sent (a prohibit or
+    /// blackhole route or rule, no route, a local firewall).
+    NotSent(i32),
     Error(String),
 }
 
@@ -34,6 +37,8 @@ pub struct Attempt {
     pub local_port: u16,
     pub result: AttemptResult,
     pub latency: Duration,
+    /// How long it would wait.
+    pub timeout: Duration,
 }
 
 /// What the prober tells the trace.
@@ -82,14 +87,21 @@ pub fn attempt(target: SocketAddrV4) -> Attempt {
     attempt_reporting(target, ATTEMPT_TIMEOUT, |_| true)
 }
 
+/// Like [`attempt`], waiting up to `timeout`.
+pub fn attempt_waiting(target: SocketAddrV4, timeout: Duration) -> Attempt {
+    attempt_reporting(target, timeout, |_| true)
+}
+
 /// Like [`attempt`], telling `bound` the local port before connecting.
 fn attempt_reporting(target: SocketAddrV4, timeout: Duration, bound: impl FnOnce(u16) -> bool) -> Attempt {
-    let start = Instant::now();
+    let mut start = Instant::now();
     let (local_port, result) = match Conn::bind(timeout) {
         Err(e) => (0, AttemptResult::Error(e.to_string())),
         Ok(c) => {
             let port = c.port;
             bound(port);
+            // The timeout counts from the connect, as a dialer's does.
+            start = Instant::now();
             (port, c.run(target, start))
         }
     };
@@ -97,6 +109,7 @@ fn attempt_reporting(target: SocketAddrV4, timeout: Duration, bound: impl FnOnce
         local_port,
         result,
         latency: start.elapsed(),
+        timeout,
     }
 }
 
@@ -140,8 +153,11 @@ impl Conn {
     }
 
     fn run(self, target: SocketAddrV4, start: Instant) -> AttemptResult {
+        if let Err(errno) = self.start_connect(target) {
+            return AttemptResult::NotSent(errno);
+        }
         match self
-            .connect(target, start)
+            .finish_connect(start)
             .and_then(|()| self.request(target, start))
         {
             Ok(status) => AttemptResult::Status(status),
@@ -156,7 +172,8 @@ impl Conn {
         }
     }
 
-    fn connect(&self, target: SocketAddrV4, start: Instant) -> io::Result<()> {
+    /// Starts the non-blocking connect; the errno when it fails at once (nothing was sent).
+    fn start_connect(&self, target: SocketAddrV4) -> Result<(), i32> {
         let sa = sockaddr(target);
         // SAFETY: valid fd and sockaddr.
         let r = unsafe {
@@ -167,11 +184,15 @@ impl Conn {
             )
         };
         if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            if e != libc::EINPROGRESS {
                 return Err(e);
             }
         }
+        Ok(())
+    }
+
+    fn finish_connect(&self, start: Instant) -> io::Result<()> {
         self.wait(libc::POLLOUT, start)?;
         let mut err: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as u32;
@@ -249,7 +270,8 @@ impl Conn {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // Rounded up: poll must not give up before the deadline.
+        let ms = left.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128) as i32;
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         match n {
             0 => Err(io::ErrorKind::TimedOut.into()),

@@ -18,6 +18,8 @@ use netlink_packet_route::{
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     nsid::{NsidAttribute, NsidMessage},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+    tc::{TcAttribute, TcHandle, TcMessage, TcStats2},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use serde::Serialize;
@@ -43,6 +45,8 @@ pub struct Snapshot {
     pub addrs: Vec<Addr>,
     pub routes: Vec<Route>,
     pub neighbours: Vec<Neighbour>,
+    /// Policy routing rules (empty when they could not be read).
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -89,6 +93,18 @@ pub struct Route {
     pub metric: u32,
 }
 
+/// A device's root queue discipline and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Qdisc {
+    pub ifindex: u32,
+    /// `noqueue`, `pfifo_fast`, `fq_codel`, `tbf`, `pfifo`, ...
+    pub kind: String,
+    /// Packets it dropped since it was created.
+    pub drops: u32,
+    /// Packets waiting in it now.
+    pub qlen: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Neighbour {
     pub ifindex: u32,
@@ -121,14 +137,7 @@ impl Snapshot {
     }
 }
 
-/// True when `ip` is inside `net/prefix`.
-pub fn prefix_contains(net: Ipv4Addr, prefix: u8, ip: Ipv4Addr) -> bool {
-    if prefix == 0 {
-        return true;
-    }
-    let mask = u32::MAX << (32 - u32::from(prefix.min(32)));
-    u32::from(net) & mask == u32::from(ip) & mask
-}
+pub use tracer_model::net::prefix_contains;
 
 /// Everything [`Snapshot`] holds, read from namespace `ns`.
 pub fn snapshot(ns: &Netns) -> Result<Snapshot> {
@@ -208,6 +217,7 @@ impl Rtnl {
             addrs: self.addrs()?,
             routes: self.routes()?,
             neighbours: self.neighbours()?,
+            rules: self.rules().unwrap_or_default(),
         })
     }
 
@@ -255,6 +265,29 @@ impl Rtnl {
             RouteNetlinkMessage::NewRoute(r) => route_from(r),
             _ => None,
         })
+    }
+
+    /// IPv4 policy routing rules (`ip rule`), by priority.
+    pub fn rules(&mut self) -> Result<Vec<Rule>> {
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let mut rules = self.dump_as(RouteNetlinkMessage::GetRule(msg), |m| match m {
+            RouteNetlinkMessage::NewRule(r) => rule_from(r),
+            _ => None,
+        })?;
+        rules.sort_by_key(|r| r.priority);
+        Ok(rules)
+    }
+
+    /// The root queue disciplines of every device.
+    pub fn qdiscs(&mut self) -> Result<Vec<Qdisc>> {
+        self.dump_as(
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+            |m| match m {
+                RouteNetlinkMessage::NewQueueDiscipline(q) => qdisc_from(q),
+                _ => None,
+            },
+        )
     }
 
     pub fn neighbours(&mut self) -> Result<Vec<Neighbour>> {
@@ -566,6 +599,163 @@ pub fn route_from(msg: &RouteMessage) -> Option<Route> {
     Some(route)
 }
 
+/// One policy routing rule, as far as the route of a locally made connection depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub priority: u32,
+    pub dst: Option<(Ipv4Addr, u8)>,
+    pub src: Option<(Ipv4Addr, u8)>,
+    /// Matches the tracer cannot evaluate for a given connection (iif, oif, fwmark, ports,
+    /// uid ranges ...): the rule may or may not apply.
+    pub conditional: bool,
+    pub table: u32,
+    /// `lookup`, `blackhole`, `unreachable`, `prohibit`, `goto`, `nop`.
+    pub action: String,
+}
+
+impl Rule {
+    /// As `ip rule` prints it.
+    pub fn text(&self) -> String {
+        let mut s = format!("{}:", self.priority);
+        match self.src {
+            Some((a, p)) => s += &format!(" from {a}/{p}"),
+            None => s += " from all",
+        }
+        if let Some((a, p)) = self.dst {
+            s += &format!(" to {a}/{p}");
+        }
+        if self.conditional {
+            s += " (and more matches)";
+        }
+        match self.action.as_str() {
+            "lookup" => s += &format!(" lookup {}", table_name(self.table)),
+            other => s += &format!(" {other}"),
+        }
+        s
+    }
+}
+
+/// `main`, `local`, `default`, or the number.
+pub fn table_name(t: u32) -> String {
+    match t {
+        RT_TABLE_MAIN => "main".into(),
+        RT_TABLE_LOCAL => "local".into(),
+        253 => "default".into(),
+        n => n.to_string(),
+    }
+}
+
+pub fn rule_from(msg: &RuleMessage) -> Option<Rule> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let mut r = Rule {
+        priority: 0,
+        dst: None,
+        src: None,
+        conditional: false,
+        table: u32::from(msg.header.table),
+        action: match msg.header.action {
+            RuleAction::ToTable => "lookup",
+            RuleAction::Goto => "goto",
+            RuleAction::Nop => "nop",
+            RuleAction::Blackhole => "blackhole",
+            RuleAction::Unreachable => "unreachable",
+            RuleAction::Prohibit => "prohibit",
+            _ => "other",
+        }
+        .into(),
+    };
+    let v4 = |a: &std::net::IpAddr| match a {
+        std::net::IpAddr::V4(v) => Some(*v),
+        _ => None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RuleAttribute::Priority(p) => r.priority = *p,
+            RuleAttribute::Table(t) => r.table = *t,
+            RuleAttribute::Destination(a) => r.dst = v4(a).map(|a| (a, msg.header.dst_len)),
+            RuleAttribute::Source(a) => r.src = v4(a).map(|a| (a, msg.header.src_len)),
+            RuleAttribute::Iifname(_)
+            | RuleAttribute::Oifname(_)
+            | RuleAttribute::FwMark(_)
+            | RuleAttribute::UidRange(_)
+            | RuleAttribute::IpProtocol(_)
+            | RuleAttribute::SourcePortRange(_)
+            | RuleAttribute::DestinationPortRange(_)
+            | RuleAttribute::TunId(_) => r.conditional = true,
+            _ => {}
+        }
+    }
+    if msg.header.tos != 0 {
+        r.conditional = true;
+    }
+    Some(r)
+}
+
+/// What refuses to route a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocker<'a> {
+    /// A policy rule whose action is blackhole/unreachable/prohibit.
+    Rule(&'a Rule),
+    /// A blackhole/unreachable/prohibit route, reached through this rule.
+    Route(&'a Route, &'a Rule),
+}
+
+impl Blocker<'_> {
+    /// As `ip rule`/`ip route` would name it.
+    pub fn text(&self) -> String {
+        match self {
+            Self::Rule(r) => format!("policy rule {}", r.text()),
+            Self::Route(x, r) => format!(
+                "route {} {}/{} in table {} (reached by rule {})",
+                x.kind,
+                x.dst,
+                x.prefix,
+                table_name(x.table),
+                r.text()
+            ),
+        }
+    }
+}
+
+/// Why a connection to `dst` (from `src`) cannot be routed: the first policy rule that
+/// applies, and what it leads to. None when it leads to an ordinary route (or nothing
+/// decides). Rules with matches the tracer cannot evaluate are passed over.
+pub fn route_blocker<'a>(
+    rules: &'a [Rule],
+    routes: &'a [Route],
+    dst: Ipv4Addr,
+    src: Option<Ipv4Addr>,
+) -> Option<Blocker<'a>> {
+    const REFUSING: [&str; 3] = ["blackhole", "unreachable", "prohibit"];
+    for r in rules {
+        let applies = !r.conditional
+            && r.dst.is_none_or(|(a, p)| prefix_contains(a, p, dst))
+            && r.src
+                .is_none_or(|(a, p)| src.is_none_or(|s| prefix_contains(a, p, s)));
+        if !applies {
+            continue;
+        }
+        match r.action.as_str() {
+            a if REFUSING.contains(&a) => return Some(Blocker::Rule(r)),
+            "lookup" => {
+                let best = routes
+                    .iter()
+                    .filter(|x| x.table == r.table && prefix_contains(x.dst, x.prefix, dst))
+                    .min_by_key(|x| (std::cmp::Reverse(x.prefix), x.metric));
+                match best {
+                    Some(x) if REFUSING.contains(&x.kind.as_str()) => return Some(Blocker::Route(x, r)),
+                    Some(_) => return None,
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The words `ip route` uses for a route type.
 pub fn route_kind(kind: RouteType) -> String {
     match kind {
@@ -584,6 +774,34 @@ pub fn route_kind(kind: RouteType) -> String {
         RouteType::Other(n) => format!("type{n}"),
         _ => "unknown".into(),
     }
+}
+
+/// A root qdisc; None for the others (classes' children, ingress).
+pub fn qdisc_from(msg: &TcMessage) -> Option<Qdisc> {
+    if msg.header.parent != TcHandle::ROOT {
+        return None;
+    }
+    let mut q = Qdisc {
+        ifindex: u32::try_from(msg.header.index).ok()?,
+        kind: String::new(),
+        drops: 0,
+        qlen: 0,
+    };
+    for a in &msg.attributes {
+        match a {
+            TcAttribute::Kind(k) => q.kind = k.clone(),
+            TcAttribute::Stats(s) => (q.drops, q.qlen) = (s.drops, s.qlen),
+            TcAttribute::Stats2(all) => {
+                for s in all {
+                    if let TcStats2::Queue(s) = s {
+                        (q.drops, q.qlen) = (s.drops, s.qlen);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(q)
 }
 
 /// An IPv4 neighbour entry; None for other families.

@@ -25,12 +25,25 @@ const READER: &[&str] = &[
     "guest_neighbour",
 ];
 const TAP: &[&str] = &["tap_exists", "tap_up", "guest_route", "tap_addr"];
+const LINKS: &[&str] = &["ns_veth", "host_veth"];
 
 /// The problem checks that explain `v`, as sentences ("tap0 in ns-1 has no carrier: no
 /// process reads it ..."), most specific first. Empty when none does (or it connected).
 pub fn explain(v: &Verdict, checks: &[Check]) -> Vec<String> {
-    if v.outcome == Outcome::Connected {
-        return Vec::new();
+    match v.outcome {
+        Outcome::Connected => return Vec::new(),
+        // Nothing places the loss and no finding points anywhere: every problem the doctor
+        // found on the path may explain it.
+        Outcome::Unknown if v.findings.is_empty() => {
+            let mut out: Vec<String> = Vec::new();
+            for c in checks.iter().filter(|c| c.status == Status::Problem) {
+                if !out.contains(&c.evidence) {
+                    out.push(c.evidence.clone());
+                }
+            }
+            return out;
+        }
+        _ => {}
     }
     let place = place_netns(v);
     let mut out: Vec<String> = Vec::new();
@@ -92,9 +105,12 @@ fn by_outcome(v: &Verdict) -> Vec<&'static str> {
     match v.outcome {
         Outcome::Dropped => v.drop.as_ref().map(by_drop).unwrap_or_default(),
         Outcome::Unreachable => match v.unreachable.as_ref().map(|u| u.kind) {
-            Some(UnreachableKind::Neighbour) => READER.to_vec(),
-            _ => ROUTES.to_vec(),
+            Some(UnreachableKind::Neighbour) => [READER, LINKS].concat(),
+            // A device that went down takes its routes with it.
+            _ => [ROUTES, LINKS].concat(),
         },
+        Outcome::Queued => READER.to_vec(),
+        Outcome::Late => vec!["envd"],
         Outcome::Reset => match v.reset.as_ref().map(|r| r.by) {
             Some(ResetBy::Stack) => vec!["dnat", "guest_route", "host_route"],
             _ => vec!["envd"],
@@ -119,7 +135,9 @@ fn by_drop(d: &DropInfo) -> Vec<&'static str> {
         ReasonClass::TapNotRead | ReasonClass::QueuePurge | ReasonClass::Neighbour => READER.to_vec(),
         _ if in_neigh => READER.to_vec(),
         ReasonClass::PacketTooBig => vec!["mtu"],
-        _ if d.function.as_deref() == Some("ip_error") => vec!["ip_forward"],
+        ReasonClass::QdiscDrop => vec!["qdisc"],
+        // ip_error: forwarding is off, or the route found refuses (unreachable, prohibit).
+        _ if d.function.as_deref() == Some("ip_error") => [&["ip_forward"], ROUTES].concat(),
         _ => Vec::new(),
     }
 }
@@ -298,6 +316,7 @@ mod tests {
             netns: Some("ns-1".into()),
             device: Some("tap0".into()),
             state: Some("QUEUE_PURGE".into()),
+            errno: None,
         });
         let e = explained(&v);
         assert_eq!(
@@ -323,6 +342,7 @@ mod tests {
             netns: Some("e2b-host".into()),
             device: None,
             state: None,
+            errno: None,
         });
         assert_eq!(explained(&v), ["e2b-host has no route to 10.11.0.1"]);
     }
@@ -337,7 +357,11 @@ mod tests {
         });
         assert_eq!(explained(&v), ["connection refused (RST)"]);
         assert!(explained(&verdict(Outcome::Connected)).is_empty());
-        assert!(explain(&verdict(Outcome::Unknown), &checks()).is_empty());
+        assert_eq!(
+            explain(&verdict(Outcome::Unknown), &checks()).len(),
+            13,
+            "an unknown outcome cites every problem on the path"
+        );
         // Passed checks are never cited.
         let mut v = verdict(Outcome::Dropped);
         v.drop = Some(drop("ns-1", "tap0", None, "PKT_TOO_BIG", "x"));

@@ -19,13 +19,16 @@ use crate::{
     connect::{self, Attempt, AttemptResult},
     firewall::{Rulesets, Table},
     netns::Netns,
-    netstate::{self, Link, Rtnl, Snapshot},
+    netstate::{self, Link, Qdisc, Rtnl, Snapshot},
     sandbox::{self, Sandbox},
 };
 
 pub const ENVD_PORT: u16 = 49983;
 /// Connection attempts at most (see [`envd_attempt`]).
 const ENVD_ATTEMPTS: usize = 3;
+/// The last, patient attempt when every short one timed out: a guest that answers within it
+/// is slow, not unreachable (the trace's `--late-window` default).
+const PATIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// E2B's guest address, when the namespace's rules do not say (the DNAT may be the fault).
 pub const DEFAULT_GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
 const TUN_PATH: &str = "/dev/net/tun";
@@ -51,6 +54,9 @@ pub struct Facts {
     /// None with --no-connect (or when there is no host IP to connect to).
     /// The attempts made, the last one deciding.
     pub envd: Option<Result<Vec<Attempt>, String>>,
+    /// Root queue disciplines of both namespaces, (namespace inode, qdisc), read after the
+    /// envd attempt so their drop counters include it.
+    pub qdiscs: Vec<(u32, Qdisc)>,
     pub own_inode: Option<u32>,
     /// Inode of `/var/run/netns/<name>` now, for a named namespace.
     pub netns_file: Option<Result<u32, String>>,
@@ -206,6 +212,14 @@ pub fn gather(sb: &Sandbox, connect: bool, shared: &Shared) -> Facts {
         (true, Some(ip)) => Some(envd_attempt(sb.host_ns.as_ref(), own.as_ref(), ip)),
         _ => None,
     };
+    let qdiscs = [Some(&sb.netns), sb.host_ns.as_ref()]
+        .into_iter()
+        .flatten()
+        .flat_map(|ns| {
+            let read = Rtnl::open(ns).and_then(|mut r| r.qdiscs()).unwrap_or_default();
+            read.into_iter().map(|q| (ns.inode, q))
+        })
+        .collect();
     let vmm = read_vmm(sb);
     let tun = read_tun(vmm.proc.as_ref().and(vmm.pid));
     let ns = read_ns(&sb.netns, &ns_sysctls(sb), shared).map_err(|e| format!("{e:#}"));
@@ -229,6 +243,7 @@ pub fn gather(sb: &Sandbox, connect: bool, shared: &Shared) -> Facts {
         host_ip,
         guest_ip,
         envd,
+        qdiscs,
         own_inode: own.map(|o| o.inode),
         netns_file: sb.netns.name.as_ref().map(|n| {
             crate::netns::inode_of(&Path::new(crate::netns::NETNS_DIR).join(n)).map_err(|e| format!("{e:#}"))
@@ -313,6 +328,9 @@ fn envd_attempt(host_ns: Option<&Netns>, own: Option<&Netns>, ip: Ipv4Addr) -> R
                 if done {
                     break;
                 }
+            }
+            if attempts.iter().all(|a| a.result == AttemptResult::Timeout) {
+                attempts.push(connect::attempt_waiting(target, PATIENT_TIMEOUT));
             }
             Ok(attempts)
         })

@@ -26,6 +26,8 @@ pub struct Reporter {
     sandbox: Option<SandboxRef>,
     groups: HashMap<String, Group>,
     order: Vec<String>,
+    /// Where the tracer could not attach (put on every record).
+    blind_spots: Vec<String>,
 }
 
 struct Group {
@@ -33,7 +35,12 @@ struct Group {
     first_ns: u64,
     last_ns: u64,
     reported_count: u64,
+    /// Reply delays of the group's attempts (the latest [`MAX_DELAYS`]).
+    delays: std::collections::VecDeque<f64>,
 }
+
+/// Reply delays kept per group for the repeat summary.
+const MAX_DELAYS: usize = 4096;
 
 impl Reporter {
     pub fn new(out: Output, all_hops: bool, path: Option<&ExpectedPath>) -> Self {
@@ -45,7 +52,14 @@ impl Reporter {
             sandbox: path.map(SandboxRef::from_path),
             groups: HashMap::new(),
             order: Vec::new(),
+            blind_spots: Vec::new(),
         }
+    }
+
+    /// Places the tracer could not attach to: every verdict says so.
+    pub fn with_blind_spots(mut self, blind_spots: Vec<String>) -> Self {
+        self.blind_spots = blind_spots;
+        self
     }
 
     /// Records a judged journey; prints it when it is the first of its kind (or always with
@@ -59,8 +73,15 @@ impl Reporter {
             first_ns,
             last_ns: first_ns,
             reported_count: 0,
+            delays: Default::default(),
         });
         g.record.count += if new { 0 } else { 1 };
+        if let Some(ms) = record.late.as_ref().map(|l| l.reply_ms).or(record.reply_ms) {
+            if g.delays.len() >= MAX_DELAYS {
+                g.delays.pop_front();
+            }
+            g.delays.push_back(ms);
+        }
         g.first_ns = g.first_ns.min(first_ns);
         g.last_ns = g.last_ns.max(first_ns);
         if new {
@@ -97,6 +118,7 @@ impl Reporter {
             rec.first_seen = hms(self.clock.unix_ns(g.first_ns));
             rec.last_seen = hms(self.clock.unix_ns(g.last_ns));
             rec.hops.clear();
+            rec.reply_delays_ms = record::DelaySummary::of(g.delays.make_contiguous());
             match self.out.format {
                 Format::Json => self.out.json_line(&rec)?,
                 Format::Text => {
@@ -125,18 +147,24 @@ impl Reporter {
             drop: parts.drop,
             reset: parts.reset,
             unreachable: parts.unreachable,
+            queued: parts.queued,
+            late: parts.late,
+            reply_ms: j.verdict.reply_ms,
             findings: parts.findings,
             cause: parts.cause,
             explained_by: j.explained_by.to_vec(),
+            evidence: parts.evidence,
             client: journey.client().map(|(a, p)| format!("{a}:{p}")),
             target: journey.target.map(|(a, p)| format!("{a}:{p}")),
             count: 1,
             first_seen: hms(self.clock.unix_ns(journey.first_ns)),
             last_seen: hms(self.clock.unix_ns(journey.last_ns)),
+            reply_delays_ms: None,
             verdict_latency_us: Clock::now_mono_ns()
                 .saturating_sub(journey.decided_at.unwrap_or(journey.last_ns))
                 / 1000,
             lost_events: j.lost_events,
+            blind_spots: self.blind_spots.clone(),
             hops: journey
                 .hops
                 .iter()

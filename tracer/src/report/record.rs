@@ -4,12 +4,16 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use tracer_model::{
+    facts::{FactUsed, ReaderFact},
     hook::Hook,
     hop::{Hop, HopKind},
     journey::{Journey, Leg},
     path::ExpectedPath,
     rule::RuleName,
-    verdict::{Direction, FindingKind, Outcome, ResetBy, UnreachableKind, Verdict},
+    tcp::nud_name,
+    verdict::{
+        Direction, FindingKind, LateFate, Outcome, QueueKind, ReplyKind, ResetBy, UnreachableKind, Verdict,
+    },
 };
 
 use super::{
@@ -88,6 +92,9 @@ pub struct UnreachableRecord {
     pub netns: Option<String>,
     pub device: Option<String>,
     pub state: Option<String>,
+    /// The error the client or the route lookup got (EACCES, ENETUNREACH ...).
+    #[serde(default)]
+    pub errno: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,6 +105,81 @@ pub struct FindingRecord {
     pub hook: Option<Hook>,
     pub table: Option<String>,
     pub detail: String,
+}
+
+/// The VMM process as /proc showed it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReaderRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub state: String,
+    pub holds_tap: bool,
+}
+
+impl From<&ReaderFact> for ReaderRecord {
+    fn from(r: &ReaderFact) -> Self {
+        Self {
+            pid: r.pid,
+            comm: r.comm.clone(),
+            state: r.state.to_string(),
+            holds_tap: r.holds_tap,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueuedRecord {
+    pub queue: QueueKind,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    /// The process that should read the tap (null: none holds it).
+    pub reader: Option<ReaderRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateRecord {
+    pub reply: ReplyKind,
+    /// ms from the SYN to the reply.
+    pub reply_ms: f64,
+    /// ms from the SYN to the client giving up.
+    pub timeout_ms: f64,
+    /// ms from the client giving up to the reply.
+    pub after_timeout_ms: f64,
+    /// What became of the reply: `{kind: dropped|reset, netns, device, reason}`.
+    pub fate: Option<LateFateRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LateFateRecord {
+    pub kind: String,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Reply delays of a group of attempts, in ms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DelaySummary {
+    pub count: usize,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl DelaySummary {
+    pub fn of(delays: &[f64]) -> Option<Self> {
+        let mut d: Vec<f64> = delays.iter().copied().filter(|x| x.is_finite()).collect();
+        if d.is_empty() {
+            return None;
+        }
+        d.sort_by(|a, b| a.total_cmp(b));
+        Some(Self {
+            count: d.len(),
+            min: d[0],
+            median: d[d.len() / 2],
+            max: d[d.len() - 1],
+        })
+    }
 }
 
 /// One decided journey (or group of identical ones) in JSON.
@@ -112,9 +194,22 @@ pub struct JourneyRecord {
     pub drop: Option<DropRecord>,
     pub reset: Option<ResetRecord>,
     pub unreachable: Option<UnreachableRecord>,
+    /// For `queued`: where the packet waits, and who should read it.
+    #[serde(default)]
+    pub queued: Option<QueuedRecord>,
+    /// For `late`: when the reply came and what became of it.
+    #[serde(default)]
+    pub late: Option<LateRecord>,
+    /// ms from the SYN to the first reply (connected, reset, late).
+    #[serde(default)]
+    pub reply_ms: Option<f64>,
     pub findings: Vec<FindingRecord>,
     pub cause: Option<FindingRecord>,
     pub explained_by: Vec<String>,
+    /// What the verdict rests on: the deciding event(s), and the facts read at decision time
+    /// (and where they were read).
+    #[serde(default)]
+    pub evidence: Vec<String>,
     pub client: Option<String>,
     pub target: Option<String>,
     /// How many attempts ended this way, and when.
@@ -123,10 +218,17 @@ pub struct JourneyRecord {
     pub last_seen: String,
     /// µs from the kernel event that decided the outcome to this record (report latency).
     pub verdict_latency_us: u64,
+    /// In `repeat` records of `late` and `connected` attempts: their reply delays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_delays_ms: Option<DelaySummary>,
     /// Events the kernel could not queue (ring buffer full) while this attempt ran: when
     /// not 0, the verdict may rest on fewer events than it should.
     #[serde(default)]
     pub lost_events: u64,
+    /// Places on the path the tracer could not attach to (a device whose tcx attach failed):
+    /// events there are missing, and the verdict says less about them.
+    #[serde(default)]
+    pub blind_spots: Vec<String>,
     pub hops: Vec<HopRecord>,
 }
 
@@ -158,8 +260,11 @@ pub struct VerdictParts {
     pub drop: Option<DropRecord>,
     pub reset: Option<ResetRecord>,
     pub unreachable: Option<UnreachableRecord>,
+    pub queued: Option<QueuedRecord>,
+    pub late: Option<LateRecord>,
     pub findings: Vec<FindingRecord>,
     pub cause: Option<FindingRecord>,
+    pub evidence: Vec<String>,
 }
 
 impl VerdictParts {
@@ -201,19 +306,55 @@ impl VerdictParts {
                 netns: u.netns.clone(),
                 device: u.device.clone(),
                 state: u.state.clone(),
+                errno: u.errno.clone(),
+            }),
+            queued: v.queued.as_ref().map(|q| QueuedRecord {
+                queue: q.queue,
+                netns: q.netns.clone(),
+                device: q.device.clone(),
+                reader: q.reader.as_ref().map(ReaderRecord::from),
+            }),
+            late: v.late.as_ref().map(|l| LateRecord {
+                reply: l.reply,
+                reply_ms: l.reply_ms,
+                timeout_ms: l.timeout_ms,
+                after_timeout_ms: l.after_timeout_ms,
+                fate: l.fate.as_ref().map(|f| match f {
+                    LateFate::Dropped {
+                        reason,
+                        netns,
+                        device,
+                    } => LateFateRecord {
+                        kind: "dropped".into(),
+                        netns: netns.clone(),
+                        device: device.clone(),
+                        reason: Some(reason.name().to_string()),
+                    },
+                    LateFate::ResetBy { netns } => LateFateRecord {
+                        kind: "reset".into(),
+                        netns: netns.clone(),
+                        device: None,
+                        reason: None,
+                    },
+                }),
             }),
             findings: v.findings.iter().map(finding).collect(),
             cause: v.cause.as_ref().map(finding),
+            evidence: evidence(j, path),
         }
     }
 
-    /// What makes two verdicts "the same failure" for aggregation.
+    /// What makes two verdicts "the same failure" for aggregation (timings apart: attempts
+    /// that are late by different amounts are the same problem).
     pub fn signature(&self, outcome: Outcome) -> String {
+        let late = self.late.as_ref().map(|l| (l.reply, &l.fate));
         serde_json::to_string(&(
             outcome,
             &self.drop,
             &self.reset,
             &self.unreachable,
+            &self.queued,
+            late,
             &self.findings,
         ))
         .unwrap_or_default()
@@ -293,4 +434,69 @@ pub fn hop_record(leg: Leg, h: &Hop, t0: u64) -> HopRecord {
         flags: h.is_packet().then(|| flags_str(h.pkt.flags)),
         detail: detail(h),
     }
+}
+
+/// The deciding event and the read facts, one line each.
+fn evidence(j: &Judged<'_>, path: Option<&ExpectedPath>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((leg, h)) = j.verdict.failing_hop.and_then(|i| j.journey.hops.get(i)) {
+        let r = hop_record(*leg, h, j.journey.first_ns);
+        out.push(format!(
+            "event: {} in {}{} at +{:.1} µs{}",
+            r.point,
+            r.netns,
+            r.device.map(|d| format!(", device {d}")).unwrap_or_default(),
+            r.t_us,
+            r.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+        ));
+    }
+    let label = |inode: u32| match path {
+        Some(p) if p.host_ns.inode == inode => p.host_ns.label(),
+        Some(p) if p.sandbox_ns.inode == inode => p.sandbox_ns.label(),
+        _ => format!("netns:{inode}"),
+    };
+    for f in &j.verdict.facts {
+        out.push(match f {
+            FactUsed::Neighbour(n) => format!(
+                "read (netlink, at decision time): neighbour {} on {} in {} is {}",
+                n.address,
+                n.device,
+                label(n.netns),
+                nud_name(n.state)
+            ),
+            FactUsed::Link(l) => format!(
+                "read (netlink, at decision time): {} in {} is {}, {}",
+                l.name,
+                label(l.netns),
+                if l.up { "up" } else { "down" },
+                if l.carrier {
+                    "with carrier"
+                } else {
+                    "without carrier"
+                }
+            ),
+            FactUsed::Reader(r) => format!(
+                "read (/proc/{}/stat, at decision time): pid {} ({}) is in state {}{}",
+                r.pid,
+                r.pid,
+                r.comm,
+                r.state,
+                if r.holds_tap {
+                    ", holding the tap"
+                } else {
+                    ", not holding the tap"
+                }
+            ),
+            FactUsed::NoReader => {
+                "read (/proc, at decision time): no process of the sandbox holds the tap".into()
+            }
+            FactUsed::RouteBlocker(b) => format!(
+                "read (netlink rules and routes, at decision time): {} in {} applies to {}",
+                b.what,
+                label(b.netns),
+                b.dst
+            ),
+        });
+    }
+    out
 }

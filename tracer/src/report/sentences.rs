@@ -2,11 +2,16 @@
 //! likely fix, the detail of each finding and why a rule is not named. Every sentence states
 //! what the verdict's fields (and so the events) show, nothing more.
 use tracer_model::{
+    facts::{FactUsed, ReaderFact},
     journey::Journey,
     path::ExpectedPath,
     reason::ReasonClass,
     rule::{RuleName, RuleNote, RuleText},
-    verdict::{Direction, Finding, FindingKind, Outcome, ResetBy, UnreachableKind, Verdict},
+    tcp::nud_name,
+    verdict::{
+        Direction, Finding, FindingKind, LateFate, Outcome, QueueKind, ReplyKind, ResetBy, UnreachableKind,
+        Verdict,
+    },
 };
 
 /// What a sentence is written from.
@@ -36,19 +41,20 @@ pub fn summary(f: Facts<'_>) -> String {
         .map(|(a, p)| format!("{a}:{p}"))
         .unwrap_or_else(|| "envd".into());
     let mut s = match v.outcome {
-        Outcome::Connected => return "connected: the SYN-ACK reached the client's socket".into(),
+        Outcome::Connected => return connected(v),
         Outcome::Dropped => dropped(f, &target),
         Outcome::Reset => reset(v, &target),
-        Outcome::NoReply => format!(
-            "the SYN to {target} was handed to the VMM through the tap, and nothing came back: the guest is silent"
-        ),
+        Outcome::NoReply => no_reply(v, &target),
         Outcome::Unreachable => unreachable(v),
+        Outcome::Queued => queued(v, &target),
+        Outcome::Late => late(v, &target),
         Outcome::Unknown => {
             let last = v.failing_hop.and_then(|i| f.journey.hops.get(i)).map(|(_, h)| h);
             match last {
                 Some(h) => format!(
-                    "the SYN to {target} was last seen in {} and then vanished without a drop event",
-                    place(&h.netns_name, &h.device)
+                    "the SYN to {target} was last seen in {} and then vanished without a drop event; {}",
+                    place(&h.netns_name, &h.device),
+                    checked_after(v, h.device.as_deref())
                 ),
                 None => format!("nothing of the attempt to {target} was seen on the path"),
             }
@@ -65,6 +71,15 @@ pub fn summary(f: Facts<'_>) -> String {
         s += &finding_detail(x, f.path);
     }
     s
+}
+
+fn connected(v: &Verdict) -> String {
+    match v.reply_ms {
+        Some(ms) => format!(
+            "connected: the SYN-ACK came back {ms:.1} ms after the SYN and reached the client's socket"
+        ),
+        None => "connected: the SYN-ACK reached the client's socket".into(),
+    }
 }
 
 fn dropped(f: Facts<'_>, target: &str) -> String {
@@ -96,7 +111,17 @@ fn dropped(f: Facts<'_>, target: &str) -> String {
     if let Some(func) = &d.function {
         s += &format!(" in {func}");
     }
-    s + ")"
+    s += ")";
+    // What was read at the place: the rule or route that refused it, the tap's reader.
+    for f in &f.verdict.facts {
+        match f {
+            FactUsed::RouteBlocker(b) => s += &format!(": the route to {} there is {}", b.dst, b.what),
+            FactUsed::Reader(r) => s += &format!(": the tap is not read, {}", reader_state(r)),
+            FactUsed::NoReader => s += ": no process holds the tap",
+            _ => {}
+        }
+    }
+    s
 }
 
 fn reset(v: &Verdict, target: &str) -> String {
@@ -116,22 +141,157 @@ fn reset(v: &Verdict, target: &str) -> String {
 }
 
 fn unreachable(v: &Verdict) -> String {
-    let u = v
-        .unreachable
-        .as_ref()
-        .expect("an unreachable verdict has its facts");
+    let Some(u) = v.unreachable.as_ref() else {
+        return "the destination was unreachable".into();
+    };
     match u.kind {
         UnreachableKind::Neighbour => format!(
-            "ARP for {} on {} was never answered (neighbour {}): nobody reads the tap, or the guest is down",
+            "ARP for {} on {} was never answered (neighbour {}): {}",
             u.address,
             place(&u.netns, &u.device),
-            u.state.as_deref().unwrap_or("?")
+            u.state.as_deref().unwrap_or("?"),
+            why_unanswered(v)
         ),
-        UnreachableKind::NoRoute => format!(
-            "no route to {} in {}",
-            u.address,
-            u.netns.as_deref().unwrap_or("?")
+        UnreachableKind::NoRoute | UnreachableKind::Prohibited | UnreachableKind::Blackhole => {
+            let ns = u.netns.as_deref().unwrap_or("?");
+            let what = match u.kind {
+                UnreachableKind::Prohibited => format!("routing to {} is forbidden in {ns}", u.address),
+                UnreachableKind::Blackhole => {
+                    format!("{ns} drops everything for {} (a blackhole)", u.address)
+                }
+                _ => format!("no route to {} in {ns}", u.address),
+            };
+            let errno = u.errno.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            let blocker = v.facts.iter().find_map(|f| match f {
+                FactUsed::RouteBlocker(b) => Some(format!(": {}", b.what)),
+                _ => None,
+            });
+            format!("{what}{errno}{}", blocker.unwrap_or_default())
+        }
+    }
+}
+
+/// Why ARP went unanswered, from the facts read (only what they show).
+fn why_unanswered(v: &Verdict) -> String {
+    let mut why: Vec<String> = v
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            FactUsed::Link(l) if !l.up => Some(format!("{} is down", l.name)),
+            FactUsed::Link(l) if !l.carrier => Some(format!("{} has no carrier", l.name)),
+            FactUsed::Reader(r) => Some(reader_state(r)),
+            FactUsed::NoReader => Some("no process reads the tap".into()),
+            _ => None,
+        })
+        .collect();
+    if why.is_empty() {
+        why.push("the next hop does not answer".into());
+    }
+    why.join("; ")
+}
+
+/// What the VMM process is doing, as /proc showed it.
+fn reader_state(r: &ReaderFact) -> String {
+    let who = format!("the VMM (pid {}, {})", r.pid, r.comm);
+    if !r.holds_tap {
+        return format!("{who} does not hold the tap open");
+    }
+    match r.state {
+        'T' | 't' => format!("{who} is stopped (state {})", r.state),
+        'R' => format!("{who} is running but did not read the tap (busy)"),
+        s => format!(
+            "{who} is alive (state {s}) but did not read the tap: its VM may be paused or its network queue full"
         ),
+    }
+}
+
+fn no_reply(v: &Verdict, target: &str) -> String {
+    let reader = v.facts.iter().find_map(|f| match f {
+        FactUsed::Reader(r) => Some(format!(" (pid {}, {})", r.pid, r.comm)),
+        _ => None,
+    });
+    format!(
+        "the VMM{} read the SYN to {target} from the tap, and nothing came back: the guest is silent",
+        reader.unwrap_or_default()
+    )
+}
+
+fn queued(v: &Verdict, target: &str) -> String {
+    let Some(q) = v.queued.as_ref() else {
+        return format!("the SYN to {target} waits in a queue");
+    };
+    let at = place(&q.netns, &q.device);
+    match q.queue {
+        QueueKind::Tap => format!(
+            "the SYN to {target} was handed to the tap ({at}) and never read: {}",
+            match &q.reader {
+                Some(r) => reader_state(r),
+                None => "no process holds the tap open (the VMM is gone)".into(),
+            }
+        ),
+        QueueKind::Qdisc => format!(
+            "the SYN to {target} went into the queue of {at} and was never transmitted: the device's queue discipline holds it"
+        ),
+    }
+}
+
+fn late(v: &Verdict, target: &str) -> String {
+    let Some(l) = v.late.as_ref() else {
+        return format!("the guest answered the SYN to {target} after the client had given up");
+    };
+    let reply = match l.reply {
+        ReplyKind::SynAck => "SYN-ACK",
+        ReplyKind::Rst => "RST",
+    };
+    let fate = match &l.fate {
+        Some(LateFate::Dropped {
+            reason,
+            netns,
+            device,
+        }) => format!(
+            "; the {reply} was dropped in {} (kernel reason {reason}{})",
+            place(netns, device),
+            if reason.is(ReasonClass::NoSocket) {
+                ": the client's socket was gone"
+            } else {
+                ""
+            }
+        ),
+        Some(LateFate::ResetBy { netns }) => format!(
+            "; the stack of {} answered it with RST (the client's socket was gone)",
+            netns.as_deref().unwrap_or("?")
+        ),
+        None => String::new(),
+    };
+    format!(
+        "the guest answered the SYN to {target} with a {reply} {} ms after it was sent, {} ms after the client had given up (its timeout: {} ms): the path works, the guest is slow{fate}",
+        l.reply_ms, l.after_timeout_ms, l.timeout_ms
+    )
+}
+
+/// What was checked after the last place a packet was seen, for an unknown outcome.
+fn checked_after(v: &Verdict, device: Option<&str>) -> String {
+    let bad: Vec<String> = v
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            FactUsed::Link(l) if !l.up => Some(format!("{} is down", l.name)),
+            FactUsed::Link(l) if !l.carrier => Some(format!("{} has no carrier", l.name)),
+            FactUsed::Neighbour(n) => Some(format!(
+                "neighbour {} on {} is {}",
+                n.address,
+                n.device,
+                nud_name(n.state)
+            )),
+            _ => None,
+        })
+        .collect();
+    match (bad.is_empty(), device) {
+        (false, _) => format!("read since: {}", bad.join("; ")),
+        (true, Some(d)) => format!(
+            "read since: {d} is up with carrier and no neighbour on it is unresolved, and no drop, queue or route event followed"
+        ),
+        (true, None) => "no drop, queue or route event followed".into(),
     }
 }
 
@@ -226,14 +386,75 @@ pub fn fix(f: Facts<'_>) -> Option<String> {
             _ => "the packet was not forwarded to the guest: check the DNAT and routes (tracer doctor)".into(),
         }),
         Outcome::NoReply => Some(
-            "the guest received the SYN but did not answer: check envd and the guest's network inside the VM"
+            "the VMM read the SYN but no answer came: check envd and the guest's network inside the VM"
                 .into(),
         ),
         Outcome::Unreachable => Some(match v.unreachable.as_ref()?.kind {
-            UnreachableKind::Neighbour => "check that the VMM is running and reads the tap (tracer doctor): an unread tap never answers ARP".into(),
+            UnreachableKind::Neighbour => neighbour_fix(v, f.path),
             UnreachableKind::NoRoute => "add the missing route (tracer doctor shows the expected one)".into(),
+            UnreachableKind::Prohibited | UnreachableKind::Blackhole => {
+                "remove the rule or route that blocks the host IP (ip rule; ip route show table all), or the local firewall rule that refuses it"
+                    .into()
+            }
         }),
+        Outcome::Queued => Some(queued_fix(v)),
+        Outcome::Late => {
+            let l = v.late.as_ref()?;
+            Some(format!(
+                "find out why envd answers only after {} ms (a busy or just booted guest, a CPU-starved node), or give each attempt more than {} ms (the orchestrator's envd-init-request-timeout-milliseconds)",
+                l.reply_ms, l.timeout_ms
+            ))
+        }
         Outcome::Connected | Outcome::Unknown => None,
+    }
+}
+
+fn neighbour_fix(v: &Verdict, path: Option<&ExpectedPath>) -> String {
+    let ns = |inode: u32| match path {
+        Some(p) if p.host_ns.inode == inode => p.host_ns.name.clone(),
+        Some(p) if p.sandbox_ns.inode == inode => p.sandbox_ns.name.clone(),
+        _ => None,
+    };
+    for f in &v.facts {
+        match f {
+            FactUsed::Link(l) if !l.up => {
+                return match ns(l.netns) {
+                    Some(n) => format!("bring {} up: ip -n {n} link set {} up", l.name, l.name),
+                    None => format!("bring {} up: ip link set {} up", l.name, l.name),
+                };
+            }
+            FactUsed::Reader(r) if matches!(r.state, 'T' | 't') => {
+                return format!("resume the VMM: kill -CONT {}", r.pid);
+            }
+            FactUsed::NoReader => {
+                return "start the sandbox's VMM again (Firecracker): no process reads the tap".into();
+            }
+            _ => {}
+        }
+    }
+    "check that the VMM is running and reads the tap (tracer doctor): an unread tap never answers ARP".into()
+}
+
+fn queued_fix(v: &Verdict) -> String {
+    let Some(q) = v.queued.as_ref() else {
+        return "check the device's queue (tracer doctor)".into();
+    };
+    match (q.queue, &q.reader) {
+        (QueueKind::Tap, Some(r)) if matches!(r.state, 'T' | 't') => {
+            format!("resume the VMM: kill -CONT {}", r.pid)
+        }
+        (QueueKind::Tap, Some(r)) => format!(
+            "check the VMM (pid {}): is its VM paused, or its virtio-net queue stuck?",
+            r.pid
+        ),
+        (QueueKind::Tap, None) => {
+            "start the sandbox's VMM again (Firecracker): no process reads the tap".into()
+        }
+        (QueueKind::Qdisc, _) => format!(
+            "look at the device's queue: ip netns exec {} tc -s qdisc show dev {}",
+            q.netns.as_deref().unwrap_or("<netns>"),
+            q.device.as_deref().unwrap_or("<dev>")
+        ),
     }
 }
 
@@ -296,6 +517,7 @@ fn drop_fix(f: Facts<'_>, class: ReasonClass, ns: &str) -> String {
 #[cfg(test)]
 mod tests {
     use tracer_model::{
+        facts::ReadFacts,
         fixtures::{hop, nf, path, syn, syn_dnat},
         hook::Hook,
         hop::HopKind,
@@ -339,7 +561,7 @@ mod tests {
     fn a_forward_drop_reads_like_the_demo() {
         let j = forward_drop();
         let p = path();
-        let v = decide(&j, Some(&p), &|_, _| None);
+        let v = decide(&j, Some(&p), &ReadFacts::default());
         let rule = RuleName {
             table: Some("filter".into()),
             chain: Some("FORWARD".into()),
@@ -378,7 +600,7 @@ mod tests {
         let mut c = Correlator::new(&[49983], Timing::default());
         c.push(hop(1, "ns-1", "eth0", nf(Hook::Prerouting, 8), syn()));
         let j = c.take_all().remove(0);
-        let v = decide(&j, Some(&p), &|_, _| None);
+        let v = decide(&j, Some(&p), &ReadFacts::default());
         let f = Facts {
             journey: &j,
             verdict: &v,

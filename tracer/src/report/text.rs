@@ -46,6 +46,7 @@ pub fn journey(o: &Output, r: &JourneyRecord, failing: Option<usize>, all_hops: 
 fn verdict(o: &Output, r: &JourneyRecord, s: &mut String) {
     let (style, word) = match r.outcome {
         Outcome::Connected => (Style::Good, "CONNECTED"),
+        Outcome::Late => (Style::Unsure, "LATE"),
         Outcome::Unknown => (Style::Unsure, "UNKNOWN"),
         other => (Style::Bad, other.name()),
     };
@@ -65,16 +66,48 @@ fn verdict(o: &Output, r: &JourneyRecord, s: &mut String) {
     for e in &r.explained_by {
         let _ = writeln!(s, "  because: {}", o.plain(e));
     }
+    for e in r.evidence.iter().filter(|e| e.starts_with("read ")) {
+        let _ = writeln!(s, "  {}", o.plain(e));
+    }
+    for n in fewer_events(r) {
+        let _ = writeln!(s, "  {} {}", o.paint(Style::Unsure, "note:"), o.plain(&n));
+    }
     if let Some(f) = &r.fix {
         let _ = writeln!(s, "  {} {}", o.paint(Style::Bold, "fix:"), o.plain(f));
     }
     s.push('\n');
 }
 
+/// Why the verdict may rest on fewer events than usual.
+fn fewer_events(r: &JourneyRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.lost_events > 0 {
+        out.push(format!(
+            "{} events were lost (ring buffer full) while this attempt ran: the verdict may rest on fewer events than usual",
+            r.lost_events
+        ));
+    }
+    for b in &r.blind_spots {
+        out.push(format!("not watched: {b}"));
+    }
+    out
+}
+
 /// The summary line of repeated attempts.
 pub fn repeat(o: &Output, r: &JourneyRecord) -> String {
+    let delays = r
+        .reply_delays_ms
+        .as_ref()
+        .filter(|_| r.outcome == Outcome::Late)
+        .map(|d| {
+            format!(
+                " (replies after {:.1} / {:.1} / {:.1} ms, min / median / max)",
+                d.min, d.median, d.max
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "↻ {} attempts ended the same way ({}) between {} and {}: {}\n",
+        "↻ {} attempts ended the same way ({}{delays}) between {} and {}: {}\n",
         r.count,
         r.outcome.name(),
         r.first_seen,

@@ -204,6 +204,11 @@ pub fn from_netns(name: &str) -> Result<Sandbox> {
     Ok(sb)
 }
 
+/// The taps process `pid` holds open (its `/dev/net/tun` fds).
+pub fn taps_held_by(pid: u32) -> Vec<String> {
+    vmm::held_taps(pid)
+}
+
 /// The VMM running in namespace `inode` now, if any: (its id, its pid).
 pub fn running_in(inode: u32) -> Option<(Option<String>, u32)> {
     let vmms = scan_vmms();

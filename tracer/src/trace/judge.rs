@@ -4,13 +4,13 @@
 //! event loop must keep draining the ring buffer and answering signals meanwhile.
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use tracer_model::{
+    facts::{LinkFact, NeighFact, ReadFacts, ReaderFact, RouteBlock},
     hook::Hook,
     journey::Journey,
     path::ExpectedPath,
@@ -136,25 +136,73 @@ impl Judge {
     }
 
     fn decide(&self, j: &Journey, guest_neigh: Option<u32>) -> Verdict {
-        let snapshot = std::cell::OnceCell::new();
-        let sandbox_ns = &self.sandbox_ns;
-        let guest_ip = self.path.guest_ip;
-        // The namespace's neighbour table now is the truth (the kernel moves an entry back to
-        // INCOMPLETE without any tracepoint we attach); the last change seen is the fallback.
-        let lookup = |ns: u32, addr: Ipv4Addr| {
-            let snap = snapshot.get_or_init(|| netstate::snapshot(sandbox_ns).ok());
-            let live = (ns == sandbox_ns.inode)
-                .then(|| {
-                    snap.as_ref()?
-                        .neighbours
-                        .iter()
-                        .find(|n| n.addr == addr)
-                        .map(|n| nud_bits(&n.state))
-                })
-                .flatten();
-            live.or(guest_neigh.filter(|_| ns == sandbox_ns.inode && addr == guest_ip))
-        };
-        verdict::decide(j, Some(&self.path), &lookup)
+        if verdict::is_connected(j) {
+            return verdict::decide(j, Some(&self.path), &ReadFacts::default());
+        }
+        let mut facts = self.read_facts(j);
+        // The last neighbour change the events showed, when the table has no entry any more.
+        if let Some(state) = guest_neigh
+            && facts
+                .neighbour(self.sandbox_ns.inode, self.path.guest_ip)
+                .is_none()
+        {
+            facts.neighbours.push(NeighFact {
+                netns: self.sandbox_ns.inode,
+                device: self.path.guest_side_dev().to_string(),
+                address: self.path.guest_ip,
+                state,
+                mac: None,
+            });
+        }
+        verdict::decide(j, Some(&self.path), &facts)
+    }
+
+    /// The state the packets found, read now: both namespaces' devices and neighbours, the
+    /// rules or routes that refuse the path's destinations, and the VMM that should read the
+    /// tap.
+    fn read_facts(&self, j: &Journey) -> ReadFacts {
+        let mut facts = ReadFacts::default();
+        let client = j.client().map(|(a, _)| a).or(self.path.host_veth_ip);
+        // What each namespace routes, as (destination, source): the request toward the
+        // sandbox, the reply back to the client.
+        let guest = Some(self.path.guest_ip);
+        let host_routes = [(Some(self.path.host_ip), client)];
+        let sandbox_routes = [(guest, client), (client, guest)];
+        for (ns, routes) in [
+            (&self.host_ns, host_routes.as_slice()),
+            (&self.sandbox_ns, sandbox_routes.as_slice()),
+        ] {
+            let Ok(snap) = netstate::snapshot(ns) else {
+                continue;
+            };
+            for (dst, src) in routes {
+                let Some(dst) = dst else { continue };
+                if let Some(b) = netstate::route_blocker(&snap.rules, &snap.routes, *dst, *src) {
+                    facts.route_blocks.push(RouteBlock {
+                        netns: ns.inode,
+                        dst: *dst,
+                        what: b.text(),
+                    });
+                }
+            }
+            let name_of = |i: u32| snap.link_by_index(i).map(|l| l.name.clone()).unwrap_or_default();
+            facts.neighbours.extend(snap.neighbours.iter().map(|n| NeighFact {
+                netns: ns.inode,
+                device: name_of(n.ifindex),
+                address: n.addr,
+                state: nud_bits(&n.state),
+                mac: n.mac.clone(),
+            }));
+            facts.links.extend(snap.links.iter().map(|l| LinkFact {
+                netns: ns.inode,
+                name: l.name.clone(),
+                up: l.up,
+                carrier: l.carrier,
+                mac: l.mac.clone(),
+            }));
+        }
+        facts.reader = self.sandbox.pid.and_then(|pid| reader(pid, &self.path.tap));
+        facts
     }
 
     /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
@@ -212,4 +260,21 @@ impl Judge {
             .find(|n| n.inode == inode)
             .cloned()
     }
+}
+
+/// The VMM process as /proc shows it now; None when it is gone.
+fn reader(pid: u32, tap: &str) -> Option<ReaderFact> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let state = tail.split_whitespace().next()?.chars().next()?;
+    if matches!(state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    Some(ReaderFact {
+        pid,
+        comm,
+        state,
+        holds_tap: crate::sandbox::taps_held_by(pid).iter().any(|t| t == tap),
+    })
 }

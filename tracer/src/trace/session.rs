@@ -48,6 +48,8 @@ const PROBE_GRACE: Duration = Duration::from_millis(1500);
 /// Everything attached for one sandbox.
 struct Attached {
     programs: Programs,
+    /// Devices on the path whose programs could not be attached, and why.
+    blind_spots: Vec<String>,
     /// ifindex → device name, per namespace inode (to name netfilter in/out devices).
     ifnames: HashMap<u32, HashMap<u32, String>>,
     devices: usize,
@@ -128,14 +130,20 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         path.clone(),
         sb.clone(),
         (host_ns.clone(), sandbox_ns.clone()),
-        Reporter::new(out, args.all_hops, Some(&path)),
+        Reporter::new(out, args.all_hops, Some(&path)).with_blind_spots(attached.blind_spots.clone()),
         baseline,
         args.nft_trace,
     ))?;
     let mut session = Session {
         debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
         nf_layout: attached.programs.nf_layout().clone(),
-        correlator: Correlator::new(&args.ports, Timing::default()),
+        correlator: Correlator::new(
+            &args.ports,
+            Timing {
+                late_ns: args.late_window.as_nanos() as u64,
+                ..Timing::default()
+            },
+        ),
         path,
         host_ns_inode: host_ns.inode,
         host_netns: host_ns,
@@ -148,6 +156,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         in_judgement: 0,
         losses: LossLog::default(),
         decode_errors: 0,
+        not_sent: Vec::new(),
     };
     let result = rt.block_on(session.run_loop(events, &attached.programs, &args, judge, stop));
     let result = result?;
@@ -204,6 +213,7 @@ fn attach(
     programs.attach_tracepoints(ALL_TRACEPOINTS)?;
     let mut ifnames = HashMap::new();
     let mut devices = 0;
+    let (mut blind_spots, mut first_error) = (Vec::new(), None);
     let host_devs = [path.host_veth.as_str()];
     let sandbox_devs = [
         path.ns_veth.as_str(),
@@ -214,9 +224,15 @@ fn attach(
         let snap = netstate::snapshot(ns).with_context(|| format!("read the links of {}", ns.label()))?;
         for dev in devs.iter().filter(|d| !d.is_empty()) {
             // A missing device (tap-missing, ...) is a finding of the trace, not an error.
-            if let Some(link) = snap.link(dev) {
-                programs.attach_tcx(ns, link.ifindex)?;
-                devices += 1;
+            let Some(link) = snap.link(dev) else { continue };
+            // One device that refuses (it went away meanwhile, another tool's limits) leaves
+            // a blind spot the verdicts name; if every device refuses, nothing is traced.
+            match attach_tcx(&mut programs, ns, dev, link.ifindex) {
+                Ok(()) => devices += 1,
+                Err(e) => {
+                    blind_spots.push(format!("{dev} in {} (tcx: {})", ns.label(), e.root_cause()));
+                    first_error.get_or_insert(e);
+                }
             }
         }
         ifnames.insert(
@@ -224,14 +240,34 @@ fn attach(
             snap.links.iter().map(|l| (l.ifindex, l.name.clone())).collect(),
         );
     }
+    if let Some(e) = first_error.filter(|_| devices == 0) {
+        return Err(e);
+    }
+    for b in &blind_spots {
+        eprintln!(
+            "tracer: warning: could not attach to {}",
+            crate::output::escape(b)
+        );
+    }
     Ok((
         Attached {
             programs,
+            blind_spots,
             ifnames,
             devices,
         },
         filter,
     ))
+}
+
+fn attach_tcx(programs: &mut Programs, ns: &Netns, dev: &str, ifindex: u32) -> Result<()> {
+    // Test hook: an attach that fails on one device (TRACER_TEST_NO_TCX=tap0).
+    #[cfg(feature = "test-hooks")]
+    if std::env::var("TRACER_TEST_NO_TCX").is_ok_and(|d| d == dev) {
+        anyhow::bail!("refused by TRACER_TEST_NO_TCX");
+    }
+    let _ = dev;
+    programs.attach_tcx(ns, ifindex)
 }
 
 /// The event loop's state: turning events into journeys and handing finished ones to the
@@ -259,6 +295,8 @@ struct Session {
     losses: LossLog,
     /// Records that could not be decoded (a bug, counted and shown).
     decode_errors: u64,
+    /// Probe attempts whose connect() failed at once: (when, errno).
+    not_sent: Vec<(u64, i32)>,
 }
 
 /// Events the kernel could not queue, as the loop noticed them over time.
@@ -308,6 +346,9 @@ impl LossLog {
     }
 }
 
+/// How long an attempt that failed at connect() waits for its route events.
+const NOT_SENT_SETTLE_NS: u64 = 30_000_000;
+
 /// Event records handled per wakeup before timers and signals get their turn.
 const DRAIN_BUDGET: usize = 4096;
 /// How long a stop waits for the judge to finish what it was given.
@@ -343,10 +384,20 @@ impl Session {
                 }
                 _ = tick.tick() => {
                     while let Ok(ev) = rx.try_recv() {
-                        if let AttemptEvent::Bound(port) = ev {
-                            self.probe_ports.insert(port);
+                        match ev {
+                            AttemptEvent::Bound(port) => {
+                                self.probe_ports.insert(port);
+                            }
+                            // A connect that failed at once: its route events, if any, may
+                            // still be on their way; it is handed over a little later.
+                            AttemptEvent::Done(a) => {
+                                if let connect::AttemptResult::NotSent(errno) = a.result {
+                                    self.not_sent.push((Clock::now_mono_ns(), errno));
+                                }
+                            }
                         }
                     }
+                    self.settle_not_sent();
                     if prober.as_ref().is_some_and(|h| h.is_finished()) && probe_done_at.is_none() {
                         probe_done_at = Some(Instant::now());
                         if let Some(h) = prober.take() {
@@ -370,6 +421,15 @@ impl Session {
         if args.probe && self.decided.is_none() {
             let rest = self.correlator.take_all();
             self.hand_over(rest, &judge);
+        } else if !args.probe {
+            // Attempts whose end is already known are reported; the ones still waiting
+            // (for a reply, or out their late window) cannot be judged honestly.
+            let known = self.correlator.take_decided(Clock::now_mono_ns());
+            self.hand_over(known, &judge);
+            let open = self.correlator.open_count();
+            if open > 0 {
+                eprintln!("tracer: {open} attempts were still in flight at exit and are not judged");
+            }
         }
         self.finish(judge);
         if self.decode_errors > 0 {
@@ -400,6 +460,20 @@ impl Session {
             }
         }
         false
+    }
+
+    /// Attempts that failed at connect() become journeys once their route events had time to
+    /// arrive (the kernel's events and the prober's news travel apart).
+    fn settle_not_sent(&mut self) {
+        let now = Clock::now_mono_ns();
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.not_sent)
+            .into_iter()
+            .partition(|(at, _)| now >= at + NOT_SENT_SETTLE_NS);
+        self.not_sent = wait;
+        for (at, errno) in ready {
+            self.correlator
+                .connect_failed(self.host_ns_inode, self.path.host_ip, self.path.port, errno, at);
+        }
     }
 
     /// Hands this sandbox's finished journeys to the judge.
@@ -549,7 +623,7 @@ impl Session {
     /// Journeys of this sandbox: to its host IP, or through its namespace.
     fn relevant(&self, j: &Journey) -> bool {
         match j.id {
-            JourneyId::NoRoute { dst, .. } => dst == self.path.host_ip,
+            JourneyId::NoRoute { dst, .. } | JourneyId::NotSent { dst, .. } => dst == self.path.host_ip,
             JourneyId::Conn(_) => {
                 j.target.is_some_and(|(ip, _)| ip == self.path.host_ip)
                     || j.hops.iter().any(|(_, h)| h.netns == self.path.sandbox_ns.inode)
@@ -560,7 +634,7 @@ impl Session {
     fn is_probe(&self, j: &Journey) -> bool {
         match j.id {
             JourneyId::Conn(k) => self.probe_ports.contains(&k.client_port),
-            JourneyId::NoRoute { .. } => true,
+            JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } => true,
         }
     }
 }

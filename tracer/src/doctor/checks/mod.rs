@@ -20,7 +20,7 @@ use crate::{
 use filter::{conntrack, dnat, firewall_checks, snat};
 use routing::{
     guest_neighbour, guest_route, host_route, host_veth, ip_forward, mtu, ns_default_route, ns_return_route,
-    ns_veth, rp_filter,
+    ns_veth, qdisc, rp_filter,
 };
 use vmm::{netns_exists, stray_tap, tap_addr, tap_exists, tap_reader, tap_up, tun_device, vmm_alive};
 
@@ -54,6 +54,7 @@ pub fn all(f: &Facts) -> Vec<Check> {
     v.push(conntrack(&c));
     v.extend(guest_neighbour(&c));
     v.push(mtu(&c));
+    v.push(qdisc(&c));
     v.extend(envd(f));
     v
 }
@@ -240,11 +241,27 @@ fn envd(f: &Facts) -> Option<Check> {
     let port = super::ENVD_PORT;
     let text = attempts_text(attempts);
     let last = attempts.last().map(|a| &a.result);
+    let patient = attempts.last().filter(|a| {
+        a.timeout > crate::connect::ATTEMPT_TIMEOUT && a.latency > crate::connect::ATTEMPT_TIMEOUT
+    });
+    let short_ms = crate::connect::ATTEMPT_TIMEOUT.as_millis();
     Some(match last {
+        // Only a patient attempt got through: the path works, the guest is slow.
+        Some(AttemptResult::Status(_) | AttemptResult::Refused) if let Some(p) = patient => {
+            let ms = p.latency.as_secs_f64() * 1000.0;
+            check.problem(
+                format!("{text}: envd answers, but only after {ms:.0} ms, later than the {short_ms} ms each orchestrator attempt waits: the path works, the guest is slow"),
+                format!("find out why the guest answers so late (busy, booting, CPU-starved), or give each attempt more than {ms:.0} ms; tracer trace --vm {} --probe shows each reply's delay", f.sb.id.as_deref().unwrap_or("<id>")),
+            )
+        }
         Some(AttemptResult::Status(_)) => check.ok(text),
         Some(AttemptResult::Refused) => check.problem(
             format!("{text}: the SYN reached a TCP stack where nothing listens on {port} (usually the guest, with envd not running)"),
             format!("start envd in the guest (or check it listens on {port}); {trace}"),
+        ),
+        Some(AttemptResult::NotSent(_)) => check.problem(
+            format!("{text}: the host side refuses to send to {target} at all"),
+            format!("the other problems say why (routes, rules); {trace}"),
         ),
         _ => check.problem(
             format!("{text}: the SYN or its reply is lost on the way"),
@@ -260,9 +277,11 @@ fn attempts_text(attempts: &[crate::connect::Attempt]) -> String {
         match &a.result {
             AttemptResult::Status(code) => format!("GET /health → HTTP {code} in {ms:.1} ms"),
             AttemptResult::Refused => format!("connection refused (RST) in {ms:.1} ms"),
-            AttemptResult::Timeout => format!(
-                "no answer within {} ms",
-                crate::connect::ATTEMPT_TIMEOUT.as_millis()
+            AttemptResult::Timeout => format!("no answer within {} ms", a.timeout.as_millis()),
+            AttemptResult::NotSent(errno) => format!(
+                "connect() failed at once with {} ({}): no packet was sent",
+                tracer_model::verdict::errno_name(*errno),
+                std::io::Error::from_raw_os_error(*errno)
             ),
             AttemptResult::Error(e) => format!("connect failed after {ms:.1} ms: {e}"),
         }
@@ -353,6 +372,7 @@ mod tests {
                     route([169, 254, 0, 20], 30, None, 3),
                 ],
                 neighbours: Vec::new(),
+                rules: Vec::new(),
             },
             tables: (IptSave::parse(
                 "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
@@ -381,6 +401,7 @@ mod tests {
                     route([10, 11, 0, 2], 32, Some([10, 12, 0, 5]), 6),
                 ],
                 neighbours: Vec::new(),
+                rules: Vec::new(),
             },
             ..Default::default()
         };
@@ -436,6 +457,7 @@ mod tests {
             host_ip: sb.host_ip,
             guest_ip: [169, 254, 0, 21].into(),
             envd: None,
+            qdiscs: Vec::new(),
             own_inode: Some(1),
             netns_file: Some(Ok(100)),
             sb,
@@ -574,5 +596,60 @@ mod tests {
             assert!(!ids.contains(&gone), "{gone} in {ids:?}");
         }
         assert_eq!(problem_ids(&f), ["tap_exists", "guest_route"]);
+    }
+
+    #[test]
+    fn a_qdisc_that_dropped_is_a_problem_with_its_counters() {
+        let mut f = healthy();
+        f.qdiscs.push((
+            200,
+            crate::netstate::Qdisc {
+                ifindex: 5,
+                kind: "pfifo".into(),
+                drops: 3,
+                qlen: 0,
+            },
+        ));
+        let bad = not_ok(&f);
+        assert_eq!(problem_ids(&f), ["qdisc"], "{bad:?}");
+        assert!(
+            bad[0]
+                .2
+                .starts_with("veth-1 in e2b-host: pfifo (dropped 3, queued 0)"),
+            "{bad:?}"
+        );
+        // One that never dropped is fine.
+        f.qdiscs[0].1.drops = 0;
+        assert_eq!(problem_ids(&f), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_guest_that_answers_only_a_patient_attempt_is_slow_not_unreachable() {
+        use std::time::Duration;
+        let mut f = healthy();
+        let a = |result, ms, timeout_ms| crate::connect::Attempt {
+            local_port: 1,
+            result,
+            latency: Duration::from_millis(ms),
+            timeout: Duration::from_millis(timeout_ms),
+        };
+        f.envd = Some(Ok(vec![
+            a(AttemptResult::Timeout, 50, 50),
+            a(AttemptResult::Timeout, 50, 50),
+            a(AttemptResult::Timeout, 50, 50),
+            a(AttemptResult::Status(204), 81, 1000),
+        ]));
+        let bad = not_ok(&f);
+        assert_eq!(problem_ids(&f), ["envd"], "{bad:?}");
+        assert!(
+            bad[0].2.contains("only after 81 ms, later than the 50 ms"),
+            "{bad:?}"
+        );
+        // An answer within 50 ms after a lost first attempt is what retries are for.
+        f.envd = Some(Ok(vec![
+            a(AttemptResult::Timeout, 50, 50),
+            a(AttemptResult::Status(204), 2, 50),
+        ]));
+        assert_eq!(problem_ids(&f), Vec::<&str>::new());
     }
 }

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use super::{Ctx, addrs_text, ns_words, route_text};
 use crate::{
     doctor::Check,
-    netstate::{Route, Snapshot, prefix_contains},
+    netstate::{self, Route, Snapshot, prefix_contains},
 };
 
 pub(super) fn guest_route(c: &Ctx) -> Check {
@@ -125,6 +125,16 @@ pub(super) fn host_veth(c: &Ctx) -> Check {
     if !l.up {
         return check.problem(state, format!("{} link set {name} up", c.ip_host()));
     }
+    // A veth has carrier exactly while its peer is up.
+    if !l.carrier {
+        return check.problem(
+            format!(
+                "{state}: no carrier: its peer {} in {} is down or gone",
+                c.veth_name, c.nsl
+            ),
+            format!("bring the peer up: {} link set {} up", c.ip_ns(), c.veth_name),
+        );
+    }
     let addrs = hf.snap.addrs_of(l.ifindex);
     let paired = |peer: Ipv4Addr| addrs.iter().any(|a| prefix_contains(a.addr, a.prefix, peer));
     match c.ns_veth_ip {
@@ -164,6 +174,13 @@ pub(super) fn host_route(c: &Ctx) -> Option<Check> {
     let via = c.ns_veth_ip.map_or_else(String::new, |ip| format!(" via {ip}"));
     let fix = format!("{} route replace {hip}/32{via} dev {veth}", c.ip_host());
     let snap = &hf.snap;
+    // A policy rule decides before any route.
+    if let Some(netstate::Blocker::Rule(r)) = netstate::route_blocker(&snap.rules, &snap.routes, hip, None) {
+        return Some(check.problem(
+            format!("{} refuses to route {hip}: policy rule {}", c.hostl, r.text()),
+            format!("{} rule del pref {}", c.ip_host(), r.priority),
+        ));
+    }
     let r = match snap.route_to(hip) {
         None => {
             return Some(check.problem(
@@ -508,5 +525,52 @@ pub(super) fn mtu(c: &Ctx) -> Check {
             format!("{} link set {} mtu {b}", c.ip_ns(), c.guest_dev_name()),
         ),
         _ => check.ok(text),
+    }
+}
+
+/// The queue disciplines of the path's devices: one that drops (a limit of 0, a policer, a
+/// full queue) or holds packets loses the SYN before it leaves the device.
+pub(super) fn qdisc(c: &Ctx) -> Check {
+    let check = Check::new("qdisc", "the path's queue disciplines drop nothing");
+    // (namespace inode, its label, `exec` prefix for a command there, device)
+    let mut devs: Vec<(u32, &str, String, &crate::netstate::Link)> = Vec::new();
+    if let (Some(h), Some(l)) = (c.f.sb.host_ns.as_ref(), c.host_veth) {
+        devs.push((h.inode, c.hostl.as_str(), c.exec_host(), l));
+    }
+    let ns = c.f.sb.netns.inode;
+    for l in [c.ns_veth, c.guest_dev, c.tap].into_iter().flatten() {
+        if !devs.iter().any(|(i, _, _, d)| *i == ns && d.ifindex == l.ifindex) {
+            devs.push((ns, c.nsl.as_str(), c.exec_ns(), l));
+        }
+    }
+    let mut seen = Vec::new();
+    let mut bad = Vec::new();
+    for (inode, nsl, exec, l) in devs {
+        let Some((_, q)) =
+            c.f.qdiscs
+                .iter()
+                .find(|(i, q)| *i == inode && q.ifindex == l.ifindex)
+        else {
+            continue;
+        };
+        let text = format!(
+            "{} in {nsl}: {} (dropped {}, queued {})",
+            l.name, q.kind, q.drops, q.qlen
+        );
+        if q.drops > 0 {
+            bad.push((text.clone(), format!("{exec}tc qdisc del dev {} root", l.name)));
+        }
+        seen.push(text);
+    }
+    match bad.first() {
+        Some((_, fix)) => check.problem(
+            format!(
+                "{}: a queue discipline on the path drops packets",
+                bad.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+            format!("{fix} (or fix its limits)"),
+        ),
+        None if seen.is_empty() => check.ok("no queue discipline on the path's devices"),
+        None => check.ok(seen.join("; ")),
     }
 }

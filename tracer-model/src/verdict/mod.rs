@@ -6,13 +6,15 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+mod findings;
+mod outcome;
+
 use crate::{
-    hook::{Hook, tables_in_window},
-    hop::{Hop, HopKind},
-    journey::{Journey, JourneyId, Leg},
+    facts::{FactUsed, ReadFacts, ReaderFact},
+    hook::Hook,
+    journey::Journey,
     path::ExpectedPath,
-    reason::{DropReason, ReasonClass},
-    tcp::{NUD_FAILED, NUD_INCOMPLETE, TCP_ESTABLISHED, nud_name},
+    reason::DropReason,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,8 +26,13 @@ pub enum Outcome {
     Dropped,
     /// A RST came back; `reset` says from whom.
     Reset,
-    /// The SYN was handed to the VMM (read from the tap) and nothing came back.
+    /// The VMM read the SYN from the tap and nothing came back.
     NoReply,
+    /// The SYN waits in a queue no one empties: the tap's (the VMM does not read it) or a
+    /// device's (a stopped queue discipline).
+    Queued,
+    /// A reply came, after the client had given up: the path works, the guest is slow.
+    Late,
     /// No route, or the neighbour (ARP) was never resolved.
     Unreachable,
     /// The events do not decide it (e.g. the packet vanished where no probe sees it).
@@ -39,6 +46,8 @@ impl Outcome {
             Self::Dropped => "dropped",
             Self::Reset => "reset",
             Self::NoReply => "no_reply",
+            Self::Queued => "queued",
+            Self::Late => "late",
             Self::Unreachable => "unreachable",
             Self::Unknown => "unknown",
         }
@@ -92,8 +101,42 @@ pub struct ResetInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnreachableKind {
+    /// No route (ENETUNREACH, EHOSTUNREACH).
     NoRoute,
+    /// ARP for the next hop was never answered.
     Neighbour,
+    /// Forbidden locally: a prohibit route or rule, or the local firewall (EACCES, EPERM).
+    Prohibited,
+    /// A blackhole route or rule (EINVAL).
+    Blackhole,
+}
+
+impl UnreachableKind {
+    /// From the errno of a failed connect() or route lookup.
+    pub fn from_errno(errno: i32) -> Self {
+        const EPERM: i32 = 1;
+        const EACCES: i32 = 13;
+        const EINVAL: i32 = 22;
+        match errno.abs() {
+            EPERM | EACCES => Self::Prohibited,
+            EINVAL => Self::Blackhole,
+            _ => Self::NoRoute,
+        }
+    }
+}
+
+/// The name of an errno the routing and connect paths return.
+pub fn errno_name(errno: i32) -> String {
+    match errno.abs() {
+        1 => "EPERM".into(),
+        11 => "EAGAIN".into(),
+        13 => "EACCES".into(),
+        22 => "EINVAL".into(),
+        101 => "ENETUNREACH".into(),
+        111 => "ECONNREFUSED".into(),
+        113 => "EHOSTUNREACH".into(),
+        n => format!("errno {n}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -104,6 +147,8 @@ pub struct UnreachableInfo {
     pub device: Option<String>,
     /// Neighbour state (INCOMPLETE, FAILED) or the neighbour drop reason, for `Neighbour`.
     pub state: Option<String>,
+    /// The error the client or the route lookup got (EACCES, ENETUNREACH ...).
+    pub errno: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,12 +201,72 @@ impl Finding {
     }
 }
 
+/// Where a packet waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    /// The tap's ring: only the VMM's read() empties it.
+    Tap,
+    /// A device's queue discipline that does not send.
+    Qdisc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueuedInfo {
+    pub queue: QueueKind,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    /// The process that should read the tap, as /proc showed it at decision time (None: no
+    /// process holds it).
+    pub reader: Option<ReaderFact>,
+}
+
+/// What a late reply was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyKind {
+    SynAck,
+    Rst,
+}
+
+/// What became of a late reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LateFate {
+    /// Dropped (typically NO_SOCKET: the client's socket is gone).
+    Dropped {
+        reason: DropReason,
+        netns: Option<String>,
+        device: Option<String>,
+    },
+    /// A stack answered it with RST (the client's, whose socket is gone).
+    ResetBy { netns: Option<String> },
+}
+
+/// A reply that came after the client gave up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateInfo {
+    pub reply: ReplyKind,
+    /// From the SYN to the reply's first hop.
+    pub reply_ms: f64,
+    /// From the SYN to the client giving up (its timeout).
+    pub timeout_ms: f64,
+    /// From the client giving up to the reply.
+    pub after_timeout_ms: f64,
+    pub fate: Option<LateFate>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub outcome: Outcome,
     pub drop: Option<DropInfo>,
     pub reset: Option<ResetInfo>,
     pub unreachable: Option<UnreachableInfo>,
+    pub queued: Option<QueuedInfo>,
+    pub late: Option<LateInfo>,
+    /// From the SYN to the first reply seen (connected, reset and late attempts).
+    pub reply_ms: Option<f64>,
+    /// Facts read at decision time that the verdict rests on.
+    pub facts: Vec<FactUsed>,
     pub findings: Vec<Finding>,
     /// The finding that caused the outcome (no DNAT, a wrong route), when there is one: the
     /// place to fix, which may differ from where the packet finally died.
@@ -177,6 +282,10 @@ impl Verdict {
             drop: None,
             reset: None,
             unreachable: None,
+            queued: None,
+            late: None,
+            reply_ms: None,
+            facts: Vec::new(),
             findings: Vec::new(),
             cause: None,
             failing_hop: None,
@@ -184,357 +293,36 @@ impl Verdict {
     }
 }
 
-/// Neighbour state lookup: (netns inode, address) → NUD state.
-pub type NeighLookup<'a> = &'a dyn Fn(u32, Ipv4Addr) -> Option<u32>;
-
-/// Decides the outcome of one journey.
-pub fn decide(j: &Journey, path: Option<&ExpectedPath>, neigh: NeighLookup<'_>) -> Verdict {
-    let mut v = outcome(j, path, neigh);
+/// Decides the outcome of one journey, from its events and the facts read now.
+pub fn decide(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Verdict {
+    let mut v = outcome::outcome(j, path, facts);
+    v.reply_ms = outcome::reply_ms(j);
     if v.outcome != Outcome::Connected {
-        v.findings = findings(j, path);
+        v.findings = findings::findings(j, path);
         v.cause = v.findings.iter().find(|f| f.kind.is_cause()).cloned();
     }
     v
 }
 
-fn outcome(j: &Journey, path: Option<&ExpectedPath>, neigh: NeighLookup<'_>) -> Verdict {
-    if let JourneyId::NoRoute { dst, .. } = j.id {
-        let hop = j.hops.first().map(|(_, h)| h);
-        return unreachable_no_route(dst, hop, Some(0));
-    }
-    connected(j)
-        .or_else(|| stack_reset(j))
-        .or_else(|| peer_reset(j, path))
-        .or_else(|| first_drop(j))
-        .or_else(|| route_failure(j))
-        .or_else(|| neighbour_failure(j, path, neigh))
-        .or_else(|| handed_to_vmm(j, path))
-        .unwrap_or_else(|| {
-            let mut v = Verdict::new(Outcome::Unknown);
-            v.failing_hop = last_packet_hop(j);
-            v
-        })
-}
-
-fn connected(j: &Journey) -> Option<Verdict> {
-    j.hops
-        .iter()
-        .any(|(_, h)| {
-            matches!(
-                h.kind,
-                HopKind::Socket {
-                    new_state: TCP_ESTABLISHED,
-                    ..
-                }
-            )
-        })
-        .then(|| Verdict::new(Outcome::Connected))
-}
-
-/// A namespace's own stack answered the SYN with RST (nothing listening there).
-fn stack_reset(j: &Journey) -> Option<Verdict> {
-    let (i, h) = j
-        .hops
-        .iter()
-        .enumerate()
-        .find(|(_, (l, h))| *l == Leg::Request && matches!(h.kind, HopKind::SendReset { .. }))?;
-    let mut v = Verdict::new(Outcome::Reset);
-    v.reset = Some(ResetInfo {
-        by: ResetBy::Stack,
-        netns: Some(h.1.ns_label()),
-        device: h.1.device.clone(),
-    });
-    v.failing_hop = Some(i);
-    Some(v)
-}
-
-/// The peer behind the tap (the guest) answered RST.
-fn peer_reset(j: &Journey, path: Option<&ExpectedPath>) -> Option<Verdict> {
-    let (i, (_, h)) = j
-        .hops
-        .iter()
-        .enumerate()
-        .find(|(_, (l, h))| *l == Leg::Reply && h.is_rst())?;
-    let from_guest = match path {
-        Some(p) => h.src() == p.guest_ip || h.src() == p.host_ip,
-        None => true,
-    };
-    let mut v = Verdict::new(Outcome::Reset);
-    v.reset = Some(ResetInfo {
-        by: if from_guest { ResetBy::Guest } else { ResetBy::Peer },
-        netns: Some(h.ns_label()),
-        device: h.device.clone(),
-    });
-    v.failing_hop = Some(i);
-    Some(v)
-}
-
-/// A RST that reached its socket is freed by TCP: not a loss.
-fn benign_drop(leg: Leg, h: &Hop) -> bool {
-    leg == Leg::Reply && h.is_rst() && h.function.as_deref().is_some_and(|f| f.starts_with("tcp_"))
-}
-
-fn first_drop(j: &Journey) -> Option<Verdict> {
-    let (i, (leg, h)) = j.hops.iter().enumerate().find(|(_, (l, h))| {
-        *l != Leg::Control && matches!(h.kind, HopKind::Drop { .. }) && !benign_drop(*l, h)
-    })?;
-    let HopKind::Drop { reason } = &h.kind else {
-        return None;
-    };
-    let mut v = match reason.class() {
-        // Packets queued for an unresolved neighbour die in the neighbour code when it gives
-        // up (NEIGH_FAILED) or is flushed (QUEUE_PURGE when the tap lost its reader).
-        _ if reason.is(ReasonClass::Neighbour) || in_neigh_code(h) => {
-            let mut v = Verdict::new(Outcome::Unreachable);
-            v.unreachable = Some(UnreachableInfo {
-                kind: UnreachableKind::Neighbour,
-                address: h.dst(),
-                netns: Some(h.ns_label()),
-                device: h.device.clone(),
-                state: Some(reason.name().to_string()),
-            });
-            v
-        }
-        ReasonClass::NoRoute => unreachable_no_route(h.dst(), Some(h), Some(i)),
-        _ => Verdict::new(Outcome::Dropped),
-    };
-    v.drop = Some(drop_info(j, i, *leg, h, reason));
-    v.failing_hop = Some(i);
-    Some(v)
-}
-
-fn in_neigh_code(h: &Hop) -> bool {
-    h.function.as_deref().is_some_and(|f| f.starts_with("neigh_"))
-}
-
-fn drop_info(j: &Journey, i: usize, leg: Leg, h: &Hop, reason: &DropReason) -> DropInfo {
-    let mut d = DropInfo {
-        direction: if leg == Leg::Reply {
-            Direction::Reply
-        } else {
-            Direction::Request
-        },
-        netns: Some(h.ns_label()),
-        device: h.device.clone(),
-        out_device: None,
-        hook: None,
-        table: None,
-        reason: reason.clone(),
-        function: h.function.clone(),
-        location: h.location.clone(),
-        priority_window: None,
-    };
-    if reason.is(ReasonClass::Netfilter) {
-        place_in_netfilter(j, i, leg, h, &mut d);
-    }
-    d
-}
-
-/// The last netfilter hop of this skb in this namespace: the drop happened in that hook,
-/// after that slot.
-fn place_in_netfilter(j: &Journey, i: usize, leg: Leg, h: &Hop, d: &mut DropInfo) {
-    let last_nf = j.hops[..i].iter().rev().find(|(l, x)| {
-        *l == leg
-            && x.netns == h.netns
-            && matches!(x.kind, HopKind::Netfilter { .. })
-            && (x.skb == h.skb || h.skb == 0)
-    });
-    let Some((
-        _,
-        Hop {
-            kind:
-                HopKind::Netfilter {
-                    hook,
-                    priority,
-                    window_end,
-                    in_dev,
-                    out_dev,
-                    ..
-                },
-            ..
-        },
-    )) = last_nf
-    else {
-        return;
-    };
-    d.hook = Some(*hook);
-    let window = (*priority, *window_end);
-    d.priority_window = Some(window);
-    let tables = tables_in_window(*hook, window);
-    d.table = (tables.len() == 1).then(|| tables[0].to_string());
-    if in_dev.is_some() {
-        d.device = in_dev.clone();
-    }
-    d.out_device = out_dev.clone();
-}
-
-fn unreachable_no_route(dst: Ipv4Addr, hop: Option<&Hop>, i: Option<usize>) -> Verdict {
-    let mut v = Verdict::new(Outcome::Unreachable);
-    v.unreachable = Some(UnreachableInfo {
-        kind: UnreachableKind::NoRoute,
-        address: dst,
-        netns: hop.map(Hop::ns_label),
-        device: hop.and_then(|h| h.device.clone()),
-        state: None,
-    });
-    v.failing_hop = i;
-    v
-}
-
-fn route_failure(j: &Journey) -> Option<Verdict> {
-    let (i, (_, h)) = j.hops.iter().enumerate().find(|(_, (_, h))| {
-        matches!(h.kind, HopKind::Route { table, error, .. } if crate::journey::is_route_failure(table, error))
-    })?;
-    Some(unreachable_no_route(h.dst(), Some(h), Some(i)))
-}
-
-/// The SYN stopped in front of the tap while ARP for the guest was unresolved.
-fn neighbour_failure(j: &Journey, path: Option<&ExpectedPath>, neigh: NeighLookup<'_>) -> Option<Verdict> {
-    let p = path?;
-    let reached_driver = j.leg(Leg::Request).any(|h| {
-        matches!(h.kind, HopKind::Xmit | HopKind::Consumed) && h.device.as_deref() == Some(p.tap.as_str())
-    });
-    if reached_driver {
-        return None;
-    }
-    let from_hops = j.hops.iter().rev().find_map(|(_, h)| match h.kind {
-        HopKind::Neigh {
-            address, new_state, ..
-        } if address == p.guest_ip => Some(new_state),
-        _ => None,
-    });
-    let state = from_hops.or_else(|| neigh(p.sandbox_ns.inode, p.guest_ip))?;
-    if state & (NUD_INCOMPLETE | NUD_FAILED) == 0 {
-        return None;
-    }
-    let mut v = Verdict::new(Outcome::Unreachable);
-    v.unreachable = Some(UnreachableInfo {
-        kind: UnreachableKind::Neighbour,
-        address: p.guest_ip,
-        netns: Some(p.sandbox_ns.label()),
-        device: Some(p.guest_side_dev().to_string()),
-        state: Some(nud_name(state).into()),
-    });
-    v.failing_hop = last_packet_hop(j);
-    Some(v)
-}
-
-/// The SYN went into the tap (the VMM's side) and nothing came back.
-fn handed_to_vmm(j: &Journey, path: Option<&ExpectedPath>) -> Option<Verdict> {
-    let is_tap = |d: Option<&str>| match path {
-        Some(p) => d == Some(p.tap.as_str()),
-        None => d.is_some_and(|d| d.starts_with("tap")),
-    };
-    let (i, _) = j.hops.iter().enumerate().find(|(_, (l, h))| {
-        *l == Leg::Request
-            && matches!(h.kind, HopKind::Xmit | HopKind::Consumed)
-            && is_tap(h.device.as_deref())
-    })?;
-    if j.leg(Leg::Reply).next().is_some() {
-        return None;
-    }
-    let mut v = Verdict::new(Outcome::NoReply);
-    v.failing_hop = Some(i);
-    Some(v)
-}
-
-fn last_packet_hop(j: &Journey) -> Option<usize> {
-    j.hops
-        .iter()
-        .rposition(|(l, h)| *l != Leg::Control && h.is_packet())
-}
-
-/// Path-aware observations: slot mix-ups, missing DNAT, routing loops.
-fn findings(j: &Journey, path: Option<&ExpectedPath>) -> Vec<Finding> {
-    let Some(p) = path else { return Vec::new() };
-    let req: Vec<&Hop> = j.leg(Leg::Request).collect();
-    [
-        wrong_route(&req, p),
-        other_namespace(&req, p),
-        no_dnat(&req, p),
-        routed_back(&req, p),
-        routing_loop(&req),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
-/// Left the host through another sandbox's veth.
-fn wrong_route(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
-    let h = req.iter().find(|h| {
-        h.netns == p.host_ns.inode
-            && matches!(h.kind, HopKind::Xmit | HopKind::Tcx { ingress: false })
-            && h.device.as_deref().is_some_and(|d| d != p.host_veth)
-    })?;
-    let mut f = Finding::new(FindingKind::WrongRoute);
-    f.netns = Some(p.host_ns.label());
-    f.device = h.device.clone();
-    f.address = Some(p.host_ip);
-    Some(f)
-}
-
-/// Entered a namespace that is not on the path.
-fn other_namespace(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
-    let h = req
-        .iter()
-        .find(|h| h.netns != 0 && h.netns != p.host_ns.inode && h.netns != p.sandbox_ns.inode)?;
-    let mut f = Finding::new(FindingKind::OtherNamespace);
-    f.netns = Some(h.ns_label());
-    f.device = h.device.clone();
-    Some(f)
-}
-
-/// Passed the nat table of the sandbox namespace without being DNATed.
-fn no_dnat(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
-    let h = req.iter().find(|h| {
-        h.netns == p.sandbox_ns.inode
-            && matches!(h.kind, HopKind::Netfilter { hook: Hook::Prerouting, slot, .. } if slot >= 4)
-    })?;
-    if h.dst() != p.host_ip {
-        return None;
-    }
-    let mut f = Finding::new(FindingKind::NoDnat);
-    f.netns = Some(p.sandbox_ns.label());
-    f.device = h.device.clone();
-    f.hook = Some(Hook::Prerouting);
-    f.table = Some("nat".into());
-    f.address = Some(p.host_ip);
-    Some(f)
-}
-
-/// Routed back out of the sandbox namespace instead of to the guest.
-fn routed_back(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
-    let h = req.iter().find(|h| {
-        h.netns == p.sandbox_ns.inode
-            && matches!(&h.kind, HopKind::Netfilter { hook: Hook::Forward, out_dev: Some(o), .. } if *o == p.ns_veth)
-    })?;
-    let mut f = Finding::new(FindingKind::RoutedBack);
-    f.netns = Some(p.sandbox_ns.label());
-    f.device = Some(p.ns_veth.clone());
-    f.hook = Some(Hook::Forward);
-    f.address = Some(h.dst());
-    Some(f)
-}
-
-fn routing_loop(req: &[&Hop]) -> Option<Finding> {
-    let ttl = req.iter().map(|h| h.pkt.ttl).filter(|t| *t > 0).min()?;
-    (ttl <= 2).then(|| {
-        let mut f = Finding::new(FindingKind::RoutingLoop);
-        f.ttl = Some(ttl);
-        f
-    })
+/// True when the journey connected (nothing needs to be read to judge it).
+pub fn is_connected(j: &Journey) -> bool {
+    outcome::connected(j).is_some()
 }
 
 #[cfg(test)]
 mod tests {
     use tracer_common::tcp_flag;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::{
-        fixtures::{hop, nf, path, pkt, sock, syn, syn_ack_guest, syn_dnat},
+        facts::{LinkFact, NeighFact, ReaderFact, RouteBlock},
+        fixtures::{hop, nf, ns_inode, path, pkt, sock, syn, syn_ack_guest, syn_dnat},
+        hop::{Hop, HopKind},
         journey::{Correlator, Timing},
-        tcp::{TCP_CLOSE, TCP_SYN_SENT},
+        reason::DropReason,
+        tcp::{NUD_INCOMPLETE, TCP_CLOSE, TCP_SYN_SENT},
     };
 
     fn journey(hops: Vec<Hop>) -> Journey {
@@ -547,8 +335,8 @@ mod tests {
         all.remove(0)
     }
 
-    fn no_neigh(_: u32, _: Ipv4Addr) -> Option<u32> {
-        None
+    fn none() -> ReadFacts {
+        ReadFacts::default()
     }
 
     fn out_syn(ts: u64) -> Hop {
@@ -584,7 +372,7 @@ mod tests {
                 pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
             ),
         ]);
-        assert_eq!(decide(&j, Some(&path()), &no_neigh).outcome, Outcome::Connected);
+        assert_eq!(decide(&j, Some(&path()), &none()).outcome, Outcome::Connected);
     }
 
     #[test]
@@ -607,7 +395,7 @@ mod tests {
             nf_at(5, Hook::Forward, 4, syn_dnat(), Some("tap0")),
             drop,
         ]);
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         assert_eq!(v.outcome, Outcome::Dropped);
         let d = v.drop.unwrap();
         assert_eq!(d.direction, Direction::Request);
@@ -638,7 +426,7 @@ mod tests {
                 reply,
             ),
         ]);
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         assert_eq!(v.outcome, Outcome::Dropped);
         assert_eq!(v.drop.unwrap().direction, Direction::Reply);
     }
@@ -658,7 +446,7 @@ mod tests {
             out_syn(1),
             hop(2, "ns-1", "tap0", HopKind::Tcx { ingress: true }, rst),
         ]);
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         assert_eq!(v.outcome, Outcome::Reset);
         let r = v.reset.unwrap();
         assert_eq!((r.by, r.netns.as_deref()), (ResetBy::Guest, Some("ns-1")));
@@ -687,9 +475,26 @@ mod tests {
                 syn(),
             ),
         ]);
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         assert_eq!(v.outcome, Outcome::Reset);
         assert_eq!(v.reset.unwrap().by, ResetBy::Stack);
+    }
+
+    #[test]
+    fn only_a_read_from_the_tap_is_no_reply() {
+        let read = |with_read: bool| {
+            let mut hops = vec![out_syn(1), hop(2, "ns-1", "tap0", HopKind::Xmit, syn_dnat())];
+            if with_read {
+                hops.push(hop(3, "ns-1", "tap0", HopKind::Consumed, syn_dnat()));
+            }
+            decide(&journey(hops), Some(&path()), &none()).outcome
+        };
+        assert_eq!(read(true), Outcome::NoReply);
+        assert_eq!(
+            read(false),
+            Outcome::Queued,
+            "sent to the tap is not read by the VMM"
+        );
     }
 
     #[test]
@@ -706,7 +511,7 @@ mod tests {
                 pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
             ),
         ]);
-        assert_eq!(decide(&j, Some(&path()), &no_neigh).outcome, Outcome::NoReply);
+        assert_eq!(decide(&j, Some(&path()), &none()).outcome, Outcome::NoReply);
     }
 
     #[test]
@@ -715,16 +520,182 @@ mod tests {
             out_syn(1),
             nf_at(2, Hook::Postrouting, 8, syn_dnat(), Some("tap0")),
         ]);
-        let incomplete = |_: u32, a: Ipv4Addr| {
-            (a == "169.254.0.21".parse::<Ipv4Addr>().unwrap()).then_some(NUD_INCOMPLETE)
+        let facts = ReadFacts {
+            neighbours: vec![NeighFact {
+                netns: ns_inode("ns-1"),
+                device: "tap0".into(),
+                address: "169.254.0.21".parse().unwrap(),
+                state: NUD_INCOMPLETE,
+                mac: None,
+            }],
+            ..Default::default()
         };
-        let v = decide(&j, Some(&path()), &incomplete);
+        let v = decide(&j, Some(&path()), &facts);
         assert_eq!(v.outcome, Outcome::Unreachable);
         let u = v.unreachable.unwrap();
         assert_eq!(
             (u.kind, u.device.as_deref(), u.state.as_deref()),
             (UnreachableKind::Neighbour, Some("tap0"), Some("INCOMPLETE"))
         );
+        assert!(v.facts.contains(&FactUsed::NoReader), "{:?}", v.facts);
+    }
+
+    #[test]
+    fn unresolved_arp_on_the_host_side_names_the_veth_and_its_peer() {
+        let j = journey(vec![hop(
+            1,
+            "e2b-host",
+            "veth-1",
+            nf(Hook::Postrouting, 8),
+            syn(),
+        )]);
+        let facts = ReadFacts {
+            neighbours: vec![NeighFact {
+                netns: ns_inode("e2b-host"),
+                device: "veth-1".into(),
+                address: "10.12.0.3".parse().unwrap(),
+                state: NUD_INCOMPLETE,
+                mac: None,
+            }],
+            links: vec![
+                LinkFact {
+                    netns: ns_inode("e2b-host"),
+                    name: "veth-1".into(),
+                    up: true,
+                    carrier: false,
+                    mac: None,
+                },
+                LinkFact {
+                    netns: ns_inode("ns-1"),
+                    name: "eth0".into(),
+                    up: false,
+                    carrier: false,
+                    mac: None,
+                },
+            ],
+            reader: None,
+            route_blocks: Vec::new(),
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert_eq!(v.outcome, Outcome::Unreachable);
+        let u = v.unreachable.as_ref().unwrap();
+        assert_eq!(
+            (u.address, u.device.as_deref()),
+            ("10.12.0.3".parse::<Ipv4Addr>().unwrap(), Some("veth-1"))
+        );
+        let links: Vec<&str> = v
+            .facts
+            .iter()
+            .filter_map(|f| match f {
+                FactUsed::Link(l) => Some(l.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(links, ["veth-1", "eth0"], "the carrier and the peer that took it");
+    }
+
+    #[test]
+    fn a_tap_nobody_reads_holds_the_syn() {
+        let j = journey(vec![
+            out_syn(1),
+            hop(2, "ns-1", "tap0", HopKind::Xmit, syn_dnat()),
+            hop(
+                50_000_000,
+                "e2b-host",
+                "",
+                sock(TCP_SYN_SENT, TCP_CLOSE),
+                pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
+            ),
+        ]);
+        let stopped = ReaderFact {
+            pid: 42,
+            comm: "firecracker".into(),
+            state: 'T',
+            holds_tap: true,
+        };
+        let facts = ReadFacts {
+            reader: Some(stopped.clone()),
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert_eq!(v.outcome, Outcome::Queued);
+        let q = v.queued.unwrap();
+        assert_eq!((q.queue, q.device.as_deref()), (QueueKind::Tap, Some("tap0")));
+        assert_eq!(q.reader, Some(stopped));
+    }
+
+    #[test]
+    fn a_reply_after_the_client_gave_up_is_late() {
+        let mut late_reply = syn_ack_guest();
+        late_reply.saddr = crate::fixtures::ip("10.11.0.1");
+        let j = journey(vec![
+            out_syn(0),
+            hop(100_000, "ns-1", "tap0", HopKind::Consumed, syn_dnat()),
+            hop(
+                50_000_000,
+                "e2b-host",
+                "",
+                sock(TCP_SYN_SENT, TCP_CLOSE),
+                pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
+            ),
+            hop(
+                80_000_000,
+                "ns-1",
+                "tap0",
+                HopKind::Tcx { ingress: true },
+                syn_ack_guest(),
+            ),
+            hop(
+                80_200_000,
+                "e2b-host",
+                "veth-1",
+                HopKind::Drop {
+                    reason: DropReason::new("NO_SOCKET"),
+                },
+                late_reply,
+            ),
+        ]);
+        let v = decide(&j, Some(&path()), &none());
+        assert_eq!(v.outcome, Outcome::Late, "{v:?}");
+        let l = v.late.unwrap();
+        assert_eq!(
+            (l.reply, l.reply_ms, l.timeout_ms, l.after_timeout_ms),
+            (ReplyKind::SynAck, 80.0, 50.0, 30.0)
+        );
+        assert!(matches!(l.fate, Some(LateFate::Dropped { ref reason, .. }) if reason.name() == "NO_SOCKET"));
+        // The same reply before the client gave up connects it.
+        assert_eq!(v.reply_ms, Some(80.0));
+    }
+
+    #[test]
+    fn a_reply_that_is_dropped_before_the_client_gave_up_is_a_drop() {
+        let j = journey(vec![
+            out_syn(0),
+            hop(
+                1_000_000,
+                "ns-1",
+                "tap0",
+                HopKind::Tcx { ingress: true },
+                syn_ack_guest(),
+            ),
+            hop(
+                1_100_000,
+                "ns-1",
+                "tap0",
+                HopKind::Drop {
+                    reason: DropReason::new("NETFILTER_DROP"),
+                },
+                syn_ack_guest(),
+            ),
+            hop(
+                50_000_000,
+                "e2b-host",
+                "",
+                sock(TCP_SYN_SENT, TCP_CLOSE),
+                pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
+            ),
+        ]);
+        assert_eq!(decide(&j, Some(&path()), &none()).outcome, Outcome::Dropped);
     }
 
     #[test]
@@ -745,7 +716,7 @@ mod tests {
                 looped,
             ),
         ]);
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         assert_eq!(v.outcome, Outcome::Dropped);
         let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
         assert_eq!(
@@ -773,12 +744,35 @@ mod tests {
                 syn(),
             ),
         ]);
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
         assert!(
             kinds.contains(&FindingKind::WrongRoute) && kinds.contains(&FindingKind::OtherNamespace),
             "{kinds:?}"
         );
+    }
+
+    #[test]
+    fn a_connect_refused_locally_is_unreachable_with_its_errno_and_rule() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        c.connect_failed(ns_inode("e2b-host"), "10.11.0.1".parse().unwrap(), 49983, 13, 1);
+        let j = c.take_all().pop().unwrap();
+        let facts = ReadFacts {
+            route_blocks: vec![RouteBlock {
+                netns: ns_inode("e2b-host"),
+                dst: "10.11.0.1".parse().unwrap(),
+                what: "policy rule 100: from all to 10.11.0.1/32 prohibit".into(),
+            }],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert_eq!(v.outcome, Outcome::Unreachable);
+        let u = v.unreachable.as_ref().unwrap();
+        assert_eq!(
+            (u.kind, u.errno.as_deref(), u.netns.as_deref()),
+            (UnreachableKind::Prohibited, Some("EACCES"), Some("e2b-host"))
+        );
+        assert!(matches!(&v.facts[..], [FactUsed::RouteBlocker(b)] if b.what.contains("prohibit")));
     }
 
     #[test]
@@ -797,7 +791,7 @@ mod tests {
         let mut c = Correlator::new(&[49983], Timing::default());
         c.push(r);
         let j = c.take_all().pop().unwrap();
-        let v = decide(&j, Some(&path()), &no_neigh);
+        let v = decide(&j, Some(&path()), &none());
         assert_eq!(v.outcome, Outcome::Unreachable);
         let u = v.unreachable.unwrap();
         assert_eq!(

@@ -1,0 +1,108 @@
+//! Facts read when a journey is judged, not seen as events: the state the packet found where
+//! it stopped. The tracer reads them (netlink, /proc) and hands them in; the verdict engine
+//! only looks at them, and names the ones it rests on.
+use std::net::Ipv4Addr;
+
+use crate::tcp::{NUD_FAILED, NUD_INCOMPLETE};
+
+/// What was read about the path's namespaces and its VMM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadFacts {
+    pub neighbours: Vec<NeighFact>,
+    pub links: Vec<LinkFact>,
+    /// The VMM that should read the tap; None when no process does.
+    pub reader: Option<ReaderFact>,
+    /// Destinations a namespace cannot route to, and the policy rule or the
+    /// blackhole/prohibit/unreachable route that says so (read for the addresses of the path).
+    pub route_blocks: Vec<RouteBlock>,
+}
+
+/// A policy rule or a blackhole/prohibit/unreachable route that applies to `dst` in `netns`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteBlock {
+    pub netns: u32,
+    pub dst: Ipv4Addr,
+    /// As `ip rule`/`ip route` would say it ("route unreachable 10.12.0.2/32 in table main").
+    pub what: String,
+}
+
+/// A neighbour (ARP) entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NeighFact {
+    pub netns: u32,
+    pub device: String,
+    pub address: Ipv4Addr,
+    /// NUD bits.
+    pub state: u32,
+    pub mac: Option<String>,
+}
+
+impl NeighFact {
+    /// ARP was never answered (INCOMPLETE) or gave up (FAILED).
+    pub fn unresolved(&self) -> bool {
+        self.state & (NUD_INCOMPLETE | NUD_FAILED) != 0
+    }
+}
+
+/// A device's state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LinkFact {
+    pub netns: u32,
+    pub name: String,
+    /// Administratively up.
+    pub up: bool,
+    /// Carrier: for a veth, its peer is up; for a tap, a process has it open.
+    pub carrier: bool,
+    pub mac: Option<String>,
+}
+
+/// The VMM process, as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReaderFact {
+    pub pid: u32,
+    pub comm: String,
+    /// `/proc/PID/stat` state: R running, S sleeping, D disk wait, T stopped, Z zombie.
+    pub state: char,
+    /// It holds the tap open.
+    pub holds_tap: bool,
+}
+
+impl ReadFacts {
+    pub fn link(&self, netns: u32, name: &str) -> Option<&LinkFact> {
+        self.links.iter().find(|l| l.netns == netns && l.name == name)
+    }
+
+    /// Unresolved neighbour entries on a device, the one for `prefer` first.
+    pub fn unresolved_on(&self, netns: u32, device: &str, prefer: Option<Ipv4Addr>) -> Option<&NeighFact> {
+        let mut on_dev = self
+            .neighbours
+            .iter()
+            .filter(|n| n.netns == netns && n.device == device && n.unresolved());
+        let first = on_dev.clone().find(|n| Some(n.address) == prefer);
+        first.or_else(|| on_dev.next())
+    }
+
+    pub fn route_block(&self, netns: u32, dst: Ipv4Addr) -> Option<&RouteBlock> {
+        self.route_blocks
+            .iter()
+            .find(|b| b.netns == netns && b.dst == dst)
+    }
+
+    pub fn neighbour(&self, netns: u32, address: Ipv4Addr) -> Option<&NeighFact> {
+        self.neighbours
+            .iter()
+            .find(|n| n.netns == netns && n.address == address)
+    }
+}
+
+/// A fact a verdict rests on (reports say which were read, and where).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FactUsed {
+    Neighbour(NeighFact),
+    Link(LinkFact),
+    Reader(ReaderFact),
+    /// No process holds the tap.
+    NoReader,
+    /// The rule or route that keeps a namespace from routing to an address.
+    RouteBlocker(RouteBlock),
+}

@@ -669,3 +669,47 @@ fn lost_events_are_shown_and_put_on_the_verdicts() {
     });
     assert_eq!(v["type"], "journey", "{v}");
 }
+
+#[test]
+fn a_device_the_tracer_could_not_attach_to_is_named_on_every_verdict() {
+    let Some(mut lab) = lab_up("blind_spot", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    lab.break_fault(0, lab::Fault::ForwardDrop).unwrap();
+    let run = |json: bool| {
+        let mut cmd = Command::new(common::tracer_bin());
+        cmd.args(["trace", "--vm", &id, "--probe"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .env("TRACER_TEST_NO_TCX", "tap0")
+            .output()
+            .expect("run tracer");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(true);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("one JSON verdict");
+    // The drop is still found (netfilter sees it); the verdict says what was not watched.
+    assert_eq!(v["outcome"], "dropped", "{v}");
+    let spots: Vec<&str> = v["blind_spots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(spots.len(), 1, "{v}");
+    assert!(spots[0].starts_with("tap0 in ns-1 (tcx: "), "{v}");
+    assert!(err.contains("could not attach to tap0 in ns-1"), "{err}");
+    let (_, text, _) = run(false);
+    assert!(text.contains("note: not watched: tap0 in ns-1"), "{text}");
+    // Without the failure nothing is blind.
+    let (_, v, _) = common::probe(&id, &[]);
+    assert_eq!(v["blind_spots"], serde_json::json!([]), "{v}");
+}

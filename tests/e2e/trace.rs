@@ -7,7 +7,7 @@ use lab::testing::lab_up;
 use std::{process::Command, time::Duration};
 
 use common::{OUR_PROGRAMS, Tracer, loaded_program_names, probe, tracer};
-use lab::{Fault, GuestKind, LabConfig, Topology};
+use lab::{Fault, GuestKind, IptablesBackend, LabConfig, Topology};
 use serde_json::Value;
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {
@@ -135,6 +135,161 @@ fn expect(fault: Fault, v: &Value) {
             is("cause.device", "veth-2");
             assert!(kinds(v).contains(&"other_namespace".to_string()), "{ctx}");
         }
+        Fault::SandboxVethDown => {
+            // ARP for the sandbox's end goes out a veth without carrier: the link facts say why.
+            is("outcome", "unreachable");
+            is("unreachable.kind", "neighbour");
+            is("unreachable.netns", "e2b-host");
+            is("unreachable.device", "veth-1");
+            is("unreachable.address", "10.12.0.3");
+            has("summary", "veth-1 has no carrier");
+            has("summary", "eth0 is down");
+        }
+        Fault::HostVethDown => {
+            is("outcome", "unreachable");
+            is("unreachable.kind", "no_route");
+            is("unreachable.netns", "e2b-host");
+            is("unreachable.errno", "ENETUNREACH");
+            assert!(
+                v["explained_by"].to_string().contains("veth-1 in e2b-host: DOWN"),
+                "{ctx}"
+            );
+        }
+        Fault::BlackholeRoute => {
+            is("outcome", "unreachable");
+            is("unreachable.kind", "blackhole");
+            is("unreachable.netns", "e2b-host");
+            is("unreachable.errno", "EINVAL");
+            has("summary", "route blackhole 10.11.0.1/32 in table main");
+        }
+        Fault::ProhibitRule => {
+            is("outcome", "unreachable");
+            is("unreachable.kind", "prohibited");
+            is("unreachable.netns", "e2b-host");
+            is("unreachable.errno", "EACCES");
+            has("summary", "policy rule 100: from all to 10.11.0.1/32 prohibit");
+        }
+        Fault::VmmStopped => {
+            is("outcome", "queued");
+            is("queued.queue", "tap");
+            is("queued.netns", "ns-1");
+            is("queued.device", "tap0");
+            is("queued.reader.state", "T");
+            has("summary", "never read");
+            has("summary", "is stopped (state T)");
+        }
+        Fault::TapQueueFull => {
+            is("outcome", "dropped");
+            is("drop.netns", "ns-1");
+            is("drop.device", "tap0");
+            is("drop.reason", "FULL_RING");
+            has("summary", "is stopped (state T)");
+        }
+        Fault::RawReplyDrop | Fault::MangleReplyDrop => {
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "ns-1");
+            is("drop.device", "tap0");
+            is("drop.reason", "NETFILTER_DROP");
+            if fault == Fault::RawReplyDrop {
+                is("drop.hook", "PREROUTING");
+                is("drop.table", "raw");
+                is(
+                    "drop.rule",
+                    "-A PREROUTING -i tap0 -p tcp -m tcp --sport 49983 -j DROP",
+                );
+            } else {
+                is("drop.hook", "FORWARD");
+                is("drop.table", "mangle");
+                is(
+                    "drop.rule",
+                    "-A FORWARD -i tap0 -p tcp -m tcp --sport 49983 -j DROP",
+                );
+            }
+        }
+        Fault::NftOddPriority => {
+            is("outcome", "dropped");
+            is("drop.direction", "request");
+            is("drop.netns", "ns-1");
+            is("drop.hook", "FORWARD");
+            is("drop.table", "inet lab-odd");
+            is("drop.chain", "guard");
+            has("drop.rule", "tcp dport 49983 counter drop");
+        }
+        Fault::ReplyRouteUnreachable => {
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "ns-1");
+            is("drop.device", "tap0");
+            is("drop.function", "ip_error");
+            has("summary", "route unreachable 10.12.0.2/32 in table main");
+            assert!(
+                v["explained_by"].to_string().contains("routes 10.12.0.2"),
+                "{ctx}"
+            );
+        }
+        Fault::QdiscDrop => {
+            is("outcome", "dropped");
+            is("drop.direction", "request");
+            is("drop.netns", "e2b-host");
+            is("drop.device", "veth-1");
+            is("drop.reason", "QDISC_DROP");
+        }
+        Fault::SlowGuest => {
+            is("outcome", "late");
+            is("late.reply", "syn_ack");
+            let ms = |k: &str| v["late"][k].as_f64().unwrap_or(-1.0);
+            assert!(ms("reply_ms") >= 80.0, "the guest waits 80 ms — {ctx}");
+            assert!(
+                ms("timeout_ms") > 45.0 && ms("timeout_ms") < 80.0,
+                "the probe's 50 ms — {ctx}"
+            );
+            assert!(ms("after_timeout_ms") > 0.0, "{ctx}");
+            is("late.fate.kind", "reset");
+            is("late.fate.netns", "e2b-host");
+        }
+    }
+    rests_on_evidence(v, &ctx);
+}
+
+/// Every claim of the summary follows from an event or a fact read (listed in `evidence`).
+fn rests_on_evidence(v: &Value, ctx: &str) {
+    let summary = s(v, "summary");
+    let evidence: Vec<&str> = v["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let hops = v["hops"].as_array().cloned().unwrap_or_default();
+    let read = |what: &str| evidence.iter().any(|e| e.starts_with(&format!("read ({what}")));
+    assert!(
+        evidence
+            .iter()
+            .all(|e| e.starts_with("event: ") || e.starts_with("read (")),
+        "evidence lines are events or reads — {ctx}"
+    );
+    if summary.contains("read the SYN") {
+        assert!(
+            hops.iter()
+                .any(|h| h["point"] == "consumed" && h["leg"] == "request"),
+            "'read the SYN' needs the tap read (consume) — {ctx}"
+        );
+    }
+    if summary.contains("(pid ") {
+        assert!(read("/proc/"), "a VMM state needs /proc read — {ctx}");
+    }
+    if summary.contains("no carrier") || summary.contains(" is down") {
+        assert!(read("netlink"), "link states need the netlink read — {ctx}");
+    }
+    if summary.contains("policy rule")
+        || summary.contains("route blackhole")
+        || summary.contains("route unreachable")
+    {
+        assert!(
+            read("netlink rules and routes"),
+            "a rule or route needs it read — {ctx}"
+        );
     }
 }
 
@@ -322,6 +477,34 @@ fn bridge_variant_shows_the_bridge_hops_and_drops() {
             assert_eq!(s(&v, "unreachable.device"), "br0", "{v}");
         }
     }
+}
+
+#[test]
+fn the_legacy_backend_names_rules_on_both_legs_and_in_every_table() {
+    let Some(mut lab) = lab_up(
+        "legacy_backend_faults",
+        LabConfig {
+            iptables: IptablesBackend::Legacy,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    for fault in [
+        Fault::ForwardDrop,
+        Fault::UserChainDrop,
+        Fault::RawReplyDrop,
+        Fault::MangleReplyDrop,
+        Fault::HostInputDrop,
+    ] {
+        lab.break_fault(0, fault).unwrap();
+        let (code, v, err) = probe(&id, &[]);
+        assert_eq!(code, 1, "{}: {err}", fault.name());
+        expect(fault, &v);
+        lab.heal(0).unwrap();
+    }
+    assert_connected(&id);
 }
 
 #[test]

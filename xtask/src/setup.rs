@@ -19,8 +19,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz release (`cargo xtask fuzz`).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: iptables/nftables (lab rules, rule lookup), busybox-static (QEMU guest),
-/// iperf3 (bench), qemu-system-x86 (QEMU guest, from backports so the machine's qemu-utils stays).
-const PACKAGES: &[&str] = &["iptables", "nftables", "busybox-static", "iperf3"];
+/// iperf3 (bench), curl (an independent HTTP client for the end-to-end tests), qemu-system-x86
+/// (QEMU guest, from backports so the machine's qemu-utils stays).
+const PACKAGES: &[&str] = &["iptables", "nftables", "busybox-static", "iperf3", "curl"];
 const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
 
 pub fn run() -> Result<()> {

@@ -28,6 +28,9 @@ pub enum AttemptResult {
     Refused,
     /// The kernel had no route or the neighbour was unreachable (ICMP or local error).
     Unreachable { error: String },
+    /// connect() itself was refused by the local stack (a prohibit rule: EACCES, a blackhole
+    /// route: EINVAL, a local firewall: EPERM).
+    Rejected { error: String },
     /// Anything else.
     Error { error: String },
 }
@@ -179,6 +182,9 @@ fn classify(e: &io::Error) -> AttemptResult {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => AttemptResult::Refused,
         _ if matches!(e.raw_os_error(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => {
             AttemptResult::Unreachable { error: e.to_string() }
+        }
+        _ if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EINVAL | libc::EPERM)) => {
+            AttemptResult::Rejected { error: e.to_string() }
         }
         _ => AttemptResult::Error { error: e.to_string() },
     }

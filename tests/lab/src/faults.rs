@@ -12,6 +12,8 @@ pub enum Symptom {
     Refused,
     /// The kernel reports no route (in the lab, where e2b-host has no default route).
     Unreachable,
+    /// connect() fails at once with a local error (EACCES, EINVAL).
+    Rejected,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,6 +35,18 @@ pub enum Fault {
     ForwardPolicyDrop,
     UserChainDrop,
     HostInputDrop,
+    SandboxVethDown,
+    HostVethDown,
+    BlackholeRoute,
+    ProhibitRule,
+    VmmStopped,
+    TapQueueFull,
+    RawReplyDrop,
+    MangleReplyDrop,
+    NftOddPriority,
+    ReplyRouteUnreachable,
+    QdiscDrop,
+    SlowGuest,
 }
 
 impl Fault {
@@ -53,6 +67,18 @@ impl Fault {
         Fault::ForwardPolicyDrop,
         Fault::UserChainDrop,
         Fault::HostInputDrop,
+        Fault::SandboxVethDown,
+        Fault::HostVethDown,
+        Fault::BlackholeRoute,
+        Fault::ProhibitRule,
+        Fault::VmmStopped,
+        Fault::TapQueueFull,
+        Fault::RawReplyDrop,
+        Fault::MangleReplyDrop,
+        Fault::NftOddPriority,
+        Fault::ReplyRouteUnreachable,
+        Fault::QdiscDrop,
+        Fault::SlowGuest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +99,18 @@ impl Fault {
             Self::ForwardPolicyDrop => "forward-policy-drop",
             Self::UserChainDrop => "user-chain-drop",
             Self::HostInputDrop => "host-input-drop",
+            Self::SandboxVethDown => "sandbox-veth-down",
+            Self::HostVethDown => "host-veth-down",
+            Self::BlackholeRoute => "blackhole-route",
+            Self::ProhibitRule => "prohibit-rule",
+            Self::VmmStopped => "vmm-stopped",
+            Self::TapQueueFull => "tap-queue-full",
+            Self::RawReplyDrop => "raw-reply-drop",
+            Self::MangleReplyDrop => "mangle-reply-drop",
+            Self::NftOddPriority => "nft-odd-priority",
+            Self::ReplyRouteUnreachable => "reply-route-unreachable",
+            Self::QdiscDrop => "qdisc-drop",
+            Self::SlowGuest => "slow-guest",
         }
     }
 
@@ -131,6 +169,42 @@ impl Fault {
             Self::HostInputDrop => {
                 "the host's INPUT chain drops the SYN-ACK from the sandbox (host firewall); orchestrator: timeout"
             }
+            Self::SandboxVethDown => {
+                "eth0 (the veth end inside the sandbox ns) is down, so the host's veth has no carrier; orchestrator: timeout"
+            }
+            Self::HostVethDown => {
+                "the host's veth of the slot is down: its routes are gone (lab: unreachable; production: timeout or wrong path)"
+            }
+            Self::BlackholeRoute => {
+                "the host routes the slot's host IP into a blackhole (a leftover of slot teardown); orchestrator: connect fails (EINVAL)"
+            }
+            Self::ProhibitRule => {
+                "a policy-routing rule (ip rule ... prohibit) on the host forbids the slot's host IP; orchestrator: connect fails (EACCES)"
+            }
+            Self::VmmStopped => {
+                "the VMM is stopped (SIGSTOP, a debugger, a frozen cgroup): it holds the tap but reads nothing; orchestrator: timeout"
+            }
+            Self::TapQueueFull => {
+                "the VMM is stopped and tap0's queue is 1 packet long: the queue fills and the kernel drops the rest; orchestrator: timeout"
+            }
+            Self::RawReplyDrop => {
+                "an iptables DROP in the sandbox ns raw PREROUTING for envd's replies; orchestrator: timeout"
+            }
+            Self::MangleReplyDrop => {
+                "an iptables DROP in the sandbox ns mangle FORWARD for envd's replies; orchestrator: timeout"
+            }
+            Self::NftOddPriority => {
+                "an nftables forward chain at priority 7 (between the standard ones) drops the SYN in the sandbox ns; orchestrator: timeout"
+            }
+            Self::ReplyRouteUnreachable => {
+                "the sandbox ns has an unreachable route for the orchestrator's address: the SYN-ACK cannot be routed back; orchestrator: timeout"
+            }
+            Self::QdiscDrop => {
+                "a queue discipline on the host's veth that drops everything (pfifo limit 0); orchestrator: timeout"
+            }
+            Self::SlowGuest => {
+                "envd answers 80 ms after the SYN (a busy or CPU-starved guest): every 50 ms attempt gives up first; orchestrator: timeout"
+            }
         }
     }
 
@@ -138,7 +212,8 @@ impl Fault {
     pub fn symptom(self) -> Symptom {
         match self {
             Self::GuestNoListener => Symptom::Refused,
-            Self::HostRouteMissing => Symptom::Unreachable,
+            Self::HostRouteMissing | Self::HostVethDown => Symptom::Unreachable,
+            Self::BlackholeRoute | Self::ProhibitRule => Symptom::Rejected,
             _ => Symptom::Timeout,
         }
     }

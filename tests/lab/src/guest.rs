@@ -161,6 +161,8 @@ pub fn stop_pid(pid: u32) {
     let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
     // SAFETY: plain signals to a pid we started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    // A stopped VMM (a paused-VM fault) handles SIGTERM only once continued.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     if wait_for(Duration::from_secs(5), Duration::from_millis(5), || {
         (!alive()).then_some(())
     })

@@ -530,6 +530,95 @@ impl Lab {
                 let other = self.state.sandboxes[if i == 0 { 1 } else { 0 }].slot;
                 self.add_host_route(slot, if on { other } else { slot })
             }
+            Fault::SandboxVethDown => {
+                ip(
+                    Some(&ns),
+                    &["link", "set", "eth0", if on { "down" } else { "up" }],
+                )?;
+                if on {
+                    // The host's end loses its carrier asynchronously (link watch).
+                    self.wait_link(HOST_NS, &slot.veth(), "NO-CARRIER")
+                } else {
+                    // Down took the default route with it; the carrier comes back
+                    // asynchronously too.
+                    let via = slot.veth_ip().to_string();
+                    ip(Some(&ns), &["route", "replace", "default", "via", &via])?;
+                    self.wait_link(HOST_NS, &slot.veth(), "LOWER_UP")?;
+                    // ARP entries left INCOMPLETE meanwhile retry only after a second.
+                    ip(Some(HOST_NS), &["neigh", "flush", "dev", &slot.veth()]).map(|_| ())
+                }
+            }
+            Fault::HostVethDown => {
+                ip(
+                    Some(HOST_NS),
+                    &["link", "set", &slot.veth(), if on { "down" } else { "up" }],
+                )?;
+                if on {
+                    Ok(())
+                } else {
+                    self.wait_link(&ns, "eth0", "LOWER_UP")?;
+                    ip(Some(&ns), &["neigh", "flush", "dev", "eth0"])?;
+                    self.add_host_route(slot, slot)
+                }
+            }
+            Fault::BlackholeRoute => {
+                if on {
+                    let dst = format!("{}/32", slot.host_ip());
+                    ip(Some(HOST_NS), &["route", "replace", "blackhole", &dst]).map(|_| ())
+                } else {
+                    self.add_host_route(slot, slot)
+                }
+            }
+            Fault::ProhibitRule => {
+                let dst = format!("{}/32", slot.host_ip());
+                let verb = if on { "add" } else { "del" };
+                let args = ["rule", verb, "to", &dst, "prohibit", "pref", "100"];
+                ip(Some(HOST_NS), &args).map(|_| ())
+            }
+            Fault::VmmStopped => self.signal_guest(i, if on { libc::SIGSTOP } else { libc::SIGCONT }),
+            Fault::TapQueueFull => {
+                if on {
+                    ip(Some(&ns), &["link", "set", TAP_NAME, "txqueuelen", "1"])?;
+                    self.signal_guest(i, libc::SIGSTOP)
+                } else {
+                    self.signal_guest(i, libc::SIGCONT)?;
+                    ip(Some(&ns), &["link", "set", TAP_NAME, "txqueuelen", "1000"]).map(|_| ())
+                }
+            }
+            Fault::RawReplyDrop => ipt_ns(&split(&format!(
+                "-t raw {op} PREROUTING -i {tap} -p tcp -m tcp --sport {ENVD_PORT} -j DROP"
+            ))),
+            Fault::MangleReplyDrop => ipt_ns(&split(&format!(
+                "-t mangle {op} FORWARD -i {tap} -p tcp -m tcp --sport {ENVD_PORT} -j DROP"
+            ))),
+            Fault::NftOddPriority => {
+                if on {
+                    let text = format!(
+                        "table inet lab-odd {{\n  chain guard {{\n    type filter hook forward priority 7; policy accept;\n    tcp dport {ENVD_PORT} counter drop\n  }}\n}}\n"
+                    );
+                    run_in_with_input(Some(&ns), "nft", &["-f", "-"], &text).map(|_| ())
+                } else {
+                    run_in(Some(&ns), "nft", &["delete", "table", "inet", "lab-odd"]).map(|_| ())
+                }
+            }
+            Fault::ReplyRouteUnreachable => {
+                let dst = format!("{}/32", slot.veth_ip());
+                let verb = if on { "add" } else { "del" };
+                ip(Some(&ns), &["route", verb, "unreachable", &dst]).map(|_| ())
+            }
+            Fault::QdiscDrop => {
+                let dev = slot.veth();
+                if on {
+                    let args = ["qdisc", "add", "dev", &dev, "root", "pfifo", "limit", "0"];
+                    run_in(Some(HOST_NS), "tc", &args).map(|_| ())
+                } else {
+                    run_in(Some(HOST_NS), "tc", &["qdisc", "del", "dev", &dev, "root"]).map(|_| ())
+                }
+            }
+            Fault::SlowGuest => {
+                let sock = self.state.sandboxes[i].api_sock();
+                guest::control(&sock, if on { "delay 80" } else { "delay 0" }).map(|_| ())
+            }
             Fault::PreroutingDropNft | Fault::PreroutingDropNftCounter => {
                 let (table, stmt) = if fault == Fault::PreroutingDropNft {
                     ("lab-fault", "drop")
@@ -546,6 +635,18 @@ impl Lab {
                 }
             }
         }
+    }
+
+    /// Sends `sig` to sandbox `i`'s VMM (SIGSTOP/SIGCONT: a paused VM).
+    fn signal_guest(&self, i: usize, sig: i32) -> Result<()> {
+        let pid = self.state.sandboxes[i]
+            .guest_pid
+            .ok_or_else(|| anyhow!("sandbox {i} has no VMM"))?;
+        // SAFETY: a plain signal to the VMM this lab started.
+        if unsafe { libc::kill(pid as i32, sig) } != 0 {
+            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Waits (bounded) until `ip -d link show DEV` in `ns` mentions `needle`.

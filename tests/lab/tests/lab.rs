@@ -92,6 +92,7 @@ fn symptom_of(r: &lab::ConnectReport) -> Option<Symptom> {
         AttemptResult::Timeout => Some(Symptom::Timeout),
         AttemptResult::Refused => Some(Symptom::Refused),
         AttemptResult::Unreachable { .. } => Some(Symptom::Unreachable),
+        AttemptResult::Rejected { .. } => Some(Symptom::Rejected),
         _ => None,
     }
 }

@@ -131,6 +131,10 @@ pub const MAX_PORTS: usize = 4;
 pub const CFG_ANY_NETNS: u32 = 1;
 /// `Config::flags`: match any address, ignoring the `ADDRS` map.
 pub const CFG_ANY_ADDR: u32 = 2;
+/// `Config::flags`: the detection programs (socket state, resets, drops of packets not
+/// followed) match any address; the path programs still use `ADDRS`. The watcher's mode:
+/// every failed envd attempt and drop on the node, the full path only where it zoomed in.
+pub const CFG_DETECT_ANY_ADDR: u32 = 4;
 
 /// Kernel struct member offsets, read from the running kernel's BTF at load time (Rust eBPF
 /// has no CO-RE field relocations). All in bytes from the start of the named struct.

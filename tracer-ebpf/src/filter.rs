@@ -1,5 +1,7 @@
 //! The in-kernel filter: everything that is not followed returns within a few instructions.
-use tracer_common::{CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, Packet, Tracked, tcp_flag};
+use tracer_common::{
+    CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DETECT_ANY_ADDR, Config, MAX_PORTS, Packet, Tracked, tcp_flag,
+};
 
 use crate::maps::{ADDRS, CONFIG, NETNS, NF_SKIP, TRACKED};
 
@@ -46,6 +48,15 @@ pub fn is_handshake(flags: u8) -> bool {
 pub fn packet_matches(cfg: &Config, pkt: &Packet, netns: u32) -> bool {
     port_matches(cfg, pkt.sport, pkt.dport)
         && addr_matches(cfg, pkt.saddr, pkt.daddr)
+        && netns_matches(cfg, netns)
+}
+
+/// The filter of the detection programs (socket events, resets, drops of packets not
+/// followed): as [`packet_matches`], but any address in the watcher's mode.
+#[inline(always)]
+pub fn detect_matches(cfg: &Config, pkt: &Packet, netns: u32) -> bool {
+    port_matches(cfg, pkt.sport, pkt.dport)
+        && (cfg.flags & CFG_DETECT_ANY_ADDR != 0 || addr_matches(cfg, pkt.saddr, pkt.daddr))
         && netns_matches(cfg, netns)
 }
 

@@ -380,9 +380,11 @@ impl Correlator {
                 ..
             }
         ) {
-            // A new attempt (the address of a freed socket may be reused).
+            // A new attempt (the address of a freed socket may be reused): what was parked
+            // for that address belongs to an older attempt.
             self.by_sock.remove(&sk);
             self.finished_sock.remove(&sk);
+            self.pending_sock.remove(&sk);
             self.park_socket_event(sk, hop);
             return;
         }
@@ -613,6 +615,32 @@ pub mod tests {
             sock(old, new),
             pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
         )
+    }
+
+    #[test]
+    fn a_reused_socket_address_does_not_carry_an_older_attempts_events() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        // The end of an attempt whose SYN was never seen (it began before the tracer looked).
+        c.push(sock_hop(1, TCP_SYN_SENT, TCP_CLOSE));
+        // The next attempt's socket gets the same address.
+        c.push(sock_hop(10, TCP_CLOSE, TCP_SYN_SENT));
+        c.push(hop(
+            11,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            syn(),
+        ));
+        let j = c.take_all().remove(0);
+        let states: Vec<u32> = j
+            .hops
+            .iter()
+            .filter_map(|(_, h)| match h.kind {
+                HopKind::Socket { new_state, .. } => Some(new_state),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states, [TCP_SYN_SENT], "{:?}", j.hops);
     }
 
     #[test]

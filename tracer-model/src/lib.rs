@@ -6,6 +6,7 @@
 //! Data flows one way through it: hops (decoded by the tracer from kernel events) →
 //! [`journey::Correlator`] → [`journey::Journey`] → [`verdict::decide`] → [`verdict::Verdict`].
 //! Turning a verdict into sentences is the output layer's job.
+pub mod attempts;
 pub mod facts;
 #[doc(hidden)]
 pub mod fixtures;

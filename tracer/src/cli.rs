@@ -30,6 +30,9 @@ pub enum Command {
     List(ListArgs),
     /// Check a sandbox's network configuration, without changing anything.
     Doctor(DoctorArgs),
+    /// Follow every sandbox of this node and report each failing one as an incident (JSON
+    /// lines on stdout), for days.
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +114,80 @@ pub struct TraceArgs {
     /// tracer never does.
     #[arg(long)]
     pub nft_trace: bool,
+}
+
+/// `tracer watch`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "How it works: detection stays attached node-wide (socket state changes, resets \
+and drops of envd packets, filtered in the kernel). A sandbox's first failed attempt opens an \
+incident and a zoom-in: the full path programs on that sandbox, so the orchestrator's next attempt \
+(~55 ms later) is followed hop by hop and judged like `tracer trace`. Then the zoom-in detaches.
+
+Output, one JSON object per line on stdout (schema in the README):
+  incident  the verdict of a failing sandbox (the `trace --json` record plus incident_id,
+            first_failure, localized_at, attempts_seen)
+  repeat    more failures of an open incident, at most one per --repeat-every
+  resolved  the sandbox's attempts connect again (with the duration)
+  closed    the sandbox ended with its incident open
+
+Bounds (memory stays flat for days): 8192 sandboxes remembered (ended ones for 60 s), 4096 open
+incidents, 16384 attempts in flight and 16384 given-up attempts awaiting a late reply, 1024
+queued zoom-ins, 4096 attempts awaiting attribution (2 s), --max-zoom zoom-ins at once; reports
+bounded by --report-max-files and --report-max-bytes. Every external command has a timeout."
+)]
+pub struct WatchArgs {
+    /// The orchestrator's namespace (a name under /var/run/netns). Default: the namespaces that
+    /// hold the sandboxes' veth peers (the root namespace in production).
+    #[arg(long, value_name = "NAME")]
+    pub host_netns: Option<String>,
+
+    /// envd's TCP port.
+    #[arg(long, default_value = "49983", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    /// Zoom-ins attached at once; more failing sandboxes wait in a queue (their incidents say
+    /// so). Each costs a few program runs per packet on that sandbox's path while it lasts.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub max_zoom: usize,
+
+    /// How long a zoom-in waits for the orchestrator's next attempt to be judged.
+    #[arg(long, value_parser = parse_duration, default_value = "3s", value_name = "DURATION")]
+    pub zoom_window: Duration,
+
+    /// How long an attempt is still followed after its client gave up (a reply in that time
+    /// makes the verdict `late`: a slow guest). As for `trace`.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub late_window: Duration,
+
+    /// At most one `repeat` record per incident per this period.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub repeat_every: Duration,
+
+    /// How often VMMs are looked for (new ones are found within this; a failure for a slot
+    /// whose sandbox is unknown triggers a scan at once).
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub scan_every: Duration,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Write one Markdown report per incident into this directory (created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<std::path::PathBuf>,
+
+    /// Reports kept at most in --report-dir (the oldest go first).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub report_max_files: usize,
+
+    /// Bytes of reports kept at most in --report-dir.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub report_max_bytes: u64,
+
+    /// Size of the kernel's event ring buffer (a power of two, 4096 to 1 GiB; default 4 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -259,3 +259,42 @@ mod tests {
         assert_eq!((back.point, back.reason), (point::DROP, 12));
     }
 }
+
+/// What completes a netfilter hop: where its slot sits (the priority window) and the names
+/// of its in/out devices, per namespace. Filled as programs attach.
+#[derive(Debug, Clone, Default)]
+pub struct Places {
+    pub nf_layout: crate::bpf::NfLayout,
+    /// ifindex → device name, per namespace inode.
+    pub ifnames: std::collections::HashMap<u32, std::collections::HashMap<u32, String>>,
+}
+
+impl Places {
+    /// Fills in a netfilter hop's priority window and device names.
+    pub fn name(&self, mut hop: Hop) -> Hop {
+        if let HopKind::Netfilter {
+            hook,
+            slot,
+            priority,
+            window_end,
+            in_ifindex,
+            out_ifindex,
+            in_dev,
+            out_dev,
+        } = &mut hop.kind
+        {
+            let (ns, h) = (hop.netns, *hook as u8);
+            if let Some(p) = self.nf_layout.priority(ns, h, *slot) {
+                *priority = p;
+            }
+            if let Some(end) = self.nf_layout.window_end(ns, h, *slot) {
+                *window_end = end;
+            }
+            if let Some(names) = self.ifnames.get(&hop.netns) {
+                *in_dev = names.get(in_ifindex).cloned();
+                *out_dev = names.get(out_ifindex).cloned();
+            }
+        }
+        hop
+    }
+}

@@ -11,7 +11,8 @@
 //!   kernel symbols), `connect` (connection attempts like the orchestrator's);
 //! - what is on this host: `sandbox` (discovery), `cache`, `target`;
 //! - judging and telling: `events` (kernel events → hops), `doctor`, `report`, `output`;
-//! - commands: `trace`, `list`, `doctor::run`, with `cli` and `error`.
+//! - commands: `trace`, `watch` (every sandbox of a node, unattended), `list`, `doctor::run`,
+//!   with `cli` and `error`.
 pub mod bpf;
 pub mod cache;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod report;
 pub mod sandbox;
 pub mod target;
 pub mod trace;
+pub mod watch;
 
 #[cfg(test)]
 mod walls {

@@ -19,9 +19,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz release (`cargo xtask fuzz`).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: iptables/nftables (lab rules, rule lookup), busybox-static (QEMU guest),
-/// iperf3 (bench), curl (an independent HTTP client for the end-to-end tests), qemu-system-x86
-/// (QEMU guest, from backports so the machine's qemu-utils stays).
-const PACKAGES: &[&str] = &["iptables", "nftables", "busybox-static", "iperf3", "curl"];
+/// iperf3 (bench), curl (an independent HTTP client for the end-to-end tests), prometheus (a
+/// real server scraping the watcher in a test, and promtool), qemu-system-x86 (QEMU guest, from
+/// backports so the machine's qemu-utils stays).
+const PACKAGES: &[&str] = &[
+    "iptables",
+    "nftables",
+    "busybox-static",
+    "iperf3",
+    "curl",
+    "prometheus",
+];
 const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
 
 pub fn run() -> Result<()> {
@@ -239,13 +247,49 @@ fn debian_packages(done: &mut Vec<String>) -> Result<()> {
                 .args(pkgs),
         )
     };
+    // Packages with a service (prometheus) must not start it: the machine's network and
+    // processes are not ours to change. policy-rc.d tells Debian's maintainer scripts so.
+    let _no_services = NoServiceStarts::install()?;
     apt(&[], &missing)?;
     apt(&["-t", &suite], &missing_bpo)?;
+    // Nor start at the next boot: tests run their own Prometheus, in a lab namespace.
+    if missing.contains(&"prometheus") {
+        let _ = fs::remove_file("/etc/systemd/system/multi-user.target.wants/prometheus.service");
+    }
     done.push(format!(
         "installed {}",
         [missing, missing_bpo].concat().join(", ")
     ));
     Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` answering "no" (101) while packages install; removed on drop, and
+/// only if it was not there before.
+struct NoServiceStarts(Option<&'static str>);
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> Result<Self> {
+        if Path::new(Self::PATH).exists() {
+            return Ok(Self(None));
+        }
+        fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while installing\nexit 101\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(Self::PATH, fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(Self::PATH)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 /// Makes sure the distribution's backports suite is an apt source; returns its name.

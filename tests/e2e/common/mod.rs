@@ -112,11 +112,19 @@ impl Tracer {
 
     /// Like [`Tracer::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(Command::new(tracer_bin()).args(args).envs(env.iter().copied()))
+    }
+
+    /// Starts the tracer through another program that execs it (`ip netns exec NS tracer
+    /// ...`), so the child's pid is the tracer's.
+    pub fn start_program(program: &str, args: &[&str]) -> Self {
+        Self::spawn(Command::new(program).args(args))
+    }
+
+    fn spawn(cmd: &mut Command) -> Self {
         let stderr_path =
             std::env::temp_dir().join(format!("tracer-e2e-{}-{}.err", std::process::id(), rand_suffix()));
-        let mut child = Command::new(tracer_bin())
-            .args(args)
-            .envs(env.iter().copied())
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr_path).expect("stderr file"))
             .spawn()

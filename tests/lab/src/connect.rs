@@ -115,6 +115,42 @@ pub fn connect(
     })
 }
 
+/// The orchestrator stand-in over many sandboxes, on a thread: round after round, one attempt
+/// per sandbox (50 ms timeout, 5 ms apart), until stopped. A production node's orchestrator
+/// does the same across the sandboxes it is starting.
+pub struct Loop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl Loop {
+    pub fn start(host_ns: &str, targets: Vec<Ipv4Addr>, port: u16) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns_path = Path::new("/var/run/netns").join(host_ns);
+        let handle = std::thread::spawn(move || -> Result<u64> {
+            enter_netns(&ns_path)?;
+            let mut rounds = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for ip in &targets {
+                    attempt(SocketAddr::from((*ip, port)));
+                    std::thread::sleep(RETRY_DELAY);
+                }
+                rounds += 1;
+            }
+            Ok(rounds)
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops after the current attempt; returns how many rounds were made.
+    pub fn stop(self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().map_err(|_| anyhow!("loop thread panicked"))?
+    }
+}
+
 fn enter_netns(path: &Path) -> Result<()> {
     let f = File::open(path).with_context(|| format!("open {}", path.display()))?;
     // SAFETY: plain syscall; this thread stays in that namespace until it ends.

@@ -150,6 +150,16 @@ impl Lab {
         self.state.sandboxes.iter().map(|s| s.id.clone()).collect()
     }
 
+    /// The host IP of every sandbox, in order.
+    pub fn host_ips(&self) -> Vec<std::net::Ipv4Addr> {
+        self.state.sandboxes.iter().map(|s| s.slot.host_ip()).collect()
+    }
+
+    /// The orchestrator stand-in looping over every sandbox (see [`connect::Loop`]).
+    pub fn orchestrator_loop(&self) -> connect::Loop {
+        connect::Loop::start(HOST_NS, self.host_ips(), ENVD_PORT)
+    }
+
     /// Index of a sandbox by id (or by slot number, for convenience).
     pub fn find(&self, id: &str) -> Result<usize> {
         self.state

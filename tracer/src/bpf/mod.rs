@@ -18,10 +18,14 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, SchedClassifier, TcAttachType, links::LinkOrder, tc::TcAttach},
+    programs::{
+        BtfTracePoint, SchedClassifier, TcAttachType, links::LinkOrder, tc::SchedClassifierLinkId,
+        tc::TcAttach, tp_btf::BtfTracePointLinkId,
+    },
 };
 use tracer_common::{
-    CFG_ANY_ADDR, CFG_ANY_NETNS, Config, MAX_PORTS, NF_HOOK_SLOTS, NF_SLOT_PRIORITIES, Offsets, hook,
+    CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DETECT_ANY_ADDR, Config, MAX_PORTS, NF_HOOK_SLOTS, NF_SLOT_PRIORITIES,
+    Offsets, hook,
 };
 
 use crate::{error::EnvError, netns::Netns};
@@ -33,6 +37,23 @@ static NF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 
 /// Tracepoints, by program name (= tracepoint name).
 pub const DROP_TRACEPOINTS: &[&str] = &["kfree_skb"];
+/// What the watcher keeps attached node-wide: events that are rare by nature (socket state
+/// changes and resets of envd connections, drops), filtered in the kernel.
+pub const DETECT_TRACEPOINTS: &[&str] = &[
+    "kfree_skb",
+    "inet_sock_set_state",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+];
+/// What a watcher's zoom-in adds while it lasts: per-packet and per-lookup tracepoints.
+pub const PATH_TRACEPOINTS: &[&str] = &[
+    "consume_skb",
+    "net_dev_start_xmit",
+    "netif_receive_skb",
+    "fib_table_lookup",
+    "neigh_update",
+    "neigh_timer_handler",
+];
 pub const ALL_TRACEPOINTS: &[&str] = &[
     "kfree_skb",
     "consume_skb",
@@ -56,6 +77,9 @@ pub struct Filter {
     pub addrs: Vec<Ipv4Addr>,
     /// Size of the event ring buffer in bytes (None: the object's 4 MiB).
     pub ring_bytes: Option<u32>,
+    /// The watcher's mode: detection programs match any address; the path programs only
+    /// `addrs` (empty: none until a zoom-in adds some).
+    pub detect_any_addr: bool,
 }
 
 /// Loaded programs and their attachments.
@@ -66,6 +90,10 @@ pub struct Programs {
     nf_links: HashMap<u32, Vec<OwnedFd>>,
     /// Slots attached, per namespace and hook.
     nf_slots: NfLayout,
+    /// Tracepoint links, by program name.
+    tp_links: HashMap<&'static str, BtfTracePointLinkId>,
+    /// tcx links, by (namespace inode, ifindex).
+    tcx_links: HashMap<(u32, u32), Vec<(&'static str, SchedClassifierLinkId)>>,
     btf: aya::Btf,
     /// Time spent attaching, for reports and benchmarks.
     pub attach_time: std::time::Duration,
@@ -104,6 +132,8 @@ impl Programs {
             nf_programs: Vec::new(),
             nf_links: HashMap::new(),
             nf_slots: NfLayout::default(),
+            tp_links: HashMap::new(),
+            tcx_links: HashMap::new(),
             btf,
             attach_time: Default::default(),
         };
@@ -128,7 +158,9 @@ impl Programs {
         if filter.netns.is_empty() {
             cfg.flags |= CFG_ANY_NETNS;
         }
-        if filter.addrs.is_empty() {
+        if filter.detect_any_addr {
+            cfg.flags |= CFG_DETECT_ANY_ADDR;
+        } else if filter.addrs.is_empty() {
             cfg.flags |= CFG_ANY_ADDR;
         }
         let mut config: Array<_, Config> = Array::try_from(self.map_mut("CONFIG")?)?;
@@ -155,27 +187,83 @@ impl Programs {
             .ok_or_else(|| anyhow!("map {name} missing from the object"))
     }
 
-    /// Loads and attaches tracepoint programs (tp_btf: typed, no tracefs needed).
-    pub fn attach_tracepoints(&mut self, names: &[&str]) -> Result<()> {
+    /// Loads and attaches tracepoint programs (tp_btf: typed, no tracefs needed); ones
+    /// already attached stay as they are.
+    pub fn attach_tracepoints(&mut self, names: &[&'static str]) -> Result<()> {
         let start = Instant::now();
         for name in names {
+            if self.tp_links.contains_key(name) {
+                continue;
+            }
             let prog: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
                 .try_into()?;
-            prog.load(name, &self.btf)
+            if prog.fd().is_err() {
+                prog.load(name, &self.btf)
+                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+            }
+            let link = prog
+                .attach()
                 .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
-            prog.attach()
-                .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+            self.tp_links.insert(name, link);
         }
         self.attach_time += start.elapsed();
+        Ok(())
+    }
+
+    /// Loads (without attaching) the programs a zoom-in attaches: the per-packet tracepoints
+    /// and tcx, so that attaching them later only creates links.
+    pub fn load_path_programs(&mut self) -> Result<()> {
+        for name in PATH_TRACEPOINTS {
+            let prog: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load(name, &self.btf)
+                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+            }
+        }
+        for name in ["tcx_ingress", "tcx_egress"] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches tracepoint programs (the programs stay loaded for the next attach).
+    pub fn detach_tracepoints(&mut self, names: &[&'static str]) -> Result<()> {
+        for name in names {
+            let Some(link) = self.tp_links.remove(name) else {
+                continue;
+            };
+            let prog: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            prog.detach(link)?;
+        }
         Ok(())
     }
 
     /// Attaches tcx ingress and egress to device `ifindex` of namespace `ns`.
     pub fn attach_tcx(&mut self, ns: &Netns, ifindex: u32) -> Result<()> {
         let start = Instant::now();
+        if self.tcx_links.contains_key(&(ns.inode, ifindex)) {
+            return Ok(());
+        }
+        let mut links = Vec::new();
         for (name, dir) in [
             ("tcx_ingress", TcAttachType::Ingress),
             ("tcx_egress", TcAttachType::Egress),
@@ -191,18 +279,67 @@ impl Programs {
             }
             // tcx attaches in the caller's namespace: enter, attach, return.
             let _inside = ns.enter()?;
-            prog.attach(
-                aya::programs::NetworkInterface::Index(ifindex),
-                TcAttach::Tcx {
-                    attach_type: dir,
-                    order: LinkOrder::default(),
-                },
-            )
-            .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))
-            .with_context(|| format!("attach {name} to ifindex {ifindex} in {}", ns.label()))?;
+            let attached = prog
+                .attach(
+                    aya::programs::NetworkInterface::Index(ifindex),
+                    TcAttach::Tcx {
+                        attach_type: dir,
+                        order: LinkOrder::default(),
+                    },
+                )
+                .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))
+                .with_context(|| format!("attach {name} to ifindex {ifindex} in {}", ns.label()));
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    // Half attached is not attached: the ingress link goes too.
+                    self.tcx_links.insert((ns.inode, ifindex), links);
+                    let _ = self.detach_tcx(ns.inode, ifindex);
+                    return Err(e);
+                }
+            }
         }
+        self.tcx_links.insert((ns.inode, ifindex), links);
         self.attach_time += start.elapsed();
         Ok(())
+    }
+
+    /// Detaches tcx from device `ifindex` of namespace `inode` (a device that is gone
+    /// already took its links with it).
+    pub fn detach_tcx(&mut self, inode: u32, ifindex: u32) -> Result<()> {
+        for (name, link) in self.tcx_links.remove(&(inode, ifindex)).unwrap_or_default() {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            let _ = prog.detach(link);
+        }
+        Ok(())
+    }
+
+    /// Detaches every netfilter slot of namespace `inode`.
+    pub fn detach_netfilter(&mut self, inode: u32) {
+        self.nf_links.remove(&inode);
+        self.nf_slots.0.retain(|(ns, _), _| *ns != inode);
+    }
+
+    /// Stops following packets in a namespace.
+    pub fn remove_netns(&mut self, inode: u32) -> Result<()> {
+        let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("NETNS")?)?;
+        match m.remove(&inode) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("update NETNS"),
+        }
+    }
+
+    /// Stops following packets to or from an address.
+    pub fn remove_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut("ADDRS")?)?;
+        match m.remove(&u32::from_ne_bytes(addr.octets())) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("update ADDRS"),
+        }
     }
 
     /// Attaches the netfilter programs at every IPv4 hook of namespace `ns`: at the entry, at
@@ -239,6 +376,15 @@ impl Programs {
         &self.nf_slots
     }
 
+    /// Loads the netfilter programs now (they are otherwise loaded at their first attach);
+    /// needed before the event ring is taken, since they are linked to it by name.
+    pub fn load_netfilter_now(&mut self) -> Result<()> {
+        if self.nf_programs.is_empty() {
+            self.load_netfilter()?;
+        }
+        Ok(())
+    }
+
     fn load_netfilter(&mut self) -> Result<()> {
         let fds = self.map_fds()?;
         let programs = netfilter::link_programs(NF_OBJ, &fds)?;
@@ -266,6 +412,41 @@ impl Programs {
             .take_map("EVENTS")
             .ok_or_else(|| anyhow!("EVENTS already taken"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Per program: (name, runs, run time in ns) as the kernel counts them while
+    /// `kernel.bpf_stats_enabled=1` (zeros otherwise). Netfilter slots are `nf_slotN`.
+    pub fn run_stats(&self) -> Vec<(String, u64, u64)> {
+        let mut out: Vec<(String, u64, u64)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((
+                    name.to_string(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ))
+            })
+            .collect();
+        let nf: HashMap<u32, usize> = self
+            .nf_programs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, fd)| Some((netfilter::prog_id(fd.as_fd()).ok()?, i)))
+            .collect();
+        if !nf.is_empty() {
+            for info in aya::programs::loaded_programs().flatten() {
+                if let Some(i) = nf.get(&info.id()) {
+                    out.push((
+                        format!("nf_slot{i}"),
+                        info.run_count(),
+                        info.run_time().as_nanos() as u64,
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Events the kernel could not queue because the ring buffer was full.

@@ -341,6 +341,36 @@ pub fn attach(prog: BorrowedFd<'_>, hooknum: u8, priority: i32) -> io::Result<Ow
     bpf(BPF_LINK_CREATE, &mut attr)
 }
 
+/// The kernel's id of a loaded program (the stable head of `bpf_prog_info`: type, id).
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut head = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: size_of_val(&head) as u32,
+        info: head.as_mut_ptr() as u64,
+    };
+    // SAFETY: attr points at a buffer of info_len bytes that lives across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(head[1])
+}
+
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     // SAFETY: attr is a valid, fully initialised repr(C) bpf_attr prefix of the given size.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };

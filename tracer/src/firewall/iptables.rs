@@ -133,9 +133,12 @@ pub struct CounterHit {
 
 /// Rules (and chain policies) whose counters grew from `before` to `after`, in `table`.
 pub fn ipt_hits(before: &IptSave, after: &IptSave, table: &str) -> Vec<CounterHit> {
-    let (Some(b), Some(a)) = (before.table(table), after.table(table)) else {
+    let Some(a) = after.table(table) else {
         return Vec::new();
     };
+    // A table created after the baseline was read counted everything since.
+    let empty = Default::default();
+    let b = before.table(table).unwrap_or(&empty);
     let mut old: BTreeMap<(&str, &str), Vec<u64>> = BTreeMap::new();
     for r in &b.rules {
         old.entry((&r.chain, &r.text)).or_default().push(r.packets);

@@ -58,10 +58,14 @@ const BUILTIN: &[&str] = &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUT
 /// The iptables rule (or chain policy) that counted the most dropped packets at the hook.
 fn iptables_rule(before: &Rulesets, after: &Rulesets, place: Place<'_>) -> Option<RuleName> {
     let mut best: Option<CounterHit> = None;
+    let empty = Default::default();
     for (backend, now) in &after.ipt {
-        let Some(old) = before.ipt.iter().find(|(b, _)| b == backend).map(|(_, s)| s) else {
-            continue;
-        };
+        // A backend first used after the baseline was read counted everything since.
+        let old = before
+            .ipt
+            .iter()
+            .find(|(b, _)| b == backend)
+            .map_or(&empty, |(_, s)| s);
         let tables: Vec<String> = match place.table {
             Some(t) => vec![t.to_string()],
             None => now.tables.iter().map(|t| t.name.clone()).collect(),
@@ -233,6 +237,17 @@ mod tests {
             "-A FORWARD -i eth0 -o tap0 -p tcp -m tcp --dport 49983 -j DROP"
         );
         assert_eq!(name_rule(&ipt(IPT), &ipt(IPT), FORWARD), RuleName::default());
+    }
+
+    #[test]
+    fn a_rule_added_after_the_baseline_is_named_too() {
+        // The watcher's baseline is read when it finds the sandbox; the table came later.
+        let after = ipt(&IPT.replace("[0:0] -A", "[3:180] -A"));
+        let nat_only = ipt("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n");
+        let r = name_rule(&nat_only, &after, FORWARD);
+        assert_eq!(r.table.as_deref(), Some("filter"), "{r:?}");
+        let r = name_rule(&Rulesets::default(), &after, FORWARD);
+        assert_eq!(r.chain.as_deref(), Some("FORWARD"), "{r:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Reports: text for people and JSON for machines (schema in the README), both from the same
 //! records. Repeated failures are shown once, with a count and a time range.
-mod format;
+pub mod format;
 pub mod record;
 pub mod sentences;
 pub mod text;

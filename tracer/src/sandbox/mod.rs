@@ -97,6 +97,12 @@ impl Sandbox {
     }
 
     /// The id, or a stand-in for messages.
+    /// A sandbox known only by its namespace (tests).
+    #[cfg(test)]
+    pub fn bare(netns: Netns) -> Self {
+        Self::new(None, netns)
+    }
+
     pub fn label(&self) -> String {
         match (&self.id, self.pid) {
             (Some(id), _) => id.clone(),
@@ -110,6 +116,46 @@ impl Sandbox {
 /// E2B's sandbox cgroups. Sorted by slot, then id.
 pub fn discover_all() -> Result<Vec<Sandbox>> {
     Ok(discover()?.sandboxes)
+}
+
+/// A VMM process as a watcher's frequent scan sees it: cheap to find, resolved once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub pid: u32,
+    /// The process's start time (`/proc/PID/stat`, clock ticks since boot): with the pid, it
+    /// names one VMM incarnation (pids are reused).
+    pub start_ticks: u64,
+    pub id: Option<String>,
+    vmm: Vmm,
+}
+
+/// The VMM candidates running now (`--api-sock` processes and E2B's sandbox cgroups), not
+/// vetted: [`vet_and_resolve`] vets and resolves the new ones. Reads only /proc and cgroups.
+pub fn scan_running() -> Vec<Running> {
+    let mut vmms = vmm::candidates();
+    merge_cgroups(&mut vmms, &cgroup_sandboxes());
+    vmms.into_iter()
+        .filter_map(|v| {
+            Some(Running {
+                pid: v.pid,
+                start_ticks: crate::cache::start_time(v.pid)?,
+                id: v.id.clone(),
+                vmm: v,
+            })
+        })
+        .collect()
+}
+
+/// Vets and resolves VMMs (namespace, tap, addresses, host side) on a few threads: each with
+/// its sandbox, or why it is not one (not a VMM, gone, unreadable).
+pub fn vet_and_resolve(running: &[Running]) -> Vec<(Running, Result<Sandbox, String>)> {
+    let vmms: Vec<Vmm> = running.iter().map(|r| r.vmm.clone()).collect();
+    let shared = Shared::new(Some(&vmms));
+    crate::pool::map(running, MAX_WORKERS, HostCache::default, |cache, r| {
+        let result =
+            vmm::vet(r.pid).and_then(|()| resolve_vmm(&r.vmm, &shared, cache).map_err(|e| format!("{e:#}")));
+        Some((r.clone(), result))
+    })
 }
 
 /// What a discovery found, and the candidates it did not take for VMMs.

@@ -28,7 +28,7 @@ use crate::{
     },
     netns::Netns,
     netstate,
-    report::{Judged, Reporter},
+    report::{Judged, Reporter, record::JourneyRecord},
     sandbox::Sandbox,
 };
 
@@ -119,20 +119,42 @@ impl Judge {
     }
 
     fn judge(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> Result<Outcome> {
+        self.with_judged(j, guest_neigh, lost_events, |reporter, judged| {
+            reporter.add(judged)?;
+            Ok(judged.verdict.outcome)
+        })
+    }
+
+    /// The record of one journey, printed by nobody (the watcher prints incidents).
+    pub fn record(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> JourneyRecord {
+        self.with_judged(j, guest_neigh, lost_events, |reporter, judged| {
+            Ok(reporter.record(judged).1)
+        })
+        .expect("recording does no I/O")
+    }
+
+    /// Decides `j`, names its rule, asks the doctor, and hands the result to `f`.
+    fn with_judged<T>(
+        &mut self,
+        j: &Journey,
+        guest_neigh: Option<u32>,
+        lost_events: u64,
+        f: impl FnOnce(&mut Reporter, Judged<'_>) -> Result<T>,
+    ) -> Result<T> {
         let v = self.decide(j, guest_neigh);
         let rule = self.name_rule(j, &v);
         let explained_by = match v.outcome {
             Outcome::Connected => Vec::new(),
             _ => crate::doctor::explain(&v, self.doctor_checks()),
         };
-        self.reporter.add(Judged {
+        let judged = Judged {
             journey: j,
             verdict: &v,
             rule: rule.as_ref(),
             explained_by: &explained_by,
             lost_events,
-        })?;
-        Ok(v.outcome)
+        };
+        f(&mut self.reporter, judged)
     }
 
     fn decide(&self, j: &Journey, guest_neigh: Option<u32>) -> Verdict {

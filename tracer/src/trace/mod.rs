@@ -44,6 +44,7 @@ fn run_drop_log(args: TraceArgs) -> Result<i32> {
         addrs: args.addrs.clone(),
         netns: Vec::new(),
         ring_bytes: args.ring_size,
+        detect_any_addr: false,
     };
     let mut programs = Programs::load(btf.offsets()?, &filter)?;
     programs.attach_tracepoints(DROP_TRACEPOINTS)?;

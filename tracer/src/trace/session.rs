@@ -15,7 +15,6 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 
 use tracer_model::{
-    hop::{Hop, HopKind},
     journey::{Correlator, Journey, JourneyId, Timing},
     path::ExpectedPath,
     verdict::Outcome,
@@ -24,14 +23,14 @@ use tracer_model::{
 use super::judge::{Decided, Judge, Work};
 use crate::{
     bpf::{
-        ALL_TRACEPOINTS, Filter, NfLayout, Programs,
+        ALL_TRACEPOINTS, Filter, Programs,
         btf::{KernelBtf, ReasonNames},
         kallsyms::Kallsyms,
     },
     cli::TraceArgs,
     connect::{self, AttemptEvent},
     error::{EXIT_FOUND, EXIT_OK, EnvError},
-    events::{Clock, Names, decode, hop_from_event},
+    events::{Clock, Names, Places, decode, hop_from_event},
     firewall::{Rulesets, naming::RuleBaseline},
     netns::Netns,
     netstate,
@@ -136,7 +135,10 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     ))?;
     let mut session = Session {
         debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
-        nf_layout: attached.programs.nf_layout().clone(),
+        places: Places {
+            nf_layout: attached.programs.nf_layout().clone(),
+            ifnames: std::mem::take(&mut attached.ifnames),
+        },
         correlator: Correlator::new(
             &args.ports,
             Timing {
@@ -148,7 +150,6 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         host_ns_inode: host_ns.inode,
         host_netns: host_ns,
         names,
-        ifnames: std::mem::take(&mut attached.ifnames),
         probe_ports: HashSet::new(),
         probing: args.probe,
         failures: 0,
@@ -208,6 +209,7 @@ fn attach(
         netns: vec![host_ns.inode, sandbox_ns.inode],
         addrs,
         ring_bytes: args.ring_size,
+        detect_any_addr: false,
     };
     let mut programs = Programs::open(&filter)?;
     programs.attach_tracepoints(ALL_TRACEPOINTS)?;
@@ -275,15 +277,14 @@ fn attach_tcx(programs: &mut Programs, ns: &Netns, dev: &str, ifindex: u32) -> R
 struct Session {
     /// TRACER_DEBUG_EVENTS: every decoded event on stderr, for debugging the tracer itself.
     debug_events: bool,
-    /// Where the netfilter slots are: the priority windows of netfilter hops.
-    nf_layout: NfLayout,
+    /// Slot priorities and device names, to complete netfilter hops.
+    places: Places,
     correlator: Correlator,
     path: ExpectedPath,
     host_ns_inode: u32,
     /// Where probe attempts are made from.
     host_netns: Netns,
     names: Names,
-    ifnames: HashMap<u32, HashMap<u32, String>>,
     probe_ports: HashSet<u16>,
     /// --probe: only our own attempts are reported, and the first verdict ends the run.
     probing: bool,
@@ -455,7 +456,7 @@ impl Session {
                 if self.debug_events {
                     eprintln!("event: {hop:?}");
                 }
-                let hop = self.name_devices(hop);
+                let hop = self.places.name(hop);
                 self.correlator.push(hop);
             }
         }
@@ -586,38 +587,6 @@ impl Session {
             (false, _) if self.failures > 0 => EXIT_FOUND,
             _ => EXIT_OK,
         }
-    }
-    /// Names the in/out devices of netfilter hops from the namespace's links.
-    fn name_devices(&self, mut hop: Hop) -> Hop {
-        if let HopKind::Netfilter {
-            hook,
-            slot,
-            priority,
-            window_end,
-            ..
-        } = &mut hop.kind
-        {
-            let (ns, h) = (hop.netns, *hook as u8);
-            if let Some(p) = self.nf_layout.priority(ns, h, *slot) {
-                *priority = p;
-            }
-            if let Some(end) = self.nf_layout.window_end(ns, h, *slot) {
-                *window_end = end;
-            }
-        }
-        if let HopKind::Netfilter {
-            in_ifindex,
-            out_ifindex,
-            in_dev,
-            out_dev,
-            ..
-        } = &mut hop.kind
-            && let Some(names) = self.ifnames.get(&hop.netns)
-        {
-            *in_dev = names.get(in_ifindex).cloned();
-            *out_dev = names.get(out_ifindex).cloned();
-        }
-        hop
     }
 
     /// Journeys of this sandbox: to its host IP, or through its namespace.

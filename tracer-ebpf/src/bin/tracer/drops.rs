@@ -4,7 +4,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
-    filter::{config, is_handshake, is_tracked, packet_matches, untrack},
+    filter::{config, detect_matches, is_handshake, is_tracked, untrack},
     kernel::{dev_net, net_inum, read, sk_net, skb_dev, skb_packet},
 };
 
@@ -43,7 +43,7 @@ fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
         } else {
             sk_net(read(skb, off.skb_sk).unwrap_or(0), off)
         };
-        if !is_handshake(pkt.flags) || !packet_matches(cfg, &pkt, net_inum(net, off)) {
+        if !is_handshake(pkt.flags) || !detect_matches(cfg, &pkt, net_inum(net, off)) {
             return;
         }
     }

@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_get_current_task, macros::btf_tracepoint, programs::
 use tracer_common::{Config, Event, Offsets, Packet, point};
 use tracer_ebpf::{
     emit::{event, send, set_dev, set_skb},
-    filter::{addr_matches, config, netns_matches, packet_matches, port_matches},
+    filter::{addr_matches, config, detect_matches, netns_matches, port_matches},
     kernel::{net_inum, read, sk_net, skb_packet},
 };
 
@@ -34,7 +34,7 @@ fn sk_event(cfg: &Config, sk: u64, at: u8) -> Option<Event> {
         return None;
     }
     let netns = net_inum(sk_net(sk, off), off);
-    if !packet_matches(cfg, &pkt, netns) {
+    if !detect_matches(cfg, &pkt, netns) {
         return None;
     }
     let mut ev = event(at);
@@ -86,7 +86,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
         if ev.netns == 0 && sk != 0 {
             ev.netns = net_inum(sk_net(sk, off), off);
         }
-        if packet_matches(cfg, &pkt, ev.netns) {
+        if detect_matches(cfg, &pkt, ev.netns) {
             ev.reason = reason;
             send(&ev);
         }

@@ -274,6 +274,36 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The deployment files start a command this CLI accepts (they cannot drift from it).
+    #[test]
+    fn the_deployment_files_run_a_watch_this_cli_accepts() {
+        use clap::Parser as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let unit = std::fs::read_to_string(dir.join("tracer-watch.service")).unwrap();
+        let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+        let systemd: Vec<String> = exec.split_whitespace().map(String::from).collect();
+        let job = std::fs::read_to_string(dir.join("tracer-watch.nomad.hcl")).unwrap();
+        let quoted =
+            |text: &str| -> Vec<String> { text.split('"').skip(1).step_by(2).map(String::from).collect() };
+        let command = job
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("command = "))
+            .unwrap();
+        let args = job.split("args = [").nth(1).unwrap().split(']').next().unwrap();
+        let nomad = [quoted(command), quoted(args)].concat();
+        for argv in [systemd, nomad] {
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let Command::Watch(w) = cli.command else {
+                panic!("{argv:?} is not `tracer watch`")
+            };
+            assert_eq!(
+                w.metrics.map(|a| a.to_string()).as_deref(),
+                Some("127.0.0.1:9464")
+            );
+            assert!(w.report_dir.is_some());
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));

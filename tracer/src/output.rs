@@ -149,6 +149,89 @@ pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// stdout written by a thread of its own, for long-running commands: a reader that stalls
+/// (a log shipper that stopped reading) never stalls the caller. At most `cap` lines wait;
+/// beyond that lines are dropped and counted. Once stdout is closed, writes fail with
+/// BrokenPipe (see [`is_closed_pipe`]).
+pub struct DetachedStdout {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DetachedStdout {
+    pub fn new(cap: usize) -> Self {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(cap);
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        let thread = std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let mut out = io::stdout();
+                for line in rx {
+                    if out.write_all(&line).and_then(|()| out.flush()).is_err() {
+                        flag.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Self {
+            tx: Some(tx),
+            thread,
+            dropped: Arc::new(AtomicU64::new(0)),
+            closed,
+        }
+    }
+}
+
+impl Write for DetachedStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::sync::{atomic::Ordering, mpsc::TrySendError};
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let Some(tx) = &self.tx else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        match tx.try_send(buf.to_vec()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(io::ErrorKind::BrokenPipe.into()),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for DetachedStdout {
+    /// Lets the thread write what waits, for a bounded time (a reader that never reads must
+    /// not keep the process from exiting).
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while let Some(t) = &self.thread {
+            if t.is_finished() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let _ = self.thread.take().map(|t| t.join());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

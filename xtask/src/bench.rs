@@ -15,6 +15,9 @@ use crate::{setup, tasks};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// `watch`: the always-on watcher over many sandboxes instead of one `trace`.
+    #[command(subcommand)]
+    pub what: Option<What>,
     /// Rounds per configuration (attached / not attached alternate).
     #[arg(long, default_value_t = 10)]
     pub rounds: u32,
@@ -26,19 +29,29 @@ pub struct BenchArgs {
     pub connections: u32,
 }
 
+#[derive(clap::Subcommand)]
+pub enum What {
+    /// `tracer watch` on a lab of many sandboxes: incident latency, idle cost (throughput
+    /// through one path, the watcher's CPU and RSS), and a failure storm.
+    Watch(crate::bench_watch::WatchBenchArgs),
+}
+
 /// One round's measurements.
 #[derive(Default, Clone, Copy)]
-struct Round {
+pub(crate) struct Round {
     /// iperf3 through the path, traffic the filter does not match (Gbit/s).
-    gbps: f64,
+    pub(crate) gbps: f64,
     /// CPU time (all CPUs, without steal) spent per Gbit moved: what the tracer adds per
     /// packet, less sensitive than throughput to this VM's noisy neighbours.
-    cpu_ms_per_gbit: f64,
+    pub(crate) cpu_ms_per_gbit: f64,
     /// envd-like connections (matched, followed, decided) per second.
-    conn_per_s: f64,
+    pub(crate) conn_per_s: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(What::Watch(w)) = args.what {
+        return crate::bench_watch::run(w);
+    }
     setup::run()?;
     let tracer = tasks::build(true)?;
     let lab = Lab::up(LabConfig::default())?;
@@ -83,8 +96,13 @@ fn measure(
     Ok((off, on))
 }
 
-fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {
-    let secs = args.seconds.to_string();
+pub(crate) fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {
+    iperf_round(args.seconds, args.connections, lab)
+}
+
+/// iperf3 through sandbox 0's path for `seconds`, then `connections` envd-like attempts.
+pub(crate) fn iperf_round(seconds: u32, connections: u32, lab: &Lab) -> Result<Round> {
+    let secs = seconds.to_string();
     let cpu0 = busy_ms()?;
     let out = sh::run_in(
         Some("e2b-host"),
@@ -97,7 +115,7 @@ fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {
     let bps = sum["bits_per_second"].as_f64().context("iperf3 result")?;
     let gbits = sum["bytes"].as_f64().context("iperf3 bytes")? * 8.0 / 1e9;
     let start = Instant::now();
-    let report = lab.connect(0, args.connections)?;
+    let report = lab.connect(0, connections)?;
     let ok = report
         .attempts
         .iter()
@@ -112,7 +130,7 @@ fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {
 
 /// Busy CPU time of the machine so far in ms (user, nice, system, irq, softirq; not idle,
 /// iowait or steal), from /proc/stat.
-fn busy_ms() -> Result<f64> {
+pub(crate) fn busy_ms() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let cpu = stat.lines().next().context("/proc/stat")?;
     let f: Vec<f64> = cpu
@@ -128,7 +146,7 @@ fn busy_ms() -> Result<f64> {
 }
 
 /// The server takes a moment to listen; a bounded wait on the condition itself.
-fn wait_for_iperf() -> Result<()> {
+pub(crate) fn wait_for_iperf() -> Result<()> {
     let found = lab::testing::wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
         sh::run_in(Some("ns-1"), "ss", &["-ltn"])
             .ok()
@@ -138,7 +156,7 @@ fn wait_for_iperf() -> Result<()> {
     found.context("iperf3 server did not start")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

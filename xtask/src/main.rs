@@ -3,6 +3,7 @@
 //! xtask must build with the machine's default toolchain (stable 1.95 on a fresh machine),
 //! because it is what installs the pinned ones: keep its dependencies light.
 mod bench;
+mod bench_watch;
 mod demo;
 mod fuzz;
 mod lab_cmd;

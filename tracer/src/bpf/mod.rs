@@ -94,7 +94,9 @@ pub struct Programs {
     tp_links: HashMap<&'static str, BtfTracePointLinkId>,
     /// tcx links, by (namespace inode, ifindex).
     tcx_links: HashMap<(u32, u32), Vec<(&'static str, SchedClassifierLinkId)>>,
-    btf: aya::Btf,
+    /// The kernel's BTF, to load tracepoint programs; released once everything is loaded
+    /// (tens of MB a long-running watcher has no use for).
+    btf: Option<aya::Btf>,
     /// Time spent attaching, for reports and benchmarks.
     pub attach_time: std::time::Duration,
 }
@@ -134,7 +136,7 @@ impl Programs {
             nf_slots: NfLayout::default(),
             tp_links: HashMap::new(),
             tcx_links: HashMap::new(),
-            btf,
+            btf: Some(btf),
             attach_time: Default::default(),
         };
         for ns in &filter.netns {
@@ -181,6 +183,11 @@ impl Programs {
             .context("update ADDRS")
     }
 
+    /// Releases the kernel's BTF: every program the caller will attach is loaded already.
+    pub fn release_btf(&mut self) {
+        self.btf = None;
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf
             .map_mut(name)
@@ -195,13 +202,15 @@ impl Programs {
             if self.tp_links.contains_key(name) {
                 continue;
             }
+            let btf = self.btf.as_ref();
             let prog: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
                 .try_into()?;
             if prog.fd().is_err() {
-                prog.load(name, &self.btf)
+                let btf = btf.ok_or_else(|| anyhow!("{name}: loaded after the kernel's BTF was released"))?;
+                prog.load(name, btf)
                     .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
             }
             let link = prog
@@ -217,13 +226,15 @@ impl Programs {
     /// and tcx, so that attaching them later only creates links.
     pub fn load_path_programs(&mut self) -> Result<()> {
         for name in PATH_TRACEPOINTS {
+            let btf = self.btf.as_ref();
             let prog: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
                 .try_into()?;
             if prog.fd().is_err() {
-                prog.load(name, &self.btf)
+                let btf = btf.ok_or_else(|| anyhow!("{name}: loaded after the kernel's BTF was released"))?;
+                prog.load(name, btf)
                     .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
             }
         }

@@ -66,6 +66,8 @@ const MAX_UNATTRIBUTED: usize = 4096;
 const ATTRIBUTE_WAIT_NS: u64 = 2_000_000_000;
 /// Zoom-ins waiting for a free slot, at most (more failing sandboxes are counted, not queued).
 pub const MAX_QUEUE: usize = 1024;
+/// Output lines waiting for a slow reader of stdout, at most (more are dropped and counted).
+const MAX_WAITING_LINES: usize = 10_000;
 /// How often the kernel's counters (lost events, program run time) are read.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
@@ -74,8 +76,13 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         return Err(EnvError::NoPrivileges.into());
     }
     let started = Instant::now();
-    let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
-    let names = Names::new(ReasonNames::load(&btf)?, Kallsyms::load()?);
+    // The kernel's BTF is read for offsets and reason names, then let go: a watcher runs for
+    // days and has no use for tens of MB of type information.
+    let (offsets, reasons) = {
+        let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+        (btf.offsets()?, ReasonNames::load(&btf)?)
+    };
+    let names = Names::new(reasons, Kallsyms::load()?);
     let own = Netns::current()?;
     let pinned_host = match &args.host_netns {
         Some(name) => Some(Netns::named(name).map_err(|e| EnvError::Usage(format!("--host-netns: {e:#}")))?),
@@ -88,11 +95,15 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         ring_bytes: args.ring_size,
         detect_any_addr: true,
     };
-    let mut programs = Programs::load(btf.offsets()?, &filter)?;
+    let mut programs = Programs::load(offsets, &filter)?;
     programs.attach_tracepoints(DETECT_TRACEPOINTS)?;
     // Everything a zoom-in attaches is loaded now: a zoom-in only creates links.
     programs.load_netfilter_now()?;
     programs.load_path_programs()?;
+    programs.release_btf();
+    // What parsing the BTF freed goes back to the system, not into a heap kept for days.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let events = programs.take_events()?;
     let metrics = match args.metrics {
         Some(addr) => {
@@ -131,6 +142,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         crate::events::stop_signal()?
     };
     let clock = Clock::new();
+    let stdout = crate::output::DetachedStdout::new(MAX_WAITING_LINES);
     let mut w = Watcher {
         correlator: Correlator::new(
             &[args.port],
@@ -160,7 +172,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         ask_scan,
         metrics,
         reports,
-        out: Output::stdout(Format::Json),
+        out: Output::to_writer(Format::Json, Box::new(stdout)),
         decode_errors: 0,
         scanned: false,
     };

@@ -1,0 +1,59 @@
+# tracer watch as a Nomad system job: one per node, beside the orchestrator (which E2B also
+# runs as a system job with the raw_exec driver). Incidents are JSON lines on stdout (ship
+# them with the node's log agent, e.g. Vector to Loki); metrics on 127.0.0.1:9464 for the
+# node's collector (otel-collector's Prometheus receiver).
+#
+#   nomad job run deploy/tracer-watch.nomad.hcl
+#
+# raw_exec runs the task as root in the host's namespaces: what loading BPF programs and
+# entering the sandboxes' namespaces need. The binary is the single file `cargo build
+# --release -p tracer` makes; install it at /usr/local/bin/tracer (or use an artifact).
+job "tracer-watch" {
+  type     = "system"
+  priority = 40
+
+  group "tracer" {
+    # Restart in place when it exits (it never does on its own); back off if it keeps
+    # failing (no BTF, no privileges: the reason is on stderr).
+    restart {
+      attempts = 10
+      interval = "10m"
+      delay    = "15s"
+      mode     = "delay"
+    }
+
+    task "watch" {
+      driver = "raw_exec"
+
+      config {
+        command = "/usr/local/bin/tracer"
+        args = [
+          "watch",
+          "--metrics", "127.0.0.1:9464",
+          "--report-dir", "/var/lib/tracer/reports",
+          "--max-zoom", "8",
+        ]
+      }
+
+      env {
+        TRACER_LOG = "warn"
+      }
+
+      # SIGTERM first: the watcher prints its last repeat counts and detaches; everything
+      # it attached is held by its fds, so even a SIGKILL after the timeout leaves nothing.
+      kill_signal  = "SIGTERM"
+      kill_timeout = "10s"
+
+      # Measured on the lab with 200 sandboxes: well under 100 MB and a few % of a core.
+      resources {
+        cpu    = 200
+        memory = 256
+      }
+
+      logs {
+        max_files     = 5
+        max_file_size = 20
+      }
+    }
+  }
+}

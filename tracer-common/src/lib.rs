@@ -197,6 +197,16 @@ pub struct Tracked {
 /// Index of the lost-event counter in the `LOST` per-CPU array.
 pub const LOST_EVENTS: u32 = 0;
 
+/// `HOT` map index: how many skbs are followed now (0: every per-packet program returns at
+/// once). It may run high (an entry the LRU evicted), never low.
+pub const HOT_TRACKED: u32 = 0;
+/// `HOT` map index: until when (ns, kernel clock) a socket of ours may send a new SYN, so the
+/// programs where locally made packets first appear (OUTPUT) match packets by content.
+pub const HOT_ARMED_UNTIL: u32 = 1;
+/// How long a socket entering SYN_SENT keeps OUTPUT matching (covers its SYN and the first
+/// retransmissions; later ones are still caught by tcx on the path's devices).
+pub const ARM_NS: u64 = 10_000_000_000;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, repr(C), explicitly padded.

@@ -62,7 +62,7 @@ pub fn send(ev: &Event) {
 /// # Safety
 /// `dst` must be valid and aligned for the whole call.
 #[inline(always)]
-unsafe fn atomic_add(dst: *mut u64, v: u64) {
+pub unsafe fn atomic_add(dst: *mut u64, v: u64) {
     #[cfg(target_arch = "bpf")]
     // SAFETY: as the caller promises.
     unsafe {

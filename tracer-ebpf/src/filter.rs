@@ -1,9 +1,14 @@
 //! The in-kernel filter: everything that is not followed returns within a few instructions.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{
-    CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DETECT_ANY_ADDR, Config, MAX_PORTS, Packet, Tracked, tcp_flag,
+    ARM_NS, CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DETECT_ANY_ADDR, Config, HOT_ARMED_UNTIL, HOT_TRACKED,
+    MAX_PORTS, Packet, Tracked, tcp_flag,
 };
 
-use crate::maps::{ADDRS, CONFIG, NETNS, NF_SKIP, TRACKED};
+use crate::{
+    emit::atomic_add,
+    maps::{ADDRS, CONFIG, HOT, NETNS, NF_SKIP, TRACKED},
+};
 
 /// The current configuration; None before userspace wrote it.
 #[inline(always)]
@@ -60,6 +65,33 @@ pub fn detect_matches(cfg: &Config, pkt: &Packet, netns: u32) -> bool {
         && netns_matches(cfg, netns)
 }
 
+/// True when some skb is followed: otherwise no packet can be ours at a hook that only
+/// follows (the per-packet tracepoints, every netfilter slot but OUTPUT's first).
+#[inline(always)]
+pub fn any_tracked() -> bool {
+    HOT.get(HOT_TRACKED).is_some_and(|n| *n != 0)
+}
+
+/// True when a packet made on this host may be ours: something is followed, or a socket of
+/// ours entered SYN_SENT lately.
+#[inline(always)]
+pub fn armed() -> bool {
+    // SAFETY: a helper without arguments.
+    any_tracked()
+        || HOT
+            .get(HOT_ARMED_UNTIL)
+            .is_some_and(|until| unsafe { bpf_ktime_get_ns() } < *until)
+}
+
+/// A socket of ours is about to send a SYN.
+#[inline(always)]
+pub fn arm(now: u64) {
+    if let Some(p) = HOT.get_ptr_mut(HOT_ARMED_UNTIL) {
+        // SAFETY: a live array slot; a racing writer stores about the same time.
+        unsafe { *p = now + ARM_NS };
+    }
+}
+
 #[inline(always)]
 pub fn is_tracked(skb: u64) -> bool {
     TRACKED.get_ptr(&skb).is_some()
@@ -72,15 +104,28 @@ pub fn track(skb: u64, now: u64) {
     if marked_foreign(skb) {
         mark_foreign(0);
     }
-    if !is_tracked(skb) {
-        let _ = TRACKED.insert(&skb, &Tracked { first_ns: now }, 0);
+    if !is_tracked(skb) && TRACKED.insert(&skb, &Tracked { first_ns: now }, 0).is_ok() {
+        count_tracked(1);
     }
 }
 
 /// Stops following `skb` (it was freed; its address may be reused). Returns whether it was.
 #[inline(always)]
 pub fn untrack(skb: u64) -> bool {
-    TRACKED.remove(&skb).is_ok()
+    let removed = TRACKED.remove(&skb).is_ok();
+    if removed {
+        count_tracked(u64::MAX);
+    }
+    removed
+}
+
+/// Adds `delta` (wrapping: u64::MAX is -1) to the followed count.
+#[inline(always)]
+fn count_tracked(delta: u64) {
+    if let Some(p) = HOT.get_ptr_mut(HOT_TRACKED) {
+        // SAFETY: a live, aligned array slot for as long as the program runs.
+        unsafe { atomic_add(p, delta) };
+    }
 }
 
 /// True when the first netfilter slot of the hook running now on this CPU found `skb` not

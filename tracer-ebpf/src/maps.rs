@@ -25,6 +25,11 @@ pub static ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(16384, 0);
 
+/// What makes the per-packet programs worth running: see `tracer_common::HOT_TRACKED` and
+/// `HOT_ARMED_UNTIL`. One array read is all a packet pays while nothing of ours is in flight.
+#[map]
+pub static HOT: Array<u64> = Array::with_max_entries(2, 0);
+
 /// Events that did not fit in `EVENTS`.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

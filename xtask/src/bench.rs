@@ -81,10 +81,13 @@ fn measure(
 ) -> Result<(Vec<Round>, Vec<Round>)> {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     wait_for_iperf()?;
+    let mut attach_ms = Vec::new();
     for r in 0..args.rounds {
         eprintln!("bench: round {}/{}", r + 1, args.rounds);
         off.push(round(args, lab)?);
+        let t0 = Instant::now();
         let t = Attached::start(tracer, &["trace", "--vm", id])?;
+        attach_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         on.push(round(args, lab)?);
         t.stop();
         let (a, b) = (off[off.len() - 1], on[on.len() - 1]);
@@ -93,7 +96,58 @@ fn measure(
             a.gbps, a.cpu_ms_per_gbit, a.conn_per_s, b.gbps, b.cpu_ms_per_gbit, b.conn_per_s
         );
     }
+    println!(
+        "  start → attached (all programs, as `tracer trace --vm` prints it): median {:.0} ms",
+        median(attach_ms)
+    );
+    profile(args, lab, tracer, id)?;
     Ok((off, on))
+}
+
+/// One more attached round with the kernel's run-time statistics on (they cost a clock read
+/// per program run, so the paired rounds above run without): runs and ns per program, per
+/// packet through the path.
+fn profile(args: &BenchArgs, lab: &Lab, tracer: &std::path::Path, id: &str) -> Result<()> {
+    let _stats = crate::bpfstats::Enabled::new()?;
+    let t = Attached::start(tracer, &["trace", "--vm", id])?;
+    let (s0, p0) = (crate::bpfstats::read(is_ours), path_packets()?);
+    round(args, lab)?;
+    let (s1, p1) = (crate::bpfstats::read(is_ours), path_packets()?);
+    t.stop();
+    println!(
+        "bench: the tracer's programs in one attached round (kernel.bpf_stats_enabled=1), per packet through veth-1:"
+    );
+    crate::bpfstats::print_table(&crate::bpfstats::delta(&s0, &s1), p1 - p0);
+    Ok(())
+}
+
+/// The tracer's programs (kernel names are cut at 15 characters).
+fn is_ours(name: &str) -> bool {
+    const OURS: &[&str] = &[
+        "tcx_ingress",
+        "tcx_egress",
+        "nf_slot",
+        "nf_entry",
+        "kfree_skb",
+        "consume_skb",
+        "net_dev_start_x",
+        "netif_receive_s",
+        "inet_sock_set_s",
+        "tcp_send_reset",
+        "tcp_receive_res",
+        "fib_table_looku",
+        "neigh_update",
+        "neigh_timer_han",
+    ];
+    OURS.iter().any(|o| name.starts_with(o))
+}
+
+/// Packets through the sandbox's veth (both directions) so far.
+fn path_packets() -> Result<u64> {
+    let out = sh::run_in(Some("e2b-host"), "ip", &["-s", "-j", "link", "show", "veth-1"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    let s = &v[0]["stats64"];
+    Ok(s["rx"]["packets"].as_u64().unwrap_or(0) + s["tx"]["packets"].as_u64().unwrap_or(0))
 }
 
 pub(crate) fn round(args: &BenchArgs, lab: &Lab) -> Result<Round> {

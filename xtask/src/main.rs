@@ -4,6 +4,7 @@
 //! because it is what installs the pinned ones: keep its dependencies light.
 mod bench;
 mod bench_watch;
+mod bpfstats;
 mod demo;
 mod fuzz;
 mod lab_cmd;

@@ -14,7 +14,8 @@ use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
     filter::{
-        config, is_handshake, is_tracked, mark_foreign, marked_foreign, packet_matches, port_matches, track,
+        any_tracked, armed, config, is_handshake, is_tracked, mark_foreign, marked_foreign, packet_matches,
+        port_matches, track,
     },
     kernel::{net_inum, read, skb_packet},
 };
@@ -22,8 +23,18 @@ use tracer_ebpf::{
 const NF_ACCEPT: i32 = 1;
 
 /// `ctx` is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`.
+///
+/// `by_content`: this is the first slot of an OUTPUT hook, where packets made on this host
+/// (the orchestrator's SYN, a stack's RST) first appear: it matches packets by their
+/// contents while that can find one of ours. Everywhere else a packet of ours arrives
+/// followed already (tcx on the path's devices matches what enters a namespace), so a slot
+/// only looks it up, and while nothing is followed it returns after one array read.
 #[inline(always)]
-fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
+fn on_hook(ctx: *mut c_void, slot: u8, by_content: bool) -> i32 {
+    let cheap_exit = if by_content { !armed() } else { !any_tracked() };
+    if cheap_exit {
+        return NF_ACCEPT;
+    }
     let Some(cfg) = config() else {
         return NF_ACCEPT;
     };
@@ -35,13 +46,16 @@ fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
     // tracked, so NAT in between cannot hide a packet. What the first slot passed over, the
     // later slots of the same traversal skip at the cost of an array read (see
     // `marked_foreign`); the first slot itself always checks.
-    if slot != 0 && (marked_foreign(skb) || !is_tracked(skb)) {
-        return NF_ACCEPT;
-    }
     let pass = || {
         mark_foreign(skb);
         NF_ACCEPT
     };
+    if slot != 0 && (marked_foreign(skb) || !is_tracked(skb)) {
+        return NF_ACCEPT;
+    }
+    if slot == 0 && !by_content && !is_tracked(skb) {
+        return pass();
+    }
     let Some(pkt) = skb_packet(skb, off) else {
         return if slot == 0 { pass() } else { NF_ACCEPT };
     };
@@ -70,27 +84,30 @@ fn on_hook(ctx: *mut c_void, slot: u8) -> i32 {
 }
 
 macro_rules! slots {
-    ($($name:ident = $slot:expr),* $(,)?) => {
+    ($($name:ident = $slot:expr, $by_content:expr);* $(;)?) => {
         $(
             #[unsafe(no_mangle)]
             #[unsafe(link_section = "netfilter")]
             pub extern "C" fn $name(ctx: *mut c_void) -> i32 {
-                on_hook(ctx, $slot)
+                on_hook(ctx, $slot, $by_content)
             }
         )*
     };
 }
 
+// Slot N sits at NF_SLOT_PRIORITIES[N]. `nf_entry` is slot 0 at the hooks where packets of
+// ours arrive followed; `nf_slot0` is slot 0 at OUTPUT.
 slots!(
-    nf_slot0 = 0,
-    nf_slot1 = 1,
-    nf_slot2 = 2,
-    nf_slot3 = 3,
-    nf_slot4 = 4,
-    nf_slot5 = 5,
-    nf_slot6 = 6,
-    nf_slot7 = 7,
-    nf_slot8 = 8,
+    nf_slot0 = 0, true;
+    nf_slot1 = 1, false;
+    nf_slot2 = 2, false;
+    nf_slot3 = 3, false;
+    nf_slot4 = 4, false;
+    nf_slot5 = 5, false;
+    nf_slot6 = 6, false;
+    nf_slot7 = 7, false;
+    nf_slot8 = 8, false;
+    nf_entry = 0, false;
 );
 
 #[cfg(target_arch = "bpf")]

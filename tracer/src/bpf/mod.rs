@@ -37,6 +37,54 @@ static NF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 
 /// Tracepoints, by program name (= tracepoint name).
 pub const DROP_TRACEPOINTS: &[&str] = &["kfree_skb"];
+/// Where netfilter slots go in one namespace: which hooks, and whether a slot follows each
+/// table there (naming the table a drop happened in) or the hook only gets its entry slot.
+/// Every slot is a program run for every packet crossing the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NfPlan {
+    pub hooks: &'static [u8],
+    pub per_table: bool,
+    /// A slot after the last table too ("passed every table"; a drop at conntrack's confirm
+    /// comes after it).
+    pub exit: bool,
+}
+
+/// A sandbox's namespace: the hooks envd's packets cross there (forwarded both ways), with a
+/// slot after each table (E2B's slot firewall has nft rules without counters: the slots
+/// name their table). A packet delivered or made locally there (a missing DNAT, the
+/// namespace's own RST) is still seen by tcx, the drop and reset tracepoints, and named by
+/// rule counters; the namespace's own traffic pays nothing for those hooks.
+pub const SANDBOX_PLAN: NfPlan = NfPlan {
+    hooks: &[hook::PRE_ROUTING, hook::FORWARD, hook::POST_ROUTING],
+    per_table: true,
+    exit: false,
+};
+/// The orchestrator's namespace: envd's packets are made and delivered there, never
+/// forwarded, while every sandbox's own traffic crosses it: an entry slot per hook it uses
+/// (which hook), and rule counters name the table and rule.
+pub const HOST_PLAN: NfPlan = NfPlan {
+    hooks: &[
+        hook::PRE_ROUTING,
+        hook::LOCAL_IN,
+        hook::LOCAL_OUT,
+        hook::POST_ROUTING,
+    ],
+    per_table: false,
+    exit: false,
+};
+/// One namespace for both sides (a setup without a host side of its own): everything.
+pub const ALL_PLAN: NfPlan = NfPlan {
+    hooks: &[
+        hook::PRE_ROUTING,
+        hook::LOCAL_IN,
+        hook::FORWARD,
+        hook::LOCAL_OUT,
+        hook::POST_ROUTING,
+    ],
+    per_table: true,
+    exit: true,
+};
+
 /// What the watcher keeps attached node-wide: events that are rare by nature (socket state
 /// changes and resets of envd connections, drops), filtered in the kernel.
 pub const DETECT_TRACEPOINTS: &[&str] = &[
@@ -85,7 +133,10 @@ pub struct Filter {
 /// Loaded programs and their attachments.
 pub struct Programs {
     ebpf: Ebpf,
+    /// Netfilter programs by slot (`nf_slotN`), and `nf_entry`: slot 0 where packets of ours
+    /// arrive followed (every hook but OUTPUT).
     nf_programs: Vec<OwnedFd>,
+    nf_entry: Option<OwnedFd>,
     /// Netfilter links, per namespace inode.
     nf_links: HashMap<u32, Vec<OwnedFd>>,
     /// Slots attached, per namespace and hook.
@@ -132,6 +183,7 @@ impl Programs {
         let mut programs = Self {
             ebpf,
             nf_programs: Vec::new(),
+            nf_entry: None,
             nf_links: HashMap::new(),
             nf_slots: NfLayout::default(),
             tp_links: HashMap::new(),
@@ -353,12 +405,17 @@ impl Programs {
         }
     }
 
-    /// Attaches the netfilter programs at every IPv4 hook of namespace `ns`: at the entry, at
-    /// the exit, and right after each priority at which a hook function exists there
-    /// (`present[hook]`: the tables and chains of the namespace's rulesets). Every slot costs a
-    /// program run per packet, also for traffic that is not followed, so slots only go where
-    /// they tell something apart.
-    pub fn attach_netfilter(&mut self, ns: &Netns, present: &[Vec<i32>; hook::COUNT]) -> Result<()> {
+    /// Attaches the netfilter programs at the hooks of namespace `ns` that `plan` names: at
+    /// the entry, and with `per_table` at the exit and right after each priority at which a
+    /// hook function exists there (`present[hook]`: the tables and chains of the namespace's
+    /// rulesets). Every slot is a program run per packet, also for traffic that is not
+    /// followed, so slots only go where they tell something apart.
+    pub fn attach_netfilter(
+        &mut self,
+        ns: &Netns,
+        present: &[Vec<i32>; hook::COUNT],
+        plan: NfPlan,
+    ) -> Result<()> {
         let start = Instant::now();
         if self.nf_programs.is_empty() {
             self.load_netfilter()?;
@@ -366,11 +423,23 @@ impl Programs {
         let mut links = Vec::new();
         {
             let _inside = ns.enter()?;
-            for hooknum in 0..hook::COUNT as u8 {
-                let slots = choose_slots(hooknum, &present[hooknum as usize]);
+            for &hooknum in plan.hooks {
+                let mut slots = if plan.per_table {
+                    choose_slots(hooknum, &present[hooknum as usize])
+                } else {
+                    vec![0]
+                };
+                if !plan.exit && slots.len() > 1 {
+                    slots.pop();
+                }
                 let mut placed = Vec::with_capacity(slots.len());
                 for &slot in &slots {
-                    let (link, prio) = attach_slot(&self.nf_programs[slot as usize], hooknum, slot, ns)?;
+                    let prog = match (slot, &self.nf_entry) {
+                        // Locally made packets first appear at OUTPUT: its entry matches contents.
+                        (0, Some(entry)) if hooknum != hook::LOCAL_OUT => entry,
+                        _ => &self.nf_programs[slot as usize],
+                    };
+                    let (link, prio) = attach_slot(prog, hooknum, slot, ns)?;
                     links.push(link);
                     placed.push((slot, prio));
                 }
@@ -399,11 +468,21 @@ impl Programs {
     fn load_netfilter(&mut self) -> Result<()> {
         let fds = self.map_fds()?;
         let programs = netfilter::link_programs(NF_OBJ, &fds)?;
+        let mut slots: Vec<(usize, OwnedFd)> = Vec::new();
         for prog in &programs {
             let fd =
                 netfilter::load(prog).map_err(|e| EnvError::from_program("netfilter", &format!("{e:#}")))?;
-            self.nf_programs.push(fd);
+            match prog.name.strip_prefix("nf_slot").and_then(|n| n.parse().ok()) {
+                Some(slot) => slots.push((slot, fd)),
+                None if prog.name == "nf_entry" => self.nf_entry = Some(fd),
+                None => return Err(anyhow!("unexpected netfilter program {}", prog.name)),
+            }
         }
+        slots.sort_by_key(|(s, _)| *s);
+        if slots.iter().enumerate().any(|(i, (s, _))| i != *s) || slots.len() != NF_SLOT_PRIORITIES.len() {
+            return Err(anyhow!("the netfilter object does not hold one program per slot"));
+        }
+        self.nf_programs = slots.into_iter().map(|(_, fd)| fd).collect();
         Ok(())
     }
 
@@ -440,20 +519,19 @@ impl Programs {
                 ))
             })
             .collect();
-        let nf: HashMap<u32, usize> = self
+        let named = self
             .nf_programs
             .iter()
             .enumerate()
-            .filter_map(|(i, fd)| Some((netfilter::prog_id(fd.as_fd()).ok()?, i)))
+            .map(|(i, fd)| (format!("nf_slot{i}"), fd))
+            .chain(self.nf_entry.iter().map(|fd| ("nf_entry".to_string(), fd)));
+        let nf: HashMap<u32, String> = named
+            .filter_map(|(name, fd)| Some((netfilter::prog_id(fd.as_fd()).ok()?, name)))
             .collect();
         if !nf.is_empty() {
             for info in aya::programs::loaded_programs().flatten() {
-                if let Some(i) = nf.get(&info.id()) {
-                    out.push((
-                        format!("nf_slot{i}"),
-                        info.run_count(),
-                        info.run_time().as_nanos() as u64,
-                    ));
+                if let Some(name) = nf.get(&info.id()) {
+                    out.push((name.clone(), info.run_count(), info.run_time().as_nanos() as u64));
                 }
             }
         }
@@ -567,15 +645,18 @@ mod tests {
 
     #[test]
     fn netfilter_object_links_every_slot() {
-        let fds: HashMap<String, RawFd> =
-            ["EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST", "NF_SKIP"]
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.to_string(), 100 + i as RawFd))
-                .collect();
+        let fds: HashMap<String, RawFd> = [
+            "EVENTS", "CONFIG", "NETNS", "ADDRS", "TRACKED", "LOST", "NF_SKIP", "HOT",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), 100 + i as RawFd))
+        .collect();
         let progs = netfilter::link_programs(NF_OBJ, &fds).unwrap();
         let names: Vec<&str> = progs.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names.len(), NF_SLOT_PRIORITIES.len(), "{names:?}");
+        // One per slot, and the entry slot of the hooks where packets arrive followed.
+        assert_eq!(names.len(), NF_SLOT_PRIORITIES.len() + 1, "{names:?}");
+        assert!(names.contains(&"nf_entry"), "{names:?}");
         for p in &progs {
             for (i, ins) in p.insns.iter().enumerate() {
                 if ins.code == 0x85 && ins.regs >> 4 == 1 {

@@ -23,7 +23,7 @@ use tracer_model::{
 use super::judge::{Decided, Judge, Work};
 use crate::{
     bpf::{
-        ALL_TRACEPOINTS, Filter, Programs,
+        ALL_PLAN, ALL_TRACEPOINTS, Filter, HOST_PLAN, Programs, SANDBOX_PLAN,
         btf::{KernelBtf, ReasonNames},
         kallsyms::Kallsyms,
     },
@@ -88,12 +88,19 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     if host_ns.inode != sandbox_ns.inode {
         baseline.insert(host_ns.inode, Arc::new(host_rules));
     }
-    for ns in [&host_ns, &sandbox_ns] {
+    // Each namespace gets the hooks envd.s packets cross there (one
+    // namespace for both, when a setup has no host side of its own: every hook, once).
+    let namespaces = if host_ns.inode == sandbox_ns.inode {
+        vec![(&sandbox_ns, ALL_PLAN)]
+    } else {
+        vec![(&host_ns, HOST_PLAN), (&sandbox_ns, SANDBOX_PLAN)]
+    };
+    for (ns, plan) in namespaces {
         let present = baseline
             .get(ns.inode)
             .map(|r| r.hook_priorities())
             .unwrap_or_default();
-        attached.programs.attach_netfilter(ns, &present)?;
+        attached.programs.attach_netfilter(ns, &present, plan)?;
     }
     let (offsets, reasons) = btf_facts
         .join()

@@ -16,7 +16,7 @@ use tracer_model::path::ExpectedPath;
 
 use super::registry::Key;
 use crate::{
-    bpf::{NfLayout, PATH_TRACEPOINTS, Programs},
+    bpf::{HOST_PLAN, NfLayout, PATH_TRACEPOINTS, Programs, SANDBOX_PLAN},
     firewall::Rulesets,
     netns::Netns,
     netstate::Rtnl,
@@ -207,11 +207,12 @@ impl Attacher {
             .map(|r| r.hook_priorities())
             .unwrap_or_else(|| Rulesets::read(&sb.netns).hook_priorities());
         self.zooms.insert(key, z);
-        self.programs.attach_netfilter(&sb.netns, &present)?;
+        self.programs
+            .attach_netfilter(&sb.netns, &present, SANDBOX_PLAN)?;
         let host_rules = self.host_rules(&host_ns);
         if !self.host_nf.contains_key(&host_ns.inode) {
             self.programs
-                .attach_netfilter(&host_ns, &host_rules.hook_priorities())?;
+                .attach_netfilter(&host_ns, &host_rules.hook_priorities(), HOST_PLAN)?;
             self.host_nf.insert(host_ns.inode, ());
         }
         self.programs.attach_tracepoints(PATH_TRACEPOINTS)?;

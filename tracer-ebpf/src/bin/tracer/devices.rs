@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_dev, set_skb},
-    filter::{config, is_handshake, is_tracked, packet_matches, track},
+    filter::{any_tracked, config, is_handshake, is_tracked, packet_matches, track},
     kernel::{is_ipv4, skb_packet},
 };
 
@@ -96,7 +96,8 @@ fn linear_tcp(ctx: &TcContext) -> Option<(u16, u16, u8)> {
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if is_tracked(skb) {
+    // Every transmit of the machine passes here: one array read while nothing is followed.
+    if any_tracked() && is_tracked(skb) {
         let dev: u64 = ctx.arg(1);
         followed(skb, dev, point::XMIT);
     }
@@ -106,7 +107,7 @@ pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if is_tracked(skb) {
+    if any_tracked() && is_tracked(skb) {
         followed(skb, 0, point::RECEIVE);
     }
     0

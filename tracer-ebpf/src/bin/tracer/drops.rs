@@ -4,7 +4,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send, set_skb},
-    filter::{config, detect_matches, is_handshake, is_tracked, untrack},
+    filter::{any_tracked, config, detect_matches, is_handshake, is_tracked, untrack},
     kernel::{dev_net, net_inum, read, sk_net, skb_dev, skb_packet},
 };
 
@@ -20,8 +20,9 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "consume_skb")]
 pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    // Every consumed skb of the machine passes here: only the ones we follow count.
-    if is_tracked(skb) {
+    // Every consumed skb of the machine passes here: only the ones we follow count, and
+    // while none is followed that costs one array read.
+    if any_tracked() && is_tracked(skb) {
         let location: u64 = ctx.arg(1);
         on_free(skb, location, 0, point::CONSUME);
     }
@@ -32,7 +33,7 @@ pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
 fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
     let Some(cfg) = config() else { return };
     let off = &cfg.off;
-    let was_tracked = untrack(skb);
+    let was_tracked = any_tracked() && untrack(skb);
     let Some(pkt) = skb_packet(skb, off) else {
         return;
     };

@@ -5,9 +5,12 @@ use aya_ebpf::{helpers::bpf_get_current_task, macros::btf_tracepoint, programs::
 use tracer_common::{Config, Event, Offsets, Packet, point};
 use tracer_ebpf::{
     emit::{event, send, set_dev, set_skb},
-    filter::{addr_matches, config, detect_matches, netns_matches, port_matches},
+    filter::{addr_matches, arm, config, detect_matches, netns_matches, port_matches},
     kernel::{net_inum, read, sk_net, skb_packet},
 };
+
+/// `TCP_SYN_SENT` of `enum tcp_state`.
+const TCP_SYN_SENT: u32 = 2;
 
 /// `LOOPBACK_IFINDEX`: the input interface of output route lookups.
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -51,6 +54,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if let Some(mut ev) = sk_event(cfg, sk, point::SOCK_STATE) {
         ev.aux = ctx.arg::<u32>(1);
         ev.reason = ctx.arg::<u32>(2);
+        // Its SYN is next: the OUTPUT hooks look at packets' contents for a while.
+        if ev.reason == TCP_SYN_SENT {
+            arm(ev.ts_ns);
+        }
         send(&ev);
     }
     0

@@ -66,6 +66,9 @@ fn expected(fault: Fault) -> &'static [&'static str] {
         Fault::QdiscDrop => &["qdisc"],
         // envd alone, saying the guest is slow (asserted below).
         Fault::SlowGuest => &[],
+        Fault::V2VethNotInSet | Fault::V2CidrNotInSet => &["v2_host_sets"],
+        Fault::V2HostDrop => &["host_firewall"],
+        Fault::V2ReplyDrop => &["ns_nft"],
     }
 }
 
@@ -184,17 +187,50 @@ fn each_fault_trips_its_checks_and_no_other() {
     ) else {
         return;
     };
+    let failures = fault_matrix(&mut lab, lab::Datapath::V1);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn each_fault_trips_its_checks_on_v2_and_the_datapath_is_named() {
+    let Some(mut lab) = lab_up(
+        "each_fault_trips_its_checks_on_v2",
+        LabConfig {
+            sandboxes: 2,
+            network: lab::Network::V2,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let (_, text, _) = tracer(&["doctor", "--vm", &lab.sandbox_ids()[0], "--no-connect"]);
+    assert!(text.contains("datapath v2"), "{text}");
+    let (_, list, _) = tracer(&["list", "--json"]);
+    let rows: Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        rows.as_array().unwrap().iter().all(|r| r["datapath"] == "v2"),
+        "{rows}"
+    );
+    let failures = fault_matrix(&mut lab, lab::Datapath::V2);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Breaks every fault that applies to `dp` in sandbox 0: the doctor flags the checks it
+/// should trip and no other, and never the other sandbox. The failures, one text each.
+fn fault_matrix(lab: &mut Lab, dp: lab::Datapath) -> Vec<String> {
     let (id, other) = (lab.sandbox_ids()[0].clone(), lab.sandbox_ids()[1].clone());
     // Also remembers the sandbox, so it is still found once its VMM is gone.
     assert_healthy(&id, "before any fault");
     let mut failures = Vec::new();
-    for &fault in Fault::ALL {
+    for &fault in Fault::ALL.iter().filter(|f| f.applies(dp)) {
         lab.break_fault(0, fault).expect("break");
         let (code, report) = doctor(&id, &[]);
         let problems = with_status(&report, "problem");
         let warnings = with_status(&report, "warning");
         let mut want = ids(expected(fault));
-        want.insert("envd".into());
+        if fault.breaks_envd() {
+            want.insert("envd".into());
+        }
         eprintln!("{:<28} problems {problems:?} warnings {warnings:?}", fault.name());
         for c in report["checks"]
             .as_array()
@@ -226,7 +262,7 @@ fn each_fault_trips_its_checks_and_no_other() {
         lab.heal(0).expect("heal");
         assert_healthy(&id, &format!("after healing {}", fault.name()));
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    failures
 }
 
 /// Misconfigurations the lab does not publish as faults: (name, setup, teardown, problems,

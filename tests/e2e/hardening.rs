@@ -175,7 +175,7 @@ fn a_stopped_nft_does_not_stop_the_tracer() {
     .unwrap();
     common::sh(&["chmod", "+x", &dir.join("nft").display().to_string()]);
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let t = Tracer::start_with_env(&["trace", "--vm", &id, "--json"], &[("PATH", &path)]);
+    let mut t = Tracer::start_with_env(&["trace", "--vm", &id, "--json"], &[("PATH", &path)]);
     std::fs::write(&flag, b"").unwrap();
     lab.connect(0, 3).unwrap();
     let stopped = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(10), || {
@@ -381,7 +381,7 @@ fn nft_trace_tables_are_per_run_and_never_left_behind() {
     .unwrap();
     common::sh(&["chmod", "+x", &dir.join("nft").display().to_string()]);
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let t = Tracer::start_with_env(
+    let mut t = Tracer::start_with_env(
         &["trace", "--vm", &id, "--json", "--nft-trace"],
         &[("PATH", &path)],
     );
@@ -712,4 +712,60 @@ fn a_device_the_tracer_could_not_attach_to_is_named_on_every_verdict() {
     // Without the failure nothing is blind.
     let (_, v, _) = common::probe(&id, &[]);
     assert_eq!(v["blind_spots"], serde_json::json!([]), "{v}");
+}
+
+/// Issue 14: E2B hands `ns-N` to the next sandbox seconds after the previous one ends. A
+/// trace and doctors running while it happens each answer about the right sandbox, or say the
+/// old one is gone and who holds its slot now; on datapath v2 as on v1.
+#[test]
+fn a_slot_recycled_during_a_trace_and_a_doctor_is_never_mixed_up() {
+    let Some(mut lab) = lab_up(
+        "recycled_during",
+        LabConfig {
+            network: lab::Network::V2,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let old = lab.sandbox_ids()[0].clone();
+    let watching = Tracer::start(&["trace", "--vm", &old, "--json"]);
+    // A doctor of the old sandbox races the recycle: it reports the old sandbox, or says it is gone.
+    let racing = {
+        let old = old.clone();
+        std::thread::spawn(move || common::tracer(&["doctor", "--vm", &old, "--json", "--no-connect"]))
+    };
+    let new = lab.recycle(0, Duration::from_secs(1), None).unwrap();
+    let (code, out, err) = racing.join().unwrap();
+    // A report (about the old sandbox, whether its VMM was still there or not), or an error
+    // saying it is gone.
+    match serde_json::from_str::<Value>(&out) {
+        Ok(v) => assert_eq!(v["id"], old.as_str(), "{out}"),
+        Err(_) => assert!(
+            code == 2 && err.contains(&format!("sandbox {old} is gone")),
+            "{out}\n{err}"
+        ),
+    }
+    // The passive trace of the old id stops, saying who holds the slot now.
+    let mut watching = watching;
+    let code = watching.wait_at_most(Duration::from_secs(10));
+    let err = watching.stderr();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("sandbox {old} is gone")) && err.contains(&new),
+        "{err}"
+    );
+    // Afterwards: the old id is gone for every command, the new one is itself.
+    let (code, _, err) = common::tracer(&["doctor", "--vm", &old, "--no-connect"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&new), "{err}");
+    let (code, out, _) = common::tracer(&["doctor", "--vm", &new, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, v["id"].as_str()), (0, Some(new.as_str())), "{out}");
+    let (code, v, err) = common::probe(&new, &[]);
+    assert_eq!(
+        (code, v["sandbox"]["id"].as_str()),
+        (0, Some(new.as_str())),
+        "{v}\n{err}"
+    );
 }

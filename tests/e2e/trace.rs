@@ -7,7 +7,7 @@ use lab::testing::lab_up;
 use std::{process::Command, time::Duration};
 
 use common::{OUR_PROGRAMS, Tracer, loaded_program_names, probe, tracer};
-use lab::{Fault, GuestKind, IptablesBackend, LabConfig, Topology};
+use lab::{Datapath, Fault, GuestKind, IptablesBackend, LabConfig, Network, Topology};
 use serde_json::Value;
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {
@@ -235,6 +235,29 @@ fn expect(fault: Fault, v: &Value) {
             is("drop.device", "veth-1");
             is("drop.reason", "QDISC_DROP");
         }
+        Fault::V2VethNotInSet | Fault::V2CidrNotInSet => {
+            // The guest's egress is broken, envd is not: the trace says so.
+            is("outcome", "connected");
+        }
+        Fault::V2HostDrop => {
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "e2b-host");
+            is("drop.hook", "INPUT");
+            is("drop.table", "inet v2-host-firewall");
+            is("drop.chain", "lab-input-1");
+            has("drop.rule", "tcp sport 49983 counter drop");
+        }
+        Fault::V2ReplyDrop => {
+            // E2B's slot firewall rules have no counters: table and chain, and the note.
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "ns-1");
+            is("drop.hook", "PREROUTING");
+            is("drop.table", "inet slot-firewall");
+            is("drop.chain", "PREROUTE_FILTER");
+            has("drop.rule_note", "--nft-trace");
+        }
         Fault::SlowGuest => {
             is("outcome", "late");
             is("late.reply", "syn_ack");
@@ -323,7 +346,7 @@ fn every_lab_fault_is_named() {
     // Discovery remembers the sandbox: when its VMM is what dies, the trace still finds it.
     assert_eq!(tracer(&["list"]).0, 0);
     assert_connected(&id);
-    for &fault in Fault::ALL {
+    for &fault in Fault::ALL.iter().filter(|f| f.applies(Datapath::V1)) {
         lab.break_fault(0, fault).unwrap();
         let (code, v, err) = probe(&id, &[]);
         assert_eq!(code, 1, "{}: a failure found exits 1; {err}", fault.name());
@@ -339,6 +362,43 @@ fn every_lab_fault_is_named() {
         lab.heal(0).unwrap();
     }
     assert_connected(&id);
+}
+
+/// E2B's datapath v2 (nft NAT, v2-host-firewall): every fault that applies is named as on v1,
+/// and the v2 ones too.
+#[test]
+fn every_lab_fault_is_named_on_v2() {
+    let Some(mut lab) = lab_up(
+        "every_lab_fault_is_named_on_v2",
+        LabConfig {
+            sandboxes: 2,
+            network: Network::V2,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    let other = lab.sandbox_ids()[1].clone();
+    assert_eq!(tracer(&["list"]).0, 0);
+    assert_connected(&id);
+    for &fault in Fault::ALL.iter().filter(|f| f.applies(Datapath::V2)) {
+        lab.break_fault(0, fault).unwrap();
+        let (code, v, err) = probe(&id, &[]);
+        let want = if fault.breaks_envd() { 1 } else { 0 };
+        assert_eq!(code, want, "{}: {err}\n{v}", fault.name());
+        expect(fault, &v);
+        assert_connected(&other);
+        lab.heal(0).unwrap();
+    }
+    assert_connected(&id);
+    // With --nft-trace the uncounted slot-firewall rule is named exactly.
+    lab.break_fault(0, Fault::V2ReplyDrop).unwrap();
+    let (_, v, err) = probe(&id, &["--nft-trace"]);
+    assert!(
+        s(&v, "drop.rule").starts_with("iifname tap0 tcp sport 49983 drop # handle "),
+        "{v}\n{err}"
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct Row {
     pub host_veth: Option<String>,
     pub ns_veth: Option<String>,
     pub slot: Option<u32>,
+    /// E2B's datapath: `v1` (iptables NAT) or `v2` (nft NAT in `inet slot-firewall`).
+    pub datapath: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -45,6 +47,7 @@ impl From<&Sandbox> for Row {
             host_veth: sb.host_veth.clone(),
             ns_veth: sb.ns_veth.clone(),
             slot: sb.slot,
+            datapath: sb.datapath.map(|d| d.name().to_string()),
             warnings: sb.warnings.clone(),
         }
     }
@@ -81,7 +84,7 @@ pub fn run(args: ListArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "ID",
     "PID",
     "NETNS",
@@ -90,6 +93,7 @@ const HEADERS: [&str; 8] = [
     "GUEST IP",
     "HOST IP",
     "HOST SIDE",
+    "DATAPATH",
 ];
 
 /// The rows as an aligned text table (`-` for unknown).
@@ -97,7 +101,7 @@ pub fn table(rows: &[Row]) -> String {
     if rows.is_empty() {
         return "no Firecracker sandboxes on this host\n".into();
     }
-    let cells: Vec<[String; 8]> = rows.iter().map(cells).collect();
+    let cells: Vec<[String; 9]> = rows.iter().map(cells).collect();
     let widths: Vec<usize> = (0..HEADERS.len())
         .map(|i| {
             cells
@@ -118,7 +122,7 @@ pub fn table(rows: &[Row]) -> String {
         .collect()
 }
 
-fn cells(r: &Row) -> [String; 8] {
+fn cells(r: &Row) -> [String; 9] {
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let host_side = match (&r.host_ns, &r.host_veth) {
         (Some(ns), Some(veth)) => format!("{ns}/{veth}"),
@@ -140,6 +144,7 @@ fn cells(r: &Row) -> [String; 8] {
         or_dash(&r.guest_ip),
         or_dash(&r.host_ip),
         host_side,
+        or_dash(&r.datapath),
     ]
 }
 
@@ -174,6 +179,7 @@ mod tests {
             host_veth: Some("veth-1".into()),
             ns_veth: Some("eth0".into()),
             slot: Some(1),
+            datapath: Some("v1".into()),
             warnings: vec![],
         }
     }
@@ -189,7 +195,7 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ID "), "{t}");
         assert!(
-            lines[1].contains("e2b-host/veth-1") && lines[1].contains(" yes "),
+            lines[1].contains("e2b-host/veth-1") && lines[1].contains(" yes ") && lines[1].ends_with("v1"),
             "{t}"
         );
         assert!(lines[2].starts_with("- ") && lines[2].contains(" NO "), "{t}");

@@ -140,3 +140,38 @@ pub fn path_of(sb: &Sandbox, port: u16) -> Result<(ExpectedPath, Vec<String>)> {
     };
     Ok((path, warnings))
 }
+
+/// Watches, on a thread of its own, whether the slot of `sb` passes to another sandbox (E2B
+/// hands `ns-N` to the next one seconds after the previous ends): then it sends why, once.
+/// Checked every `every`: first whether its VMM (pid and start time) still runs, a /proc read;
+/// only once it is gone, who runs in its namespace now. The thread sleeps until the process
+/// ends otherwise.
+pub fn watch_slot(sb: &Sandbox, every: std::time::Duration) -> std::sync::mpsc::Receiver<EnvError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (id, pid, inode, netns) = (sb.id.clone(), sb.pid, sb.netns.inode, sb.netns.label());
+    let start = pid.and_then(cache::start_time);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(every);
+            let alive = pid.is_some_and(|p| start.is_some() && cache::start_time(p) == start);
+            if alive {
+                continue;
+            }
+            if let Some((other, other_pid)) = sandbox::running_in(inode)
+                && other.is_some()
+                && other != id
+            {
+                let gone = EnvError::SandboxGone {
+                    id: id.clone().unwrap_or_else(|| netns.clone()),
+                    detail: format!(
+                        "its slot {netns} now belongs to {} (pid {other_pid})",
+                        other.map_or("another VMM".into(), |o| format!("sandbox {o}"))
+                    ),
+                };
+                let _ = tx.send(gone);
+                return;
+            }
+        }
+    });
+    rx
+}

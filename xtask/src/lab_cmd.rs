@@ -2,7 +2,7 @@
 //! (its state lives in /run/e2b-lab) until `lab down`.
 use anyhow::{Result, anyhow};
 use clap::{Subcommand, ValueEnum};
-use lab::{Fault, GuestKind, IptablesBackend, Lab, LabConfig, Topology};
+use lab::{Fault, GuestKind, IptablesBackend, Lab, LabConfig, Network, Topology};
 
 #[derive(Subcommand)]
 pub enum LabCmd {
@@ -16,6 +16,10 @@ pub enum LabCmd {
         iptables: Backend,
         #[arg(long, value_enum, default_value_t = Wiring::E2b)]
         topology: Wiring,
+        /// E2B's datapath: v1 (iptables NAT), v2 (nft NAT and v2-host-firewall), or mixed
+        /// (odd slots v1, even slots v2: a node mid-rollout).
+        #[arg(long, value_enum, default_value_t = Datapaths::V1)]
+        network: Datapaths,
     },
     /// Show the sandboxes: id, slot, namespace, addresses, guest, health.
     Status {
@@ -75,6 +79,13 @@ pub enum Backend {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum Datapaths {
+    V1,
+    V2,
+    Mixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum Wiring {
     E2b,
     Bridge,
@@ -87,6 +98,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             guest,
             iptables,
             topology,
+            network,
         } => {
             let config = LabConfig {
                 sandboxes,
@@ -101,6 +113,11 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                 topology: match topology {
                     Wiring::E2b => Topology::E2b,
                     Wiring::Bridge => Topology::Bridge,
+                },
+                network: match network {
+                    Datapaths::V1 => Network::V1,
+                    Datapaths::V2 => Network::V2,
+                    Datapaths::Mixed => Network::Mixed,
                 },
             };
             let start = std::time::Instant::now();
@@ -190,19 +207,23 @@ fn print_status(lab: &Lab, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<22} {:>4} {:<8} {:<12} {:<14} {:<8} {:>8}  {:<7} faults",
-        "sandbox", "slot", "netns", "host ip", "guest ip", "veth", "pid", "healthy"
+        "{:<22} {:>4} {:<8} {:<12} {:<14} {:<8} {:<3} {:>8}  {:<7} faults",
+        "sandbox", "slot", "netns", "host ip", "guest ip", "veth", "dp", "pid", "healthy"
     );
     for s in status {
         let faults: Vec<&str> = s.faults.iter().map(|f| f.name()).collect();
         println!(
-            "{:<22} {:>4} {:<8} {:<12} {:<14} {:<8} {:>8}  {:<7} {}",
+            "{:<22} {:>4} {:<8} {:<12} {:<14} {:<8} {:<3} {:>8}  {:<7} {}",
             s.id,
             s.slot,
             s.netns,
             s.host_ip,
             s.guest_ip,
             s.veth,
+            match s.datapath {
+                lab::Datapath::V1 => "v1",
+                lab::Datapath::V2 => "v2",
+            },
             s.guest_pid.map(|p| p.to_string()).unwrap_or("-".into()),
             s.healthy,
             faults.join(",")

@@ -312,7 +312,7 @@ impl Tracer {
 
     /// Waits at most `limit` for the tracer to exit by itself: its exit code, or None (and
     /// it is killed) when it did not.
-    pub fn wait_at_most(mut self, limit: Duration) -> Option<i32> {
+    pub fn wait_at_most(&mut self, limit: Duration) -> Option<i32> {
         let done = lab::testing::wait_for(limit, Duration::from_millis(5), || {
             self.child.try_wait().ok().flatten()
         });

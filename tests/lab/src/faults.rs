@@ -14,6 +14,8 @@ pub enum Symptom {
     Unreachable,
     /// connect() fails at once with a local error (EACCES, EINVAL).
     Rejected,
+    /// envd still answers (the fault breaks something else).
+    Works,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,6 +49,10 @@ pub enum Fault {
     ReplyRouteUnreachable,
     QdiscDrop,
     SlowGuest,
+    V2VethNotInSet,
+    V2CidrNotInSet,
+    V2HostDrop,
+    V2ReplyDrop,
 }
 
 impl Fault {
@@ -79,6 +85,10 @@ impl Fault {
         Fault::ReplyRouteUnreachable,
         Fault::QdiscDrop,
         Fault::SlowGuest,
+        Fault::V2VethNotInSet,
+        Fault::V2CidrNotInSet,
+        Fault::V2HostDrop,
+        Fault::V2ReplyDrop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +121,10 @@ impl Fault {
             Self::ReplyRouteUnreachable => "reply-route-unreachable",
             Self::QdiscDrop => "qdisc-drop",
             Self::SlowGuest => "slow-guest",
+            Self::V2VethNotInSet => "v2-veth-not-in-set",
+            Self::V2CidrNotInSet => "v2-cidr-not-in-set",
+            Self::V2HostDrop => "v2-host-drop",
+            Self::V2ReplyDrop => "v2-reply-drop",
         }
     }
 
@@ -205,6 +219,18 @@ impl Fault {
             Self::SlowGuest => {
                 "envd answers 80 ms after the SYN (a busy or CPU-starved guest): every 50 ms attempt gives up first; orchestrator: timeout"
             }
+            Self::V2VethNotInSet => {
+                "v2: the slot's veth is missing from set v2_veths of inet v2-host-firewall: the guest's egress is dropped; envd still works"
+            }
+            Self::V2CidrNotInSet => {
+                "v2: the slot's host IP is missing from set v2_host_cidrs: the guest's egress is not masqueraded; envd still works"
+            }
+            Self::V2HostDrop => {
+                "v2: a chain added to inet v2-host-firewall drops the SYN-ACK from the slot's veth at INPUT (counted); orchestrator: timeout"
+            }
+            Self::V2ReplyDrop => {
+                "v2: a rule of the slot firewall (no counter, as E2B's) drops envd's replies in PREROUTE_FILTER; orchestrator: timeout"
+            }
         }
     }
 
@@ -214,8 +240,29 @@ impl Fault {
             Self::GuestNoListener => Symptom::Refused,
             Self::HostRouteMissing | Self::HostVethDown => Symptom::Unreachable,
             Self::BlackholeRoute | Self::ProhibitRule => Symptom::Rejected,
+            Self::V2VethNotInSet | Self::V2CidrNotInSet => Symptom::Works,
             _ => Symptom::Timeout,
         }
+    }
+
+    /// Faults that exist on one datapath only (None: both).
+    pub fn datapath(self) -> Option<crate::Datapath> {
+        match self {
+            Self::V2VethNotInSet | Self::V2CidrNotInSet | Self::V2HostDrop | Self::V2ReplyDrop => {
+                Some(crate::Datapath::V2)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the fault applies to a slot of this datapath.
+    pub fn applies(self, dp: crate::Datapath) -> bool {
+        self.datapath().is_none_or(|d| d == dp)
+    }
+
+    /// Whether envd's connections fail (the v2 set faults break the guest's egress only).
+    pub fn breaks_envd(self) -> bool {
+        !matches!(self, Self::V2VethNotInSet | Self::V2CidrNotInSet)
     }
 
     /// Faults that need a second sandbox.

@@ -11,8 +11,9 @@ use crate::{
     sh::{ip, run_in, run_in_with_input, sysctl},
     state::{self, LabLock, SandboxState, State},
     topology::{
-        BRIDGE_NAME, ENVD_PORT, GUEST_IP, HOST_NS, IptablesBackend, LAB_ALIAS, Slot, TAP_IP, TAP_MAC,
-        TAP_NAME, TAP_PREFIX, Topology, UPLINK,
+        BRIDGE_NAME, Datapath, ENVD_PORT, GUEST_IP, HOST_NS, IptablesBackend, LAB_ALIAS, Network,
+        ORCHESTRATOR_IN_SANDBOX_IP, PROXY_OTHER_PORT, PROXY_REDIRECTS, SERVICE_REDIRECTS, Slot, TAP_IP,
+        TAP_MAC, TAP_NAME, TAP_PREFIX, Topology, UPLINK,
     },
 };
 
@@ -23,6 +24,8 @@ pub struct LabConfig {
     pub guest: GuestKind,
     pub iptables: IptablesBackend,
     pub topology: Topology,
+    #[serde(default)]
+    pub network: Network,
 }
 
 impl Default for LabConfig {
@@ -32,6 +35,7 @@ impl Default for LabConfig {
             guest: GuestKind::Userspace,
             iptables: IptablesBackend::Nft,
             topology: Topology::E2b,
+            network: Network::V1,
         }
     }
 }
@@ -49,6 +53,7 @@ pub struct SandboxStatus {
     pub guest: GuestKind,
     pub guest_pid: Option<u32>,
     pub api_sock: String,
+    pub datapath: Datapath,
     pub faults: Vec<Fault>,
     pub healthy: bool,
 }
@@ -186,7 +191,15 @@ impl Lab {
         ip(None, &["netns", "add", HOST_NS])?;
         ip(Some(HOST_NS), &["link", "set", "lo", "up"])?;
         // As on an E2B host (forwarding serves the sandboxes' internet egress).
-        sysctl(HOST_NS, "net.ipv4.ip_forward", "1")
+        sysctl(HOST_NS, "net.ipv4.ip_forward", "1")?;
+        if self.state.config.network.has_v2() {
+            run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &v2_host_firewall())?;
+        }
+        Ok(())
+    }
+
+    fn datapath(&self, slot: Slot) -> Datapath {
+        self.state.config.network.datapath(slot)
     }
 
     fn tap_dev(&self) -> &'static str {
@@ -269,44 +282,71 @@ impl Lab {
         .map(|_| ())
     }
 
-    /// E2B's rules inside the sandbox namespace: DNAT/SNAT (iptables) and the slot firewall
-    /// (nftables).
+    /// E2B's rules inside the sandbox namespace: the slot firewall (nftables), and the NAT:
+    /// v1 with iptables, v2 as chains of the slot firewall.
     fn sandbox_rules(&self, slot: Slot) -> Result<()> {
         let ns = slot.netns();
-        let rules = format!(
-            "*nat\n-A PREROUTING {}\n-A POSTROUTING {}\nCOMMIT\n",
-            dnat_rule(slot),
-            snat_rule(slot)
-        );
-        run_in_with_input(
-            Some(&ns),
-            self.state.config.iptables.restore(),
-            &["--noflush"],
-            &rules,
-        )?;
+        if self.datapath(slot) == Datapath::V1 {
+            let rules = format!(
+                "*nat\n-A PREROUTING {}\n-A POSTROUTING {}\nCOMMIT\n",
+                dnat_rule(slot),
+                snat_rule(slot)
+            );
+            run_in_with_input(
+                Some(&ns),
+                self.state.config.iptables.restore(),
+                &["--noflush"],
+                &rules,
+            )?;
+        }
         let tap = self.tap_dev();
-        let firewall = format!(
+        let mut firewall = format!(
             "table inet slot-firewall {{
   chain PREROUTE_FILTER {{
     type filter hook prerouting priority -150; policy accept;
     iifname \"{tap}\" ct state established,related accept
     iifname \"{tap}\" ip daddr {{ 10.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16 }} drop
   }}
-}}
 "
         );
+        if self.datapath(slot) == Datapath::V2 {
+            firewall += &format!("{}\n{}\n", v2_dnat_chain(slot), v2_snat_chain(slot));
+        }
+        firewall += "}\n";
         run_in_with_input(Some(&ns), "nft", &["-f", "-"], &firewall).map(|_| ())
     }
 
-    /// E2B's rules on the host side: FORWARD accepts to and from the uplink, masquerading of
-    /// the slot's traffic, and an egress REDIRECT (never matches orchestrator → envd).
+    /// E2B's rules on the host side: FORWARD accepts to and from the uplink (iptables, both
+    /// datapaths); v1: the egress REDIRECTs and masquerading in iptables; v2: the slot's veth
+    /// and host IP in the sets of `inet v2-host-firewall`, whose rules do the same.
     fn host_rules(&self, slot: Slot) -> Result<()> {
         let (veth, host_ip) = (slot.veth(), slot.host_ip());
-        let rules = format!(
-            "*filter\n-A FORWARD -i {veth} -o {UPLINK} -j ACCEPT\n-A FORWARD -i {UPLINK} -o {veth} -j ACCEPT\nCOMMIT\n\
-             *nat\n-A PREROUTING -i {veth} -p tcp -m tcp --dport 25 -j REDIRECT --to-ports 5025\n\
-             -A POSTROUTING -s {host_ip}/32 -o {UPLINK} -j MASQUERADE\nCOMMIT\n"
+        let mut rules = format!(
+            "*filter\n-A FORWARD -i {veth} -o {UPLINK} -j ACCEPT\n-A FORWARD -i {UPLINK} -o {veth} -j ACCEPT\nCOMMIT\n"
         );
+        if self.datapath(slot) == Datapath::V1 {
+            rules += "*nat\n";
+            for (dport, to) in SERVICE_REDIRECTS {
+                rules += &format!(
+                    "-A PREROUTING -d {ORCHESTRATOR_IN_SANDBOX_IP}/32 -i {veth} -p tcp -m tcp --dport {dport} -j REDIRECT --to-ports {to}\n"
+                );
+            }
+            for (dport, to) in PROXY_REDIRECTS {
+                rules += &format!(
+                    "-A PREROUTING -i {veth} -p tcp -m tcp --dport {dport} -j REDIRECT --to-ports {to}\n"
+                );
+            }
+            rules += &format!(
+                "-A PREROUTING -i {veth} -p tcp -j REDIRECT --to-ports {PROXY_OTHER_PORT}\n\
+                 -A POSTROUTING -s {host_ip}/32 -o {UPLINK} -j MASQUERADE\nCOMMIT\n"
+            );
+        } else {
+            let elements = format!(
+                "add element inet v2-host-firewall v2_veths {{ \"{veth}\" }}\n\
+                 add element inet v2-host-firewall v2_host_cidrs {{ {host_ip}/32 }}\n"
+            );
+            run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &elements)?;
+        }
         run_in_with_input(
             Some(HOST_NS),
             self.state.config.iptables.restore(),
@@ -390,6 +430,7 @@ impl Lab {
                 guest: self.state.config.guest,
                 guest_pid: sb.guest_pid.filter(|p| guest::is_lab_vmm(*p)),
                 api_sock: sb.api_sock().display().to_string(),
+                datapath: self.state.config.network.datapath(sb.slot),
                 faults: sb.faults.clone(),
                 healthy: connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, 3, true)
                     .map(|r| r.succeeded())
@@ -416,6 +457,14 @@ impl Lab {
         if self.state.sandboxes[i].faults.contains(&fault) {
             return Ok(());
         }
+        let dp = self.datapath(self.state.sandboxes[i].slot);
+        if !fault.applies(dp) {
+            bail!(
+                "{} applies to datapath {:?} only; this slot is {dp:?}",
+                fault.name(),
+                fault.datapath()
+            );
+        }
         if fault.needs_second_sandbox() && self.state.sandboxes.len() < 2 {
             bail!(
                 "{} needs a second sandbox: `cargo xtask lab up --sandboxes 2`",
@@ -428,12 +477,22 @@ impl Lab {
         state::save(&self.state)
     }
 
-    /// Reverts every fault of sandbox `i`, newest first.
+    /// Reverts every fault of sandbox `i`, newest first, then waits (bounded) until envd
+    /// answers again: a guest whose replies were dropped still holds half-open connections
+    /// for a moment, and refuses new ones meanwhile.
     pub fn heal(&mut self, i: usize) -> Result<()> {
+        let had = !self.state.sandboxes[i].faults.is_empty();
         while let Some(fault) = self.state.sandboxes[i].faults.pop() {
             self.apply(i, fault, false)
                 .with_context(|| format!("heal {}", fault.name()))?;
             state::save(&self.state)?;
+        }
+        if had {
+            crate::testing::wait_for(
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_millis(20),
+                || self.reachable(i, 1).ok().filter(|r| r.succeeded()),
+            );
         }
         Ok(())
     }
@@ -453,9 +512,82 @@ impl Lab {
             Fault::ReplyDrop => ipt_ns(&split(&format!(
                 "{op} FORWARD -i {tap} -o eth0 -p tcp -m tcp --sport {ENVD_PORT} --tcp-flags SYN,ACK SYN,ACK -j DROP"
             ))),
+            Fault::NoDnat if self.datapath(slot) == Datapath::V2 => {
+                if on {
+                    let h = nft_handle(&ns, "inet slot-firewall preroute_nat", "dnat ip to")?;
+                    run_in(
+                        Some(&ns),
+                        "nft",
+                        &split(&format!("delete rule inet slot-firewall preroute_nat handle {h}")),
+                    )
+                    .map(|_| ())
+                } else {
+                    let rule = format!(
+                        "add rule inet slot-firewall preroute_nat {}\n",
+                        v2_dnat_rule(slot)
+                    );
+                    run_in_with_input(Some(&ns), "nft", &["-f", "-"], &rule).map(|_| ())
+                }
+            }
             Fault::NoDnat => {
                 let op = if on { "-D" } else { "-A" };
                 ipt_ns(&split(&format!("-t nat {op} PREROUTING {}", dnat_rule(slot))))
+            }
+            Fault::V2VethNotInSet => {
+                let verb = if on { "delete" } else { "add" };
+                let text = format!(
+                    "{verb} element inet v2-host-firewall v2_veths {{ \"{}\" }}\n",
+                    slot.veth()
+                );
+                run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
+            }
+            Fault::V2CidrNotInSet => {
+                let verb = if on { "delete" } else { "add" };
+                let text = format!(
+                    "{verb} element inet v2-host-firewall v2_host_cidrs {{ {}/32 }}\n",
+                    slot.host_ip()
+                );
+                run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
+            }
+            Fault::V2HostDrop => {
+                let chain = format!("lab-input-{}", slot.0);
+                let text = if on {
+                    format!(
+                        "add chain inet v2-host-firewall {chain} {{ type filter hook input priority filter; policy accept; }}\n\
+                         add rule inet v2-host-firewall {chain} iifname \"{}\" tcp sport {ENVD_PORT} counter drop\n",
+                        slot.veth()
+                    )
+                } else {
+                    format!("delete chain inet v2-host-firewall {chain}\n")
+                };
+                let text = if on {
+                    text
+                } else {
+                    format!("flush chain inet v2-host-firewall {chain}\n{text}")
+                };
+                run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
+            }
+            Fault::V2ReplyDrop => {
+                if on {
+                    let text = format!(
+                        "insert rule inet slot-firewall PREROUTE_FILTER iifname \"{tap}\" tcp sport {ENVD_PORT} drop\n"
+                    );
+                    run_in_with_input(Some(&ns), "nft", &["-f", "-"], &text).map(|_| ())
+                } else {
+                    let h = nft_handle(
+                        &ns,
+                        "inet slot-firewall PREROUTE_FILTER",
+                        &format!("tcp sport {ENVD_PORT} drop"),
+                    )?;
+                    run_in(
+                        Some(&ns),
+                        "nft",
+                        &split(&format!(
+                            "delete rule inet slot-firewall PREROUTE_FILTER handle {h}"
+                        )),
+                    )
+                    .map(|_| ())
+                }
             }
             Fault::ForwardPolicyDrop => ipt_ns(&["-P", "FORWARD", if on { "DROP" } else { "ACCEPT" }]),
             Fault::UserChainDrop => {
@@ -803,6 +935,77 @@ fn check_free(config: &LabConfig) -> Result<()> {
 }
 
 /// `-d <hostIP>/32 -i eth0 -j DNAT --to-destination 169.254.0.21`, as iptables-save prints it.
+/// The handle of the first rule of `chain` (e.g. `inet slot-firewall preroute_nat`) in `ns`
+/// whose text contains `needle`.
+fn nft_handle(ns: &str, chain: &str, needle: &str) -> Result<u64> {
+    let mut args = vec!["-a", "list", "chain"];
+    args.extend(chain.split(' '));
+    let listing = run_in(Some(ns), "nft", &args)?;
+    listing
+        .lines()
+        .filter(|l| l.contains(needle))
+        .find_map(|l| l.rsplit_once("# handle ")?.1.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no rule with {needle:?} in {chain} of {ns}"))
+}
+
+/// E2B v2's `inet v2-host-firewall` (network/v2/host_firewall.go), with the lab's uplink name.
+/// The lab adds `counter` to the REDIRECTs so a test can show they never match envd traffic.
+fn v2_host_firewall() -> String {
+    let mut pre = String::new();
+    for (dport, to) in SERVICE_REDIRECTS {
+        pre += &format!(
+            "    iifname @v2_veths ip daddr {ORCHESTRATOR_IN_SANDBOX_IP} tcp dport {dport} counter redirect to :{to}\n"
+        );
+    }
+    for (dport, to) in PROXY_REDIRECTS {
+        pre += &format!("    iifname @v2_veths tcp dport {dport} counter redirect to :{to}\n");
+    }
+    pre += &format!(
+        "    iifname @v2_veths tcp dport != {{ 80, 111, 443, 2049 }} counter redirect to :{PROXY_OTHER_PORT}\n"
+    );
+    format!(
+        "table inet v2-host-firewall {{
+  set v2_veths {{ type ifname; }}
+  set v2_host_cidrs {{ type ipv4_addr; flags interval; }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    iifname @v2_veths oifname \"{UPLINK}\" accept
+    iifname \"{UPLINK}\" oifname @v2_veths ct state established,related accept
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+{pre}  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr @v2_host_cidrs oifname \"{UPLINK}\" masquerade
+  }}
+}}
+"
+    )
+}
+
+/// E2B v2's DNAT (network/v2/ns_nat.go): a chain of the slot firewall.
+fn v2_dnat_chain(slot: Slot) -> String {
+    format!(
+        "  chain preroute_nat {{\n    type nat hook prerouting priority dstnat; policy accept;\n    {}\n  }}",
+        v2_dnat_rule(slot)
+    )
+}
+
+fn v2_dnat_rule(slot: Slot) -> String {
+    format!(
+        "iifname \"eth0\" ip daddr {} dnat ip to {GUEST_IP}",
+        slot.host_ip()
+    )
+}
+
+fn v2_snat_chain(slot: Slot) -> String {
+    format!(
+        "  chain postroute_nat {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"eth0\" ip saddr {GUEST_IP} snat ip to {}\n  }}",
+        slot.host_ip()
+    )
+}
+
 pub fn dnat_rule(slot: Slot) -> String {
     format!(
         "-d {}/32 -i eth0 -j DNAT --to-destination {GUEST_IP}",

@@ -21,4 +21,4 @@ pub use connect::{Attempt, AttemptResult, ConnectReport};
 pub use faults::Fault;
 pub use guest::GuestKind;
 pub use lab::{Lab, LabConfig, SandboxStatus};
-pub use topology::{IptablesBackend, Slot, Topology};
+pub use topology::{Datapath, IptablesBackend, Network, Slot, Topology};

@@ -35,6 +35,52 @@ pub enum Topology {
     Bridge,
 }
 
+/// E2B's datapath (DESIGN §7): v1 writes the slot NAT with iptables, v2 with nft chains in
+/// `inet slot-firewall`, and the host rules into `inet v2-host-firewall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    V1,
+    V2,
+    /// A node mid-rollout: odd slots v1, even slots v2.
+    Mixed,
+}
+
+/// The datapath of one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    V1,
+    V2,
+}
+
+impl Network {
+    pub fn datapath(self, slot: Slot) -> Datapath {
+        match self {
+            Self::V1 => Datapath::V1,
+            Self::V2 => Datapath::V2,
+            Self::Mixed if slot.0 % 2 == 1 => Datapath::V1,
+            Self::Mixed => Datapath::V2,
+        }
+    }
+
+    pub fn has_v2(self) -> bool {
+        self != Self::V1
+    }
+}
+
+/// E2B's egress ports (the orchestrator's config): the orchestrator's in-sandbox address and
+/// what its services and the TCP firewall proxy listen on. The REDIRECTs that send guest
+/// traffic there match packets coming in from a veth that start a connection; envd's replies
+/// to the orchestrator never do.
+pub const ORCHESTRATOR_IN_SANDBOX_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// (destination port, redirect port) for the orchestrator's services (to its address only).
+pub const SERVICE_REDIRECTS: [(u16, u16); 3] = [(80, 5010), (111, 5012), (2049, 5011)];
+/// (destination port, redirect port) of the TCP firewall proxy; every other TCP port → 5018.
+pub const PROXY_REDIRECTS: [(u16, u16); 2] = [(80, 5016), (443, 5017)];
+pub const PROXY_OTHER_PORT: u16 = 5018;
+
 /// Which iptables the namespace rules are written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -88,6 +88,9 @@ fn qemu_guest_up_connect_down() {
 
 /// What the orchestrator stand-in sees during a fault.
 fn symptom_of(r: &lab::ConnectReport) -> Option<Symptom> {
+    if r.succeeded() {
+        return Some(Symptom::Works);
+    }
     match r.last()? {
         AttemptResult::Timeout => Some(Symptom::Timeout),
         AttemptResult::Refused => Some(Symptom::Refused),
@@ -102,9 +105,10 @@ fn symptom_of(r: &lab::ConnectReport) -> Option<Symptom> {
 fn break_and_heal(lab: &mut Lab, fault: Fault, other: Option<usize>) {
     lab.break_fault(0, fault).unwrap();
     let r = lab.connect(0, 3).unwrap();
-    assert!(
+    assert_eq!(
         !r.succeeded(),
-        "{}: the connection should fail: {}",
+        fault.breaks_envd(),
+        "{}: {}",
         fault.name(),
         r.summary()
     );
@@ -133,9 +137,91 @@ fn every_fault_fails_like_production_and_heals() {
     ) else {
         return;
     };
-    for &fault in Fault::ALL {
+    for &fault in Fault::ALL.iter().filter(|f| f.applies(lab::Datapath::V1)) {
         // The other sandbox stays independent meanwhile.
         break_and_heal(&mut lab, fault, Some(1));
+    }
+}
+
+#[test]
+fn v2_datapath_works_breaks_and_heals_beside_v1() {
+    // A node mid-rollout: slot 1 is v1, slot 2 v2.
+    let Some(mut lab) = lab_up(
+        "v2_datapath_works_breaks_and_heals_beside_v1",
+        LabConfig {
+            sandboxes: 2,
+            network: lab::Network::Mixed,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    healthy(&lab, 0);
+    healthy(&lab, 1);
+    let nat = lab::sh::run_in(Some("ns-2"), "nft", &["list", "table", "inet", "slot-firewall"]).unwrap();
+    assert!(
+        nat.contains("ip daddr 10.11.0.2 dnat ip to 169.254.0.21"),
+        "{nat}"
+    );
+    let ipt = lab::sh::run_in(Some("ns-2"), "iptables-nft-save", &["-t", "nat"]).unwrap_or_default();
+    assert!(!ipt.contains("DNAT"), "v2 has no iptables NAT: {ipt}");
+    // v2-only faults are refused on the v1 slot; on the v2 slot they break and heal.
+    assert!(lab.break_fault(0, Fault::V2HostDrop).is_err());
+    for &fault in Fault::ALL.iter().filter(|f| f.applies(lab::Datapath::V2)) {
+        lab.break_fault(1, fault).unwrap();
+        let r = lab.connect(1, 3).unwrap();
+        assert_eq!(
+            symptom_of(&r),
+            Some(fault.symptom()),
+            "{}: {}",
+            fault.name(),
+            r.summary()
+        );
+        healthy(&lab, 0);
+        lab.heal(1).unwrap();
+        healthy(&lab, 1);
+    }
+}
+
+/// The host's egress REDIRECTs (E2B's, both datapaths) match only connections a guest starts:
+/// after envd attempts in both directions' worth of packets, none of them counted a packet.
+#[test]
+fn egress_redirects_never_match_envd_traffic() {
+    let Some(lab) = lab_up(
+        "egress_redirects_never_match_envd_traffic",
+        LabConfig {
+            sandboxes: 2,
+            network: lab::Network::Mixed,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    healthy(&lab, 0);
+    healthy(&lab, 1);
+    assert!(lab.connect(0, 20).unwrap().succeeded());
+    assert!(lab.connect(1, 20).unwrap().succeeded());
+    // v1: iptables REDIRECTs for veth-1, with their counters.
+    let save = lab::sh::run_in(Some("e2b-host"), "iptables-nft-save", &["-c", "-t", "nat"]).unwrap();
+    let redirects: Vec<&str> = save.lines().filter(|l| l.contains("REDIRECT")).collect();
+    assert!(redirects.len() >= 6, "E2B's redirects are there: {save}");
+    for r in &redirects {
+        assert!(r.starts_with("[0:0]"), "a REDIRECT matched envd traffic: {r}");
+    }
+    // v2: the redirects of inet v2-host-firewall (counted in the lab).
+    let nft = lab::sh::run_in(
+        Some("e2b-host"),
+        "nft",
+        &["list", "chain", "inet", "v2-host-firewall", "prerouting"],
+    )
+    .unwrap();
+    let counted: Vec<&str> = nft.lines().filter(|l| l.contains("redirect")).collect();
+    assert_eq!(counted.len(), 6, "{nft}");
+    for r in counted {
+        assert!(
+            r.contains("counter packets 0 bytes 0"),
+            "a v2 REDIRECT matched envd traffic: {r}"
+        );
     }
 }
 

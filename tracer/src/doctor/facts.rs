@@ -109,6 +109,8 @@ pub struct NsFacts {
     pub rule_sources: Vec<String>,
     pub rule_errors: Vec<String>,
     pub sysctl: BTreeMap<String, String>,
+    /// nft's named sets with their elements (E2B v2's host firewall keeps its slots there).
+    pub nft_sets: Vec<crate::firewall::nft::NftSet>,
 }
 
 impl NsFacts {
@@ -381,6 +383,7 @@ fn read_ns(ns: &Netns, sysctls: &[String], shared: &Shared) -> Result<NsFacts> {
         .with_context(|| format!("read the network state of {}", ns.label()))?;
     let rules = shared.rules(ns);
     Ok(NsFacts {
+        nft_sets: rules.nft.as_ref().map(|n| n.sets.clone()).unwrap_or_default(),
         snap,
         tables: rules.tables(),
         rule_sources: rules.sources.clone(),

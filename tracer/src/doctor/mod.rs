@@ -127,6 +127,8 @@ pub struct SandboxReport {
     pub host_veth: Option<String>,
     pub host_ip: Option<Ipv4Addr>,
     pub guest_ip: Ipv4Addr,
+    /// E2B's datapath (`v1`, `v2`), when the namespace's NAT rules say.
+    pub datapath: Option<crate::firewall::nat::Datapath>,
     /// Whether the envd connection attempt was made.
     pub connect: bool,
     pub problems: usize,
@@ -149,6 +151,7 @@ impl SandboxReport {
             host_veth: f.sb.host_veth.clone(),
             host_ip: f.host_ip,
             guest_ip: f.guest_ip,
+            datapath: f.sb.datapath,
             connect,
             problems: count(Status::Problem),
             warnings: count(Status::Warning),

@@ -85,6 +85,9 @@ fn header(r: &SandboxReport) -> String {
     if let Some(ip) = r.host_ip {
         parts.push(format!("host IP {ip} → guest {}", r.guest_ip));
     }
+    if let Some(d) = r.datapath {
+        parts.push(format!("datapath {}", d.name()));
+    }
     let mut s = format!("sandbox {}: {}\n", r.label(), parts.join(", "));
     if let Some(tap) = &r.tap {
         let _ = writeln!(s, "  ({tap} lives in {}, not in the root namespace)", r.netns);

@@ -91,6 +91,11 @@ impl Rulesets {
         nat::dnat_of(&self.tables())
     }
 
+    /// E2B's datapath, as the NAT rules say (v1: iptables, v2: nft slot-firewall chains).
+    pub fn datapath(&self) -> Option<nat::Datapath> {
+        nat::datapath_of(&self.tables())
+    }
+
     /// Priorities at which hook functions exist, per hook number: the nft base chains
     /// (iptables-nft tables are nft tables too), the legacy iptables tables, and conntrack,
     /// which may be loaded without any rule.

@@ -3,7 +3,7 @@
 //! `preroute_nat` in `inet slot-firewall`). Read from the rule model, so both look the same.
 use std::net::Ipv4Addr;
 
-use super::model::{Action, Chain, Cond, HookPoint, Table};
+use super::model::{Action, Chain, Cond, HookPoint, Source, Table};
 
 /// What a namespace's DNAT rule says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +11,58 @@ pub struct Dnat {
     /// The matched destination, when the rule matches one address.
     pub host_ip: Option<Ipv4Addr>,
     pub guest_ip: Ipv4Addr,
+}
+
+/// E2B's datapath of a sandbox namespace, by where its NAT lives: v1 writes it with iptables,
+/// v2 as chains of nft's `inet slot-firewall` (`preroute_nat`, `postroute_nat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    V1,
+    V2,
+}
+
+impl Datapath {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
+/// The chains E2B v2 adds to the slot firewall.
+pub const V2_TABLE: (&str, &str) = ("inet", "slot-firewall");
+pub const V2_NAT_CHAINS: [&str; 2] = ["preroute_nat", "postroute_nat"];
+
+/// Which datapath a namespace's rules say: where the DNAT is; without one (the DNAT may be
+/// the fault), whether v2's NAT chains exist, else whether iptables has a nat table with a
+/// SNAT. None when nothing says.
+pub fn datapath_of(tables: &[Table]) -> Option<Datapath> {
+    let of = |t: &Table| match t.source {
+        Source::Nft => Datapath::V2,
+        Source::Iptables(_) => Datapath::V1,
+    };
+    let with_nat = |t: &&Table, want: fn(&Action) -> bool| {
+        t.chains.iter().any(|c| c.rules.iter().any(|r| want(&r.action)))
+    };
+    if let Some(t) = tables
+        .iter()
+        .find(|t| with_nat(t, |a| matches!(a, Action::Dnat(_))))
+    {
+        return Some(of(t));
+    }
+    let v2_chains = tables.iter().any(|t| {
+        (t.family.as_str(), t.name.as_str()) == V2_TABLE
+            && t.chains.iter().any(|c| V2_NAT_CHAINS.contains(&c.name.as_str()))
+    });
+    if v2_chains {
+        return Some(Datapath::V2);
+    }
+    tables
+        .iter()
+        .find(|t| with_nat(t, |a| matches!(a, Action::Snat(_))))
+        .map(of)
 }
 
 /// The first DNAT of chains hooked at PREROUTING, else of any chain.
@@ -98,5 +150,35 @@ mod tests {
         );
         let empty = NftRuleset::parse(r#"{"nftables": []}"#).unwrap();
         assert_eq!(dnat_of(&empty.tables(&[])), None);
+        // The datapath: v2 by the DNAT's table, and still v2 with the DNAT rule gone.
+        assert_eq!(datapath_of(&tables), Some(Datapath::V2));
+        let without_dnat: Vec<Table> = tables
+            .iter()
+            .cloned()
+            .map(|mut t| {
+                t.chains
+                    .iter_mut()
+                    .for_each(|c| c.rules.retain(|r| !matches!(r.action, Action::Dnat(_))));
+                t
+            })
+            .collect();
+        assert_eq!(datapath_of(&without_dnat), Some(Datapath::V2));
+        assert_eq!(datapath_of(&empty.tables(&[])), None);
+    }
+
+    #[test]
+    fn the_datapath_of_iptables_nat_is_v1() {
+        let save = IptSave::parse(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n\
+             -A PREROUTING -d 10.11.0.1/32 -i eth0 -j DNAT --to-destination 169.254.0.21\n\
+             -A POSTROUTING -s 169.254.0.21/32 -o eth0 -j SNAT --to-source 10.11.0.1\nCOMMIT\n",
+        )
+        .unwrap();
+        assert_eq!(datapath_of(&save.tables(Backend::Legacy)), Some(Datapath::V1));
+        let snat_only = IptSave::parse(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 169.254.0.21/32 -o eth0 -j SNAT --to-source 10.11.0.1\nCOMMIT\n",
+        )
+        .unwrap();
+        assert_eq!(datapath_of(&snat_only.tables(Backend::Nft)), Some(Datapath::V1));
     }
 }

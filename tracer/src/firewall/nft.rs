@@ -14,6 +14,45 @@ use super::model::{Action, Chain, Cond, HookPoint, Rule, Source, Table, flag_bit
 pub struct NftRuleset {
     pub tables: Vec<NftTable>,
     pub chains: Vec<NftChain>,
+    /// Named sets with their elements (E2B v2 keeps its slots' veths and host IPs in sets).
+    pub sets: Vec<NftSet>,
+}
+
+/// A named set: its elements as nft prints them (`"veth-1"`, `10.11.0.1`, `10.0.0.0/8`,
+/// `10.0.0.1-10.0.0.9`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftSet {
+    pub family: String,
+    pub table: String,
+    pub name: String,
+    pub elements: Vec<String>,
+}
+
+impl NftSet {
+    /// Whether `value` (a name or an IPv4 address) is an element, or inside one.
+    pub fn contains(&self, value: &str) -> bool {
+        let addr: Option<Ipv4Addr> = value.parse().ok();
+        self.elements.iter().any(|e| {
+            if e == value {
+                return true;
+            }
+            let Some(a) = addr else { return false };
+            if let Some((net, len)) = e.split_once('/') {
+                let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+                    return false;
+                };
+                let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+                return u32::from(a) & mask == u32::from(net) & mask;
+            }
+            if let Some((lo, hi)) = e.split_once('-') {
+                let (Ok(lo), Ok(hi)) = (lo.parse::<Ipv4Addr>(), hi.parse::<Ipv4Addr>()) else {
+                    return false;
+                };
+                return (u32::from(lo)..=u32::from(hi)).contains(&u32::from(a));
+            }
+            false
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -65,6 +104,16 @@ struct Item {
     table: Option<NftTable>,
     chain: Option<ChainJson>,
     rule: Option<RuleJson>,
+    set: Option<SetJson>,
+}
+
+#[derive(Deserialize)]
+struct SetJson {
+    family: String,
+    table: String,
+    name: String,
+    #[serde(default)]
+    elem: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +151,14 @@ impl NftRuleset {
             if let Some(c) = &item.chain {
                 out.chains.push(chain_of(c));
             }
+            if let Some(s) = &item.set {
+                out.sets.push(NftSet {
+                    family: s.family.clone(),
+                    table: s.table.clone(),
+                    name: s.name.clone(),
+                    elements: s.elem.iter().map(element_text).collect(),
+                });
+            }
         }
         for r in parsed.nftables.into_iter().filter_map(|i| i.rule) {
             let chain = out
@@ -113,6 +170,12 @@ impl NftRuleset {
             }
         }
         Ok(out)
+    }
+
+    pub fn set(&self, family: &str, table: &str, name: &str) -> Option<&NftSet> {
+        self.sets
+            .iter()
+            .find(|s| s.family == family && s.table == table && s.name == name)
     }
 
     /// Base chains (those with a hook).
@@ -199,6 +262,14 @@ fn rule_of(r: RuleJson) -> NftRule {
         verdict,
         text: parts.join(" ").replace(" == ", " "),
         exprs: r.expr,
+    }
+}
+
+/// One set element as nft prints it (`{"elem": {"val": ...}}` wraps elements with options).
+fn element_text(v: &Value) -> String {
+    match v.get("elem").and_then(|e| e.get("val")) {
+        Some(val) => element_text(val),
+        None => expr_text(v),
     }
 }
 
@@ -491,6 +562,31 @@ mod tests {
         assert_eq!(c.rules[0].packets, Some(4));
         assert_eq!(c.rules[0].verdict.as_deref(), Some("drop"));
         assert_eq!(c.rules[0].text, "tcp dport 49983 counter drop");
+    }
+
+    #[test]
+    fn named_sets_and_their_elements() {
+        // As nft 1.0.6 prints E2B v2's host firewall sets (the lab's).
+        let json = r#"{"nftables": [{"table": {"family": "inet", "name": "v2-host-firewall", "handle": 9}},
+          {"set": {"family": "inet", "name": "v2_veths", "table": "v2-host-firewall", "type": "ifname", "handle": 4, "elem": ["veth-2", "veth-4"]}},
+          {"set": {"family": "inet", "name": "v2_host_cidrs", "table": "v2-host-firewall", "type": "ipv4_addr", "handle": 5, "flags": ["interval"],
+                   "elem": ["10.11.0.2", {"prefix": {"addr": "10.11.1.0", "len": 24}}, {"range": ["10.11.2.1", "10.11.2.9"]},
+                            {"elem": {"val": "10.11.3.3", "counter": {"packets": 0, "bytes": 0}}}]}},
+          {"set": {"family": "inet", "name": "empty", "table": "v2-host-firewall", "type": "ifname", "handle": 6}}]}"#;
+        let r = NftRuleset::parse(json).unwrap();
+        let veths = r.set("inet", "v2-host-firewall", "v2_veths").unwrap();
+        assert!(veths.contains("veth-2") && !veths.contains("veth-1"));
+        let cidrs = r.set("inet", "v2-host-firewall", "v2_host_cidrs").unwrap();
+        for inside in ["10.11.0.2", "10.11.1.77", "10.11.2.5", "10.11.3.3"] {
+            assert!(cidrs.contains(inside), "{inside} in {:?}", cidrs.elements);
+        }
+        assert!(!cidrs.contains("10.11.0.3") && !cidrs.contains("10.11.2.10"));
+        assert!(
+            r.set("inet", "v2-host-firewall", "empty")
+                .unwrap()
+                .elements
+                .is_empty()
+        );
     }
 
     #[test]

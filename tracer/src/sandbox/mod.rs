@@ -66,6 +66,8 @@ pub struct Sandbox {
     /// The peer (E2B: veth-N).
     pub host_veth: Option<String>,
     pub host_veth_ip: Option<Ipv4Addr>,
+    /// E2B's datapath, as the namespace's NAT rules say.
+    pub datapath: Option<crate::firewall::nat::Datapath>,
     /// Inconsistencies found on the way, one sentence each.
     pub warnings: Vec<String>,
     /// The namespace's rulesets as discovery read them (for its DNAT): the trace's baseline
@@ -91,6 +93,7 @@ impl Sandbox {
             host_ns: None,
             host_veth: None,
             host_veth_ip: None,
+            datapath: None,
             warnings: Vec::new(),
             rules: None,
         }

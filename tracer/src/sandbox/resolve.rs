@@ -130,6 +130,7 @@ fn set_ns_veth(sb: &mut Sandbox, links: &[Link], addrs: &[Addr]) {
 /// rulesets are kept: they are the trace's counter baseline.
 fn set_nat(sb: &mut Sandbox) {
     let rules = Rulesets::read(&sb.netns);
+    sb.datapath = rules.datapath();
     match rules.dnat() {
         Some(d) => {
             sb.guest_ip = Some(d.guest_ip);

@@ -41,6 +41,8 @@ use crate::{
 
 /// How often finished journeys are collected (bounds verdict latency with the settle time).
 const TICK: Duration = Duration::from_millis(5);
+/// How often the traced sandbox's VMM is checked (a /proc read).
+const SLOT_CHECK: Duration = Duration::from_millis(500);
 /// With --probe: how long to wait for a verdict after the last attempt ended.
 const PROBE_GRACE: Duration = Duration::from_millis(1500);
 
@@ -140,7 +142,14 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         baseline,
         args.nft_trace,
     ))?;
+    // A sandbox's slot passes to the next sandbox seconds after it ends: the trace stops
+    // then, rather than judge the new sandbox's attempts under the old id.
+    let slot_taken = sb
+        .pid
+        .is_some()
+        .then(|| crate::target::watch_slot(&sb, SLOT_CHECK));
     let mut session = Session {
+        slot_taken,
         debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
         places: Places {
             nf_layout: attached.programs.nf_layout().clone(),
@@ -282,6 +291,8 @@ fn attach_tcx(programs: &mut Programs, ns: &Netns, dev: &str, ifindex: u32) -> R
 /// The event loop's state: turning events into journeys and handing finished ones to the
 /// judge. Nothing here blocks.
 struct Session {
+    /// Says when another sandbox took the traced one's slot.
+    slot_taken: Option<mpsc::Receiver<EnvError>>,
     /// TRACER_DEBUG_EVENTS: every decoded event on stderr, for debugging the tracer itself.
     debug_events: bool,
     /// Slot priorities and device names, to complete netfilter hops.
@@ -382,6 +393,7 @@ impl Session {
             .probe
             .then(|| self.start_probe(args.attempts, args.timeout, tx, stop.clone()));
         let mut probe_done_at: Option<Instant> = None;
+        let mut gone: Option<EnvError> = None;
         loop {
             tokio::select! {
                 guard = fd.readable_mut() => {
@@ -420,13 +432,19 @@ impl Session {
                     if self.decided.is_some() || (waited && self.in_judgement == 0) {
                         break;
                     }
+                    if let Some(e) = self.slot_taken.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                        gone = Some(e);
+                        break;
+                    }
                 }
                 _ = &mut stop_signal => break,
                 _ = &mut deadline => break,
             }
         }
         stop.store(true, Ordering::Relaxed);
-        if args.probe && self.decided.is_none() {
+        if gone.is_some() {
+            // What is still open may be the new sandbox's: nothing more is judged.
+        } else if args.probe && self.decided.is_none() {
             let rest = self.correlator.take_all();
             self.hand_over(rest, &judge);
         } else if !args.probe {
@@ -445,6 +463,9 @@ impl Session {
                 "tracer: {} event records could not be decoded (a bug)",
                 self.decode_errors
             );
+        }
+        if let Some(e) = gone {
+            return Err(e.into());
         }
         Ok(self.exit_code(args.probe))
     }

@@ -6,7 +6,7 @@ use tracer_model::net::prefix_contains;
 
 use crate::{
     doctor::{Check, ENVD_PORT, facts::NsFacts},
-    firewall::{self, Ct, HookPoint, Outcome, Packet, Port, Source, flags},
+    firewall::{self, Ct, HookPoint, Outcome, Packet, Port, Source, flags, nat::Datapath},
 };
 
 fn syn_at_ns(c: &Ctx, ct: Ct) -> Packet {
@@ -52,18 +52,37 @@ pub(super) fn dnat(c: &Ctx) -> Check {
             ),
         );
     };
-    let fix = format!(
-        "{}iptables -t nat -A PREROUTING -d {hip}/32 -i {} -j DNAT --to-destination {guest}",
-        c.exec_ns(),
-        c.veth_name
-    );
+    let fix = match c.f.sb.datapath {
+        Some(Datapath::V2) => format!(
+            "{}nft add rule inet slot-firewall preroute_nat iifname \"{}\" ip daddr {hip} dnat ip to {guest}",
+            c.exec_ns(),
+            c.veth_name
+        ),
+        _ => format!(
+            "{}iptables -t nat -A PREROUTING -d {hip}/32 -i {} -j DNAT --to-destination {guest}",
+            c.exec_ns(),
+            c.veth_name
+        ),
+    };
     let pkt = syn_at_ns(c, Ct::New);
     let read = sources(c.ns);
     match firewall::nat_at_hook(&c.ns.tables, HookPoint::Prerouting, &pkt) {
         Some(h) => match h.action {
-            firewall::Action::Dnat(Some(to)) if on_guest_subnet(c, to) => {
-                check.ok(format!("{hip} → {to} by `{}` ({})", h.rule, h.place()))
-            }
+            firewall::Action::Dnat(Some(to)) if on_guest_subnet(c, to) => match v2_priority(c, &h) {
+                Some(p) => check.warning(
+                    format!(
+                        "{hip} → {to} by `{}` ({}), at priority {p}: E2B v2 puts it at dstnat (-100), where NAT runs after conntrack and the slot firewall",
+                        h.rule,
+                        h.place()
+                    ),
+                    format!(
+                        "recreate the chain at `priority dstnat`: {}nft list chain inet slot-firewall {}",
+                        c.exec_ns(),
+                        h.chains.first().map(String::as_str).unwrap_or("preroute_nat")
+                    ),
+                ),
+                None => check.ok(format!("{hip} → {to} by `{}` ({})", h.rule, h.place())),
+            },
             firewall::Action::Dnat(to) => check.problem(
                 format!(
                     "`{}` ({}) sends {hip} to {}, not to the guest {guest} behind {}",
@@ -94,6 +113,24 @@ pub(super) fn dnat(c: &Ctx) -> Check {
             )
         }
     }
+}
+
+/// The priority of a v2 NAT chain that is not E2B's (dstnat, -100); None when it is, or when
+/// the DNAT is not v2's.
+fn v2_priority(c: &Ctx, h: &firewall::Hit) -> Option<i32> {
+    const DSTNAT: i32 = -100;
+    let (family, table) = crate::firewall::nat::V2_TABLE;
+    if h.source != Source::Nft || h.family != family || h.table != table {
+        return None;
+    }
+    let chain = h.chains.first()?;
+    let prio =
+        c.ns.tables
+            .iter()
+            .find(|t| t.family == family && t.name == table)?
+            .chain(chain)?
+            .priority;
+    (prio != DSTNAT).then_some(prio)
 }
 
 fn on_guest_subnet(c: &Ctx, ip: Ipv4Addr) -> bool {

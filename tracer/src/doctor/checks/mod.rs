@@ -20,7 +20,7 @@ use crate::{
 use filter::{conntrack, dnat, firewall_checks, snat};
 use routing::{
     guest_neighbour, guest_route, host_route, host_veth, ip_forward, mtu, ns_default_route, ns_return_route,
-    ns_veth, qdisc, rp_filter,
+    ns_veth, qdisc, rp_filter, v2_host_sets,
 };
 use vmm::{netns_exists, stray_tap, tap_addr, tap_exists, tap_reader, tap_up, tun_device, vmm_alive};
 
@@ -50,6 +50,7 @@ pub fn all(f: &Facts) -> Vec<Check> {
     v.push(rp_filter(&c));
     v.push(dnat(&c));
     v.push(snat(&c));
+    v.extend(v2_host_sets(&c));
     v.extend(firewall_checks(&c));
     v.push(conntrack(&c));
     v.extend(guest_neighbour(&c));
@@ -389,6 +390,7 @@ mod tests {
                 ("net.ipv4.conf.eth0.forwarding", "1"),
                 ("net.ipv4.conf.tap0.forwarding", "1"),
             ]),
+            nft_sets: Vec::new(),
         };
         let host = NsFacts {
             snap: Snapshot {
@@ -421,6 +423,7 @@ mod tests {
             host_ns: Some(netns(200, "e2b-host")),
             host_veth: Some("veth-1".into()),
             host_veth_ip: Some([10, 12, 0, 2].into()),
+            datapath: Some(crate::firewall::nat::Datapath::V1),
             warnings: Vec::new(),
             rules: None,
         };

@@ -574,3 +574,76 @@ pub(super) fn qdisc(c: &Ctx) -> Check {
         None => check.ok(seen.join("; ")),
     }
 }
+
+/// E2B v2: the host firewall knows the slot. `inet v2-host-firewall` forwards (policy drop)
+/// and redirects the traffic of veths in `v2_veths`, and masquerades host IPs in
+/// `v2_host_cidrs`; a slot missing from either loses its guest's egress (envd is local
+/// traffic of the host and unaffected).
+pub(super) fn v2_host_sets(c: &Ctx) -> Option<Check> {
+    if c.f.sb.datapath != Some(crate::firewall::nat::Datapath::V2) {
+        return None;
+    }
+    let host = c.host?;
+    const TABLE: &str = "v2-host-firewall";
+    let check = Check::new(
+        "v2_host_sets",
+        format!("{} knows this v2 slot in inet {TABLE}", c.hostl),
+    )
+    .netns(host_label(c))
+    .device(c.host_veth.map(|l| l.name.as_str()));
+    let nft = format!("{}nft", c.exec_host());
+    let set = |name: &str| {
+        host.nft_sets
+            .iter()
+            .find(|s| s.family == "inet" && s.table == TABLE && s.name == name)
+    };
+    let (Some(veths), Some(cidrs)) = (set("v2_veths"), set("v2_host_cidrs")) else {
+        return Some(check.problem(
+            format!(
+                "{} uses datapath v2, but {} has no inet {TABLE} with sets v2_veths and v2_host_cidrs: its guest's traffic is neither forwarded nor masqueraded",
+                c.nsl, c.hostl
+            ),
+            "the orchestrator creates the table at start (a restart recreates it); see `nft list ruleset`",
+        ));
+    };
+    let veth = c
+        .host_veth
+        .map(|l| l.name.clone())
+        .or_else(|| c.f.sb.host_veth.clone());
+    let mut missing = Vec::new();
+    let mut fixes = Vec::new();
+    if let Some(v) = &veth
+        && !veths.contains(v)
+    {
+        missing.push(format!(
+            "{v} is not in set v2_veths: the guest's traffic to the internet is dropped (forward policy drop) and not sent to the egress proxy"
+        ));
+        fixes.push(format!("{nft} add element inet {TABLE} v2_veths {{ \"{v}\" }}"));
+    }
+    if let Some(hip) = c.host_ip()
+        && !cidrs.contains(&hip.to_string())
+    {
+        missing.push(format!(
+            "{hip} is not in set v2_host_cidrs: the guest's traffic leaves without masquerade"
+        ));
+        fixes.push(format!(
+            "{nft} add element inet {TABLE} v2_host_cidrs {{ {hip}/32 }}"
+        ));
+    }
+    Some(if missing.is_empty() {
+        check.ok(format!(
+            "{} in v2_veths, {} in v2_host_cidrs",
+            veth.as_deref().unwrap_or("?"),
+            c.host_ip().map_or("?".into(), |i| i.to_string())
+        ))
+    } else {
+        check.problem(
+            format!("{}; envd is unaffected", missing.join("; ")),
+            fixes.join("; "),
+        )
+    })
+}
+
+fn host_label(c: &Ctx) -> String {
+    c.f.host.as_ref().map(|h| h.ns.label()).unwrap_or_default()
+}

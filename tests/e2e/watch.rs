@@ -206,9 +206,17 @@ fn a_failure_nobody_retries_still_gets_an_incident_saying_so() {
     let t = watch(&["--zoom-window", "1s"]);
     assert!(!lab.connect(0, 1).unwrap().succeeded());
     let (inc, _) = next(&t, "incident", &id, Duration::from_secs(10));
-    assert_eq!(s(&inc, "outcome"), "unknown", "{inc}");
+    // No attempt to follow, but detection saw where its SYN was dropped.
+    assert_eq!(s(&inc, "outcome"), "dropped", "{inc}");
+    assert_eq!(
+        (s(&inc, "drop.netns"), s(&inc, "drop.reason")),
+        ("ns-1", "NETFILTER_DROP"),
+        "{inc}"
+    );
+    let summary = s(&inc, "summary");
     assert!(
-        s(&inc, "summary").contains("none was made while the path was followed"),
+        summary.contains("as detection saw it")
+            && summary.contains("none was made while the path was followed"),
         "{inc}"
     );
     t.stop();

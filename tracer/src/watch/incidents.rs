@@ -47,6 +47,21 @@ pub struct Incident {
     outcome: Option<Outcome>,
     summary: String,
     delays: VecDeque<f64>,
+    /// The last drop of one of its packets detection saw (namespace, device, kernel reason,
+    /// function): what an incident that could not zoom in can still say.
+    seen_drop: Option<SeenDrop>,
+}
+
+/// A drop of a sandbox's envd packet, as detection saw it (no hook, table or rule: those take
+/// a zoom-in).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeenDrop {
+    pub netns: String,
+    pub device: Option<String>,
+    pub reason: String,
+    pub function: Option<String>,
+    /// `request` (toward envd) or `reply`.
+    pub direction: &'static str,
 }
 
 impl Incident {
@@ -68,6 +83,8 @@ pub struct Incidents {
     repeat_every_ns: u64,
     /// Incidents not opened because [`MAX_OPEN`] were open.
     pub refused: u64,
+    /// Drops seen for sandboxes without an open incident (at most [`MAX_OPEN`]).
+    pending_drops: HashMap<Key, SeenDrop>,
 }
 
 impl Incidents {
@@ -78,6 +95,7 @@ impl Incidents {
             next: 1,
             repeat_every_ns,
             refused: 0,
+            pending_drops: HashMap::new(),
         }
     }
 
@@ -120,6 +138,7 @@ impl Incidents {
                 outcome: None,
                 summary: String::new(),
                 delays: VecDeque::new(),
+                seen_drop: self.pending_drops.remove(&key),
             },
         );
         true
@@ -139,6 +158,20 @@ impl Incidents {
             && i.state == State::Queued
         {
             i.state = State::Localizing;
+        }
+    }
+
+    /// Detection saw one of its packets dropped (kept for the incident its attempt's end
+    /// opens, when it has none yet: the SYN dies before the client gives up).
+    pub fn drop_seen(&mut self, key: Key, drop: SeenDrop) {
+        match self.open.get_mut(&key) {
+            Some(i) => i.seen_drop = Some(drop),
+            None => {
+                if self.pending_drops.len() >= MAX_OPEN {
+                    self.pending_drops.clear();
+                }
+                self.pending_drops.insert(key, drop);
+            }
         }
     }
 
@@ -199,6 +232,31 @@ impl Incidents {
         if i.state == State::Reported {
             return None;
         }
+        // A drop detection saw says more than "unknown": where and why, if not which rule.
+        let (outcome, summary) = match (&i.seen_drop, outcome) {
+            (Some(d), Outcome::Unknown) => (
+                Outcome::Dropped,
+                format!(
+                    "{} to envd was dropped in {}{} (kernel reason {}{}), as detection saw it; the hook and rule were not localized: {summary}",
+                    if d.direction == "reply" {
+                        "the reply"
+                    } else {
+                        "the SYN"
+                    },
+                    d.netns,
+                    d.device
+                        .as_ref()
+                        .map(|x| format!(", device {x}"))
+                        .unwrap_or_default(),
+                    d.reason,
+                    d.function
+                        .as_ref()
+                        .map(|f| format!(" in {f}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            _ => (outcome, summary),
+        };
         i.state = State::Reported;
         i.outcome = Some(outcome);
         i.summary = summary.clone();
@@ -210,6 +268,7 @@ impl Incidents {
             "sandbox": i.sandbox_value(),
             "outcome": outcome,
             "summary": summary,
+            "drop": i.seen_drop,
             "hops": [],
             "first_failure": rfc3339(i.first_failure_unix),
             "localized_at": rfc3339(now_unix),
@@ -222,6 +281,7 @@ impl Incidents {
     /// An attempt of `key` connected: a reported incident is resolved; one not reported yet
     /// was a failure the orchestrator's retry absorbed, and goes quietly.
     pub fn success(&mut self, key: Key, now_unix: u64) -> Option<Value> {
+        self.pending_drops.remove(&key);
         let i = self.open.remove(&key)?;
         (i.state == State::Reported).then(|| {
             json!({
@@ -373,6 +433,44 @@ mod tests {
         let r = inc.repeats(100, false);
         assert_eq!(r[0]["reply_delays_ms"]["median"], 85.0);
         assert_eq!(r[0]["reply_delays_ms"]["max"], 90.0);
+    }
+
+    #[test]
+    fn without_a_zoom_in_a_drop_detection_saw_is_the_verdict() {
+        let mut inc = Incidents::new(0, 1);
+        // The SYN dies before the client gives up: the drop comes first.
+        inc.drop_seen(
+            key(1),
+            SeenDrop {
+                netns: "ns-1".into(),
+                device: Some("eth0".into()),
+                reason: "NETFILTER_DROP".into(),
+                function: Some("nft_do_chain".into()),
+                direction: "request",
+            },
+        );
+        inc.failure(key(1), sb("ia"), End::GaveUp, 1);
+        let v = inc
+            .unlocalized(key(1), Outcome::Unknown, "no zoom".into(), 2, 1)
+            .unwrap();
+        assert_eq!(v["outcome"], "dropped");
+        assert_eq!(v["drop"]["device"], "eth0");
+        assert!(
+            v["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("the SYN to envd was dropped in ns-1, device eth0"),
+            "{v}"
+        );
+        // Nothing seen: unknown it stays.
+        inc.failure(key(2), sb("ib"), End::GaveUp, 1);
+        let v = inc
+            .unlocalized(key(2), Outcome::Unknown, "no zoom".into(), 2, 1)
+            .unwrap();
+        assert_eq!(
+            (v["outcome"].as_str(), v["drop"].is_null()),
+            (Some("unknown"), true)
+        );
     }
 
     #[test]

@@ -372,6 +372,7 @@ impl Watcher {
                 Ok(())
             }
             Detected::Drop { reason, hop } => {
+                self.remember_drop(&reason, &hop);
                 // A zoomed sandbox's drops are counted from its verdicts, with their place.
                 if !zoomed && let Some(m) = self.metrics() {
                     m.drops
@@ -386,6 +387,37 @@ impl Watcher {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps a detected drop on the incident of the sandbox it belongs to (by namespace, else
+    /// by the host IP it was to or from).
+    fn remember_drop(&mut self, reason: &tracer_model::reason::DropReason, hop: &Hop) {
+        let at = hop.ts_ns;
+        let by_addr = |r: &Registry| {
+            r.by_host_ip(hop.dst(), at)
+                .or_else(|| r.by_host_ip(hop.src(), at))
+                .map(|e| e.key)
+        };
+        let key = self
+            .registry
+            .by_netns(hop.netns, at)
+            .map(|e| e.key)
+            .or_else(|| by_addr(&self.registry));
+        let Some(key) = key else { return };
+        self.incidents.drop_seen(
+            key,
+            incidents::SeenDrop {
+                netns: hop.ns_label(),
+                device: hop.device.clone(),
+                reason: reason.name().to_string(),
+                function: hop.function.clone(),
+                direction: if hop.pkt.dport == self.args.port {
+                    "request"
+                } else {
+                    "reply"
+                },
+            },
+        );
     }
 
     fn netns_kind(&self, inode: u32, at_ns: u64) -> &'static str {

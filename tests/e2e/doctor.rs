@@ -554,3 +554,40 @@ fn doctor_all_scales_to_many_sandboxes() {
     eprintln!("tracer doctor --vm (one of {n}): {:?}", start.elapsed());
     assert_eq!(code, 0);
 }
+
+/// Issue 15: `tracer check` prints this kernel's feature table, read from its BTF.
+#[test]
+fn check_prints_the_feature_table_of_this_kernel() {
+    let (code, stdout, stderr) = tracer(&["check", "--json"]);
+    assert_eq!(code, 0, "this kernel has what the path needs: {stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(v["kernel"], release.trim());
+    assert_eq!(v["path"], true);
+    let present = |name: &str| {
+        v["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))["present"]
+            .as_bool()
+            .unwrap()
+    };
+    for f in [
+        "tcx",
+        "netfilter links",
+        "kfree_skb",
+        "tcp_send_reset",
+        "drop reasons",
+        "struct fields",
+    ] {
+        assert!(present(f), "{f}: {v}");
+    }
+    let (code, text, _) = tracer(&["check"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("`tracer trace --vm` and `tracer watch` can run here"),
+        "{text}"
+    );
+}

@@ -709,3 +709,53 @@ fn errors_are_one_sentence_with_exit_code_2() {
     let (code, _, err) = tracer(&["trace", "--probe"]);
     assert_eq!(code, 2, "usage error: {err}");
 }
+
+/// Issue 15: on a kernel whose consume_skb and tcp_send_reset pass fewer arguments (before
+/// 6.3 and 6.10), the older program forms are loaded: the trace says what it loses and still
+/// names the fault. The test hook loads them here as such a kernel's verifier would force.
+#[test]
+fn older_tracepoint_forms_degrade_and_still_name_the_fault() {
+    let Some(mut lab) = lab_up("older_tracepoints", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    let older = |id: &str| {
+        let out = Command::new(common::tracer_bin())
+            .args(["trace", "--vm", id, "--probe", "--json"])
+            .env("TRACER_TEST_OLDER_TRACEPOINTS", "1")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.code(),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, v, err) = older(&id);
+    assert_eq!((code, s(&v, "outcome")), (Some(0), "connected"), "{v}\n{err}");
+    assert!(
+        err.contains("warning: tcp_send_reset passes fewer arguments here: no the reason of a RST")
+            && err.contains("warning: consume_skb passes fewer arguments here"),
+        "{err}"
+    );
+    // The tap's read is still seen, without where it happened.
+    let read = v["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["point"] == "consumed" && h["device"] == "tap0")
+        .unwrap_or_else(|| panic!("the tap's read: {v}"));
+    assert!(read["detail"].is_null(), "{read}");
+    // With the newer forms, the same hop says where.
+    let (_, v, _) = probe(&id, &[]);
+    assert!(v.to_string().contains("freed normally at tun_"), "{v}");
+
+    for fault in [Fault::GuestNoListener, Fault::ForwardDrop] {
+        lab.break_fault(0, fault).unwrap();
+        let (code, v, err) = older(&id);
+        assert_eq!(code, Some(1), "{err}");
+        expect(fault, &v);
+        lab.heal(0).unwrap();
+    }
+}

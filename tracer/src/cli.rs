@@ -33,6 +33,17 @@ pub enum Command {
     /// Follow every sandbox of this node and report each failing one as an incident (JSON
     /// lines on stdout), for days.
     Watch(WatchArgs),
+    /// What the running kernel offers the tracer: the feature table (tracepoints and their
+    /// arguments, tcx, netfilter links, drop and RST reasons), read from its BTF. Exit 0 when
+    /// `trace --vm` and `watch` can run here, 2 when something they need is missing.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ fn main() {
         cli::Command::List(args) => tracer::list::run(args),
         cli::Command::Doctor(args) => tracer::doctor::run(args),
         cli::Command::Watch(args) => tracer::watch::run(args),
+        cli::Command::Check(args) => tracer::bpf::features::run(args),
     };
     // Temporary nft trace tables never outlive the run (also after an error).
     tracer::firewall::nftrace::cleanup();

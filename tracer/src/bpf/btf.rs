@@ -91,6 +91,34 @@ impl KernelBtf {
         }
     }
 
+    /// How many arguments the tracepoint `name` passes to a tp_btf program (its
+    /// `btf_trace_<name>` typedef, less the context); None when the kernel has no such
+    /// tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))?;
+        let mut ty = typedef;
+        for _ in 0..4 {
+            let next = self.btf.resolve_chained_type(ty.as_btf_type()?).ok()?;
+            if let Type::FuncProto(p) = &next {
+                return Some(p.parameters.len().saturating_sub(1));
+            }
+            ty = next;
+        }
+        None
+    }
+
+    /// Whether `enum name` has a member `member`.
+    pub fn enum_has(&self, name: &str, member: &str) -> bool {
+        self.enum_names(name, "")
+            .map(|m| m.values().any(|n| n == member))
+            .unwrap_or(false)
+    }
+
     /// Values and names of `enum name`, with `strip` removed from the front of each name.
     pub fn enum_names(&self, name: &str, strip: &str) -> Result<HashMap<u32, String>> {
         let types = self.btf.resolve_types_by_name(name)?;

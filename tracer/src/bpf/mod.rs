@@ -4,6 +4,7 @@
 //! whatever way the process ends (return, signal, panic, SIGKILL) the kernel detaches
 //! everything when the fds close. Nothing is pinned.
 pub mod btf;
+pub mod features;
 pub mod kallsyms;
 pub mod netfilter;
 
@@ -141,8 +142,13 @@ pub struct Programs {
     nf_links: HashMap<u32, Vec<OwnedFd>>,
     /// Slots attached, per namespace and hook.
     nf_slots: NfLayout,
-    /// Tracepoint links, by program name.
+    /// Tracepoint links, by tracepoint name.
     tp_links: HashMap<&'static str, BtfTracePointLinkId>,
+    /// The program attached to a tracepoint when it is not the one named after it (an older
+    /// kernel's form of the tracepoint passes fewer arguments).
+    variants: HashMap<&'static str, &'static str>,
+    /// What the older forms of tracepoints lose here, one sentence each.
+    pub degraded: Vec<String>,
     /// tcx links, by (namespace inode, ifindex).
     tcx_links: HashMap<(u32, u32), Vec<(&'static str, SchedClassifierLinkId)>>,
     /// The kernel's BTF, to load tracepoint programs; released once everything is loaded
@@ -188,6 +194,8 @@ impl Programs {
             nf_slots: NfLayout::default(),
             tp_links: HashMap::new(),
             tcx_links: HashMap::new(),
+            variants: HashMap::new(),
+            degraded: Vec::new(),
             btf: Some(btf),
             attach_time: Default::default(),
         };
@@ -198,6 +206,25 @@ impl Programs {
             programs.add_addr(*a)?;
         }
         Ok(programs)
+    }
+
+    /// Older forms of tracepoints whose newer argument is optional: (tracepoint, program that
+    /// reads the older form, what is lost).
+    const FALLBACKS: &'static [(&'static str, &'static str, &'static str)] = &[
+        (
+            "consume_skb",
+            "consume_skb_nl",
+            "where a packet was freed normally (Linux 6.3+)",
+        ),
+        (
+            "tcp_send_reset",
+            "tcp_send_reset_nr",
+            "the reason of a RST a stack sends (Linux 6.10+)",
+        ),
+    ];
+
+    fn program_of(&self, tracepoint: &'static str) -> &'static str {
+        self.variants.get(tracepoint).copied().unwrap_or(tracepoint)
     }
 
     /// Writes the configuration (ports, flags, offsets): from here on the programs report.
@@ -254,17 +281,13 @@ impl Programs {
             if self.tp_links.contains_key(name) {
                 continue;
             }
-            let btf = self.btf.as_ref();
+            self.load_tracepoint(name)?;
+            let program = self.program_of(name);
             let prog: &mut BtfTracePoint = self
                 .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing"))?
                 .try_into()?;
-            if prog.fd().is_err() {
-                let btf = btf.ok_or_else(|| anyhow!("{name}: loaded after the kernel's BTF was released"))?;
-                prog.load(name, btf)
-                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
-            }
             let link = prog
                 .attach()
                 .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
@@ -274,21 +297,54 @@ impl Programs {
         Ok(())
     }
 
+    /// Loads the program for tracepoint `name` unless loaded. An older kernel's form of a
+    /// tracepoint passes fewer arguments: the verifier refuses the newer program, and the one
+    /// that reads the older form is loaded instead (found by trying; what it loses is noted
+    /// in `degraded`).
+    fn load_tracepoint(&mut self, name: &'static str) -> Result<()> {
+        // Test hook: load the older forms as a kernel before 6.3/6.10 would.
+        #[cfg(feature = "test-hooks")]
+        if std::env::var_os("TRACER_TEST_OLDER_TRACEPOINTS").is_some()
+            && !self.variants.contains_key(name)
+            && let Some(&(_, older, lost)) = Self::FALLBACKS.iter().find(|(tp, ..)| *tp == name)
+        {
+            self.variants.insert(name, older);
+            self.degraded
+                .push(format!("{name} passes fewer arguments here: no {lost}"));
+        }
+        let program = self.program_of(name);
+        let btf = self.btf.as_ref();
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing"))?
+            .try_into()?;
+        if prog.fd().is_ok() {
+            return Ok(());
+        }
+        let btf = btf.ok_or_else(|| anyhow!("{name}: loaded after the kernel's BTF was released"))?;
+        let Err(e) = prog.load(name, btf) else {
+            return Ok(());
+        };
+        match Self::FALLBACKS
+            .iter()
+            .find(|(tp, v, _)| *tp == name && *v != program)
+        {
+            Some(&(_, older, lost)) => {
+                self.variants.insert(name, older);
+                self.degraded
+                    .push(format!("{name} passes fewer arguments here: no {lost}"));
+                self.load_tracepoint(name)
+            }
+            None => Err(EnvError::from_program(name, &format!("{e:#}")).into()),
+        }
+    }
+
     /// Loads (without attaching) the programs a zoom-in attaches: the per-packet tracepoints
     /// and tcx, so that attaching them later only creates links.
     pub fn load_path_programs(&mut self) -> Result<()> {
         for name in PATH_TRACEPOINTS {
-            let btf = self.btf.as_ref();
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                let btf = btf.ok_or_else(|| anyhow!("{name}: loaded after the kernel's BTF was released"))?;
-                prog.load(name, btf)
-                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
-            }
+            self.load_tracepoint(name)?;
         }
         for name in ["tcx_ingress", "tcx_egress"] {
             let prog: &mut SchedClassifier = self

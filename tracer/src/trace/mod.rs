@@ -38,6 +38,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 /// Without a sandbox: every dropped packet matching the filters, in any namespace.
 fn run_drop_log(args: TraceArgs) -> Result<i32> {
     let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+    crate::bpf::features::Features::probe(&btf).require_drops(&crate::bpf::features::kernel_release())?;
     let names = Names::new(ReasonNames::load(&btf)?, Kallsyms::load()?);
     let filter = Filter {
         ports: args.ports.clone(),

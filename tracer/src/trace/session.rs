@@ -25,6 +25,7 @@ use crate::{
     bpf::{
         ALL_PLAN, ALL_TRACEPOINTS, Filter, HOST_PLAN, Programs, SANDBOX_PLAN,
         btf::{KernelBtf, ReasonNames},
+        features::{Features, kernel_release},
         kallsyms::Kallsyms,
     },
     cli::TraceArgs,
@@ -74,10 +75,17 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let kallsyms = std::thread::spawn(Kallsyms::load);
     let btf_facts = std::thread::spawn(|| -> Result<_> {
         let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+        let features = Features::probe(&btf);
+        // A kernel without what the path needs is refused before a struct it lacks is.
+        features.require_path(&kernel_release())?;
         Ok((btf.offsets()?, ReasonNames::load(&btf)?))
     });
     let attach_start = Instant::now();
-    let (mut attached, filter) = attach(&path, &host_ns, &sandbox_ns, &args)?;
+    let (mut attached, filter) = match attach(&path, &host_ns, &sandbox_ns, &args) {
+        Ok(a) => a,
+        // The kernel's own answer when it lacks a feature is an errno: say which feature.
+        Err(e) => return Err(btf_facts.join().ok().and_then(Result::err).unwrap_or(e)),
+    };
     let mut baseline = RuleBaseline::default();
     let sandbox_rules = sb
         .rules
@@ -102,7 +110,9 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
             .get(ns.inode)
             .map(|r| r.hook_priorities())
             .unwrap_or_default();
-        attached.programs.attach_netfilter(ns, &present, plan)?;
+        if let Err(e) = attached.programs.attach_netfilter(ns, &present, plan) {
+            return Err(btf_facts.join().ok().and_then(Result::err).unwrap_or(e));
+        }
     }
     let (offsets, reasons) = btf_facts
         .join()
@@ -120,7 +130,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         .map_err(|_| anyhow::anyhow!("kallsyms reader panicked"))??;
     let names = Names::new(reasons, kallsyms);
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "ready");
-    for w in &warnings {
+    for w in warnings.iter().chain(&attached.programs.degraded) {
         eprintln!("tracer: warning: {}", crate::output::escape(w));
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -80,6 +80,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     // days and has no use for tens of MB of type information.
     let (offsets, reasons) = {
         let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+        crate::bpf::features::Features::probe(&btf).require_path(&crate::bpf::features::kernel_release())?;
         (btf.offsets()?, ReasonNames::load(&btf)?)
     };
     let names = Names::new(reasons, Kallsyms::load()?);
@@ -100,6 +101,9 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     // Everything a zoom-in attaches is loaded now: a zoom-in only creates links.
     programs.load_netfilter_now()?;
     programs.load_path_programs()?;
+    for d in &programs.degraded {
+        eprintln!("tracer: watch: warning: {d}");
+    }
     programs.release_btf();
     // What parsing the BTF freed goes back to the system, not into a heap kept for days.
     // SAFETY: malloc_trim has no preconditions.

@@ -29,6 +29,16 @@ pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `consume_skb` before Linux 6.3 passes the skb only.
+#[btf_tracepoint(function = "consume_skb")]
+pub fn consume_skb_nl(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    if any_tracked() && is_tracked(skb) {
+        on_free(skb, 0, 0, point::CONSUME);
+    }
+    0
+}
+
 #[inline(always)]
 fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
     let Some(cfg) = config() else { return };

@@ -75,11 +75,19 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2))
+}
+
+/// `tcp_send_reset` before Linux 6.10 passes no reason.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_nr(ctx: BtfTracePointContext) -> i32 {
+    on_send_reset(ctx.arg(0), ctx.arg(1), 0)
+}
+
+#[inline(always)]
+fn on_send_reset(sk: u64, skb: u64, reason: u32) -> i32 {
     let Some(cfg) = config() else { return 0 };
     let off = &cfg.off;
-    let sk: u64 = ctx.arg(0);
-    let skb: u64 = ctx.arg(1);
-    let reason: u32 = ctx.arg(2);
     // With an skb, the RST answers that packet (e.g. a SYN to a port nobody listens on).
     if skb != 0 {
         let Some(pkt) = skb_packet(skb, off) else {

@@ -35,7 +35,6 @@ pub struct FuzzArgs {
 pub fn run(args: FuzzArgs) -> Result<()> {
     setup::run()?;
     let pins = Pins::read()?;
-    let fuzz_dir = workspace_root().join("tests/fuzz");
     let targets: Vec<&str> = if args.targets.is_empty() {
         TARGETS.to_vec()
     } else {
@@ -47,7 +46,7 @@ pub fn run(args: FuzzArgs) -> Result<()> {
             bail!("no fuzz target {t}; targets: {}", TARGETS.join(", "));
         }
         let corpus = corpus_dir(t)?;
-        let log = run_target(&pins, &fuzz_dir, t, &corpus, args.seconds)?;
+        let log = run_target(&pins, t, &corpus, args.seconds)?;
         let execs = last_count(&log);
         eprintln!("fuzz: {t}: {execs} inputs in {} s, no crash", args.seconds);
         report.push((t, execs));
@@ -71,7 +70,8 @@ fn corpus_dir(target: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn run_target(pins: &Pins, fuzz_dir: &Path, target: &str, corpus: &Path, seconds: u64) -> Result<String> {
+/// `cargo +nightly fuzz <sub> --fuzz-dir tests/fuzz`, with cargo-fuzz on PATH.
+fn cargo_fuzz(pins: &Pins, sub: &str) -> Result<Command> {
     let bin_dir = setup::cargo_fuzz_bin()
         .parent()
         .map(Path::to_path_buf)
@@ -80,13 +80,33 @@ fn run_target(pins: &Pins, fuzz_dir: &Path, target: &str, corpus: &Path, seconds
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
+    let mut cmd = Command::new("cargo");
+    cmd.env("PATH", std::env::join_paths(path)?)
+        .arg(format!("+{}", pins.nightly))
+        .args(["fuzz", sub, "--fuzz-dir"])
+        .arg(workspace_root().join("tests/fuzz"))
+        .current_dir(workspace_root());
+    Ok(cmd)
+}
+
+/// Type-checks every fuzz target, so a target that no longer compiles is named as such (and
+/// caught by `cargo xtask lint`) instead of passing for a crash.
+pub fn check() -> Result<()> {
+    let pins = Pins::read()?;
+    let status = cargo_fuzz(&pins, "check")?
+        .stdin(Stdio::null())
+        .status()
+        .context("run cargo fuzz check")?;
+    if !status.success() {
+        bail!("the fuzz targets in tests/fuzz do not compile (cargo fuzz check failed above)");
+    }
+    Ok(())
+}
+
+fn run_target(pins: &Pins, target: &str, corpus: &Path, seconds: u64) -> Result<String> {
     let artifacts = crate::tasks::target_dir().join("fuzz-artifacts").join(target);
     fs::create_dir_all(&artifacts)?;
-    let out = Command::new("cargo")
-        .env("PATH", std::env::join_paths(path)?)
-        .arg(format!("+{}", pins.nightly))
-        .args(["fuzz", "run", "--fuzz-dir"])
-        .arg(fuzz_dir)
+    let out = cargo_fuzz(pins, "run")?
         .arg(target)
         .arg(corpus)
         .arg("--")
@@ -96,12 +116,14 @@ fn run_target(pins: &Pins, fuzz_dir: &Path, target: &str, corpus: &Path, seconds
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .current_dir(workspace_root())
         .output()
         .context("run cargo fuzz")?;
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        if log.contains("could not compile") {
+            bail!("fuzz target {target} does not compile:\n{log}");
+        }
         bail!(
             "fuzz target {target} failed (a crash is kept in {}):\n{}",
             artifacts.display(),

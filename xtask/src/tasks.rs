@@ -51,6 +51,7 @@ pub fn lint() -> Result<()> {
             "warnings",
         ])
         .env("PATH", path_with_linker(&pins.nightly)))?;
+    crate::fuzz::check()?;
     eprintln!("lint: clean");
     Ok(())
 }

@@ -9,6 +9,7 @@ use tracer::{
     events::{Names, decode, hop_from_event},
 };
 use tracer_model::{
+    facts::ReadFacts,
     fixtures,
     journey::{Correlator, Timing},
     verdict,
@@ -27,6 +28,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let path = fixtures::path();
     for j in c.take_all() {
-        let _ = verdict::decide(&j, Some(&path), &|_, _| None);
+        let _ = verdict::decide(&j, Some(&path), &ReadFacts::default());
     }
 });

@@ -208,12 +208,15 @@ impl Server {
     }
 
     /// Closes the idle listeners, so SYNs to the port get smoltcp's RST like a guest
-    /// whose envd is down. Connections already under way are let finish.
+    /// whose envd is down. Half-open connections go with them, as Linux drops a listener's
+    /// pending requests when it closes; established ones are let finish.
     fn stop_listening(&mut self, sockets: &mut SocketSet) {
         for slot in &self.slots {
             let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
-            if socket.state() == tcp::State::Listen {
-                socket.close();
+            match socket.state() {
+                tcp::State::Listen => socket.close(),
+                tcp::State::SynReceived => socket.abort(),
+                _ => {}
             }
         }
     }
@@ -226,6 +229,12 @@ impl Slot {
             // FIN, so the socket goes straight back to listening instead of idling 10 s.
             tcp::State::Closed | tcp::State::TimeWait => {
                 return self.relisten(socket, listening, port);
+            }
+            // A half-open connection reset by its peer goes back to LISTEN (RFC 793): with
+            // the listener off, that socket must not answer the next SYN.
+            tcp::State::Listen if !listening => {
+                socket.close();
+                return true;
             }
             tcp::State::Listen | tcp::State::SynReceived => return false,
             _ => {}

@@ -143,6 +143,32 @@ fn every_fault_fails_like_production_and_heals() {
     }
 }
 
+/// Each fault fails the same way whatever came before it: the reply-drop fault leaves the
+/// guest half-open connections whose peer resets them once healed, and such a socket must not
+/// listen again while the listener is off (it answered SYNs under guest-no-listener).
+#[test]
+fn a_fault_fails_the_same_after_another() {
+    let Some(mut lab) = lab_up("a_fault_fails_the_same_after_another", LabConfig::default()) else {
+        return;
+    };
+    break_and_heal(&mut lab, Fault::ReplyDrop, None);
+    lab.break_fault(0, Fault::GuestNoListener).unwrap();
+    // The guest retransmits its dropped SYN-ACKs for a while (smoltcp's RTO starts at 1 s);
+    // every attempt meanwhile must be refused.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let r = lab.connect(0, 1).unwrap();
+        assert_eq!(
+            symptom_of(&r),
+            Some(Fault::GuestNoListener.symptom()),
+            "{}",
+            r.summary()
+        );
+    }
+    lab.heal(0).unwrap();
+    healthy(&lab, 0);
+}
+
 #[test]
 fn v2_datapath_works_breaks_and_heals_beside_v1() {
     // A node mid-rollout: slot 1 is v1, slot 2 v2.

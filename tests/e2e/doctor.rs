@@ -584,6 +584,11 @@ fn check_prints_the_feature_table_of_this_kernel() {
     ] {
         assert!(present(f), "{f}: {v}");
     }
+    // The verifier takes every program, in its newest form.
+    for t in v["programs"].as_array().expect("root tries loading") {
+        assert_eq!(t["loaded"], true, "{t}");
+        assert!(t["form"].is_null(), "{t}");
+    }
     let (code, text, _) = tracer(&["check"]);
     assert_eq!(code, 0);
     assert!(

@@ -735,8 +735,9 @@ fn older_tracepoint_forms_degrade_and_still_name_the_fault() {
     let (code, v, err) = older(&id);
     assert_eq!((code, s(&v, "outcome")), (Some(0), "connected"), "{v}\n{err}");
     assert!(
-        err.contains("warning: tcp_send_reset passes fewer arguments here: no the reason of a RST")
-            && err.contains("warning: consume_skb passes fewer arguments here"),
+        err.contains(
+            "warning: tcp_send_reset passes fewer arguments here: traces go without the reason of a RST"
+        ) && err.contains("warning: consume_skb passes fewer arguments here"),
         "{err}"
     );
     // The tap's read is still seen, without where it happened.

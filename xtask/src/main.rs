@@ -7,6 +7,8 @@ mod bench_watch;
 mod bpfstats;
 mod demo;
 mod fuzz;
+mod kernel_matrix;
+mod kernel_selftest;
 mod lab_cmd;
 mod setup;
 mod tasks;
@@ -38,6 +40,19 @@ enum Task {
     Test {
         /// Passed to cargo nextest as test filters.
         filters: Vec<String>,
+        /// Instead: boot this Debian kernel (6.1, 6.12, ...; repeatable) under QEMU and run
+        /// the end-to-end subset inside it (lab, `trace --vm --probe` on five faults, doctor,
+        /// `trace --port`, detach). The image is built from apt's linux-image-amd64 of that
+        /// version and cached in ~/.cache/tracer/kernels.
+        #[arg(long, conflicts_with = "filters")]
+        kernel: Vec<String>,
+        /// QEMU's accelerator for --kernel. TCG by default: nested KVM does not run a guest
+        /// inside a Firecracker VM such as the CI machine.
+        #[arg(long, value_enum, default_value = "tcg", requires = "kernel")]
+        accel: kernel_matrix::Accel,
+        /// Give up on a kernel's VM after this many seconds.
+        #[arg(long, default_value_t = 900, requires = "kernel")]
+        kernel_timeout: u64,
     },
     /// The newcomer's first run: a lab sandbox with a broken path, and the tracer naming it.
     Demo {
@@ -54,6 +69,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz every parser of external input (tests/fuzz) for a time budget each.
     Fuzz(fuzz::FuzzArgs),
+    /// The workload of a kernel-matrix VM (run by `test --kernel` inside the VM).
+    #[command(hide = true)]
+    KernelSelftest(kernel_selftest::SelftestArgs),
 }
 
 fn main() {
@@ -62,11 +80,23 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build { release } => tasks::build(release).map(|_| ()),
         Task::Lint => tasks::lint(),
-        Task::Test { filters } => tasks::test(&filters),
+        Task::Test {
+            filters,
+            kernel,
+            accel,
+            kernel_timeout,
+        } => {
+            if kernel.is_empty() {
+                tasks::test(&filters)
+            } else {
+                kernel_matrix::run(&kernel, accel, std::time::Duration::from_secs(kernel_timeout))
+            }
+        }
         Task::Demo { fault } => demo::run(&fault),
         Task::Lab { cmd } => lab_cmd::run(cmd),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::KernelSelftest(args) => kernel_selftest::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

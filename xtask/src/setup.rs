@@ -21,9 +21,11 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: iptables/nftables (lab rules, rule lookup), busybox-static (QEMU guest),
 /// iperf3 (bench), curl (an independent HTTP client for the end-to-end tests), prometheus (a
 /// real server scraping the watcher in a test, and promtool), qemu-system-x86 (QEMU guest, from
-/// backports so the machine's qemu-utils stays).
+/// backports so the machine's qemu-utils stays), kmod (depmod for the kernel matrix's images,
+/// and the modprobe their kernels call).
 const PACKAGES: &[&str] = &[
     "iptables",
+    "kmod",
     "nftables",
     "busybox-static",
     "iperf3",
@@ -42,6 +44,7 @@ pub fn run() -> Result<()> {
     debian_packages(&mut done)?;
     toolchain_file(&mut done)?;
     guest_image(&mut done)?;
+    kernel_images(&mut done)?;
     if done.is_empty() {
         eprintln!(
             "setup: everything in place ({:.1}s)",
@@ -353,6 +356,20 @@ fn guest_image(done: &mut Vec<String>) -> Result<()> {
         .ok();
     if before != after {
         done.push(format!("built the QEMU guest in {}", dir.display()));
+    }
+    Ok(())
+}
+
+/// The kernel matrix's images (`cargo xtask test --kernel`), cached outside the repo.
+fn kernel_images(done: &mut Vec<String>) -> Result<()> {
+    let vmm = lab::guest::vmm_binary()?;
+    for (version, _) in crate::kernel_matrix::KERNELS {
+        let stamp = crate::kernel_matrix::image_dir(version).join("stamp");
+        let before = fs::read_to_string(&stamp).ok();
+        crate::kernel_matrix::build_image(&vmm, version)?;
+        if fs::read_to_string(&stamp).ok() != before {
+            done.push(format!("built the {version} kernel image"));
+        }
     }
     Ok(())
 }

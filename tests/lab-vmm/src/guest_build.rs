@@ -56,9 +56,9 @@ pub fn build(out: &Path) -> Result<()> {
     write_outputs(out, &tree, &modules, &busybox.path, &stamp)
 }
 
-struct Package {
-    name: String,
-    version: String,
+pub(crate) struct Package {
+    pub(crate) name: String,
+    pub(crate) version: String,
 }
 
 /// The versioned kernel package the metapackage's candidate depends on.
@@ -73,7 +73,7 @@ fn kernel_package() -> Result<Package> {
 }
 
 /// `linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2), ...` → that name and version.
-fn parse_kernel_dep(depends: &str) -> Option<Package> {
+pub(crate) fn parse_kernel_dep(depends: &str) -> Option<Package> {
     let first = depends
         .split(',')
         .map(str::trim)
@@ -86,13 +86,13 @@ fn parse_kernel_dep(depends: &str) -> Option<Package> {
     })
 }
 
-struct Busybox {
-    version: String,
-    path: PathBuf,
+pub(crate) struct Busybox {
+    pub(crate) version: String,
+    pub(crate) path: PathBuf,
 }
 
 /// The static busybox, located through its package so a dynamic one is never picked up.
-fn busybox_binary() -> Result<Busybox> {
+pub(crate) fn busybox_binary() -> Result<Busybox> {
     let missing = "busybox-static is not installed (apt-get install busybox-static)";
     let version = output(Command::new("dpkg-query").args(["-W", "-f=${Version}", "busybox-static"]))
         .context(missing)?;
@@ -113,7 +113,7 @@ fn up_to_date(out: &Path, stamp: &str) -> bool {
     have == stamp && out.join(VMLINUZ).is_file() && out.join(INITRAMFS).is_file()
 }
 
-fn download(kernel: &Package, dir: &Path) -> Result<PathBuf> {
+pub(crate) fn download(kernel: &Package, dir: &Path) -> Result<PathBuf> {
     let spec = format!("{}={}", kernel.name, kernel.version);
     // Root downloads into a private temp dir: tell apt not to drop to _apt, which could
     // not write there (it only warns, but the warning looks like a failure).
@@ -128,20 +128,22 @@ fn download(kernel: &Package, dir: &Path) -> Result<PathBuf> {
     Ok(deb)
 }
 
-fn extract(deb: &Path, root: &Path) -> Result<()> {
+pub(crate) fn extract(deb: &Path, root: &Path) -> Result<()> {
     run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root))
         .with_context(|| format!("cannot unpack {}", deb.display()))
 }
 
 /// The unpacked kernel package: the image and the module tree.
-struct KernelTree {
-    vmlinuz: PathBuf,
-    modules: PathBuf,
+pub(crate) struct KernelTree {
+    pub(crate) vmlinuz: PathBuf,
+    pub(crate) modules: PathBuf,
+    /// The release (`uname -r`) of the kernel.
+    pub(crate) release: String,
     builtin: HashSet<String>,
 }
 
 impl KernelTree {
-    fn find(root: &Path) -> Result<KernelTree> {
+    pub(crate) fn find(root: &Path) -> Result<KernelTree> {
         let vmlinuz = std::fs::read_dir(root.join("boot"))
             .context("the kernel package has no /boot")?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -162,12 +164,13 @@ impl KernelTree {
         Ok(KernelTree {
             vmlinuz,
             modules,
+            release,
             builtin,
         })
     }
 
     /// The modules to insmod for `roots`, dependencies first; built-in ones are skipped.
-    fn load_order(&self, roots: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    pub(crate) fn load_order(&self, roots: &[&str]) -> Result<Vec<(String, PathBuf)>> {
         let mut index = HashMap::new();
         index_modules(&self.modules.join("kernel"), &mut index)?;
         let mut order = Vec::new();
@@ -191,7 +194,7 @@ impl KernelTree {
         let path = index
             .get(name)
             .with_context(|| format!("module {name} is neither built in nor shipped as .ko"))?;
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let image = read_module(path)?;
         for dep in modinfo_depends(&image).with_context(|| format!("bad module {}", path.display()))? {
             self.visit(&dep, index, seen, order)?;
         }
@@ -206,7 +209,7 @@ fn index_modules(dir: &Path, index: &mut HashMap<String, PathBuf>) -> Result<()>
         let path = entry?.path();
         if path.is_dir() {
             index_modules(&path, index)?;
-        } else if path.extension().is_some_and(|x| x == "ko") {
+        } else if file_name(&path).ends_with(".ko") || file_name(&path).ends_with(".ko.xz") {
             index.insert(module_name(&path), path);
         }
     }
@@ -215,10 +218,29 @@ fn index_modules(dir: &Path, index: &mut HashMap<String, PathBuf>) -> Result<()>
 
 fn module_name(path: &Path) -> String {
     let name = file_name(path);
-    name.strip_suffix(".ko").unwrap_or(&name).replace('-', "_")
+    let name = name.strip_suffix(".xz").unwrap_or(&name);
+    name.strip_suffix(".ko").unwrap_or(name).replace('-', "_")
 }
 
-fn file_name(path: &Path) -> String {
+/// A module's ELF image; newer Debian kernels ship them xz-compressed (`.ko.xz`), which
+/// neither our ELF reader nor busybox's insmod take.
+pub(crate) fn read_module(path: &Path) -> Result<Vec<u8>> {
+    if !file_name(path).ends_with(".xz") {
+        return std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    }
+    let out = Command::new("xz")
+        .arg("-dc")
+        .arg(path)
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run xz for {}", path.display()))?;
+    if !out.status.success() {
+        bail!("xz -dc {} exited with {}", path.display(), out.status);
+    }
+    Ok(out.stdout)
+}
+
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -278,7 +300,7 @@ fn write_outputs(
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // Drop the stamp first: an interrupted build must never look up to date.
     let _ = std::fs::remove_file(out.join(STAMP));
-    let initramfs = initramfs(modules, busybox)?;
+    let initramfs = initramfs(modules, busybox, &[("init", INIT), ("handler.sh", HANDLER)])?;
     write_atomic(&out.join(INITRAMFS), &initramfs)?;
     let kernel =
         std::fs::read(&tree.vmlinuz).with_context(|| format!("cannot read {}", tree.vmlinuz.display()))?;
@@ -294,8 +316,13 @@ fn write_outputs(
     Ok(())
 }
 
-/// The gzip-compressed newc archive: busybox, /init, the HTTP handler and the modules.
-fn initramfs(modules: &[(String, PathBuf)], busybox: &Path) -> Result<Vec<u8>> {
+/// The gzip-compressed newc archive: busybox, the scripts (`init` first among them) and the
+/// modules with their load order.
+pub(crate) fn initramfs(
+    modules: &[(String, PathBuf)],
+    busybox: &Path,
+    scripts: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let mut w = cpio::Writer::new(GzEncoder::new(Vec::new(), Compression::default()));
     for dir in [
         "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "etc", "lib",
@@ -310,11 +337,12 @@ fn initramfs(modules: &[(String, PathBuf)], busybox: &Path) -> Result<Vec<u8>> {
     let bb = std::fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?;
     w.file("bin/busybox", 0o755, &bb)?;
     w.symlink("bin/sh", "busybox")?;
-    w.file("init", 0o755, INIT.as_bytes())?;
-    w.file("handler.sh", 0o755, HANDLER.as_bytes())?;
+    for (name, text) in scripts {
+        w.file(name, 0o755, text.as_bytes())?;
+    }
     let mut order = String::new();
     for (name, path) in modules {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let image = read_module(path)?;
         w.file(&format!("lib/modules/{name}.ko"), 0o644, &image)?;
         order.push_str(name);
         order.push('\n');
@@ -324,7 +352,7 @@ fn initramfs(modules: &[(String, PathBuf)], busybox: &Path) -> Result<Vec<u8>> {
     gz.finish().context("compressing the initramfs")
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(data)
@@ -334,7 +362,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Runs a command with its output on our stderr (stdout is reserved for READY).
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .stdout(stderr_stdio()?)
         .status()
@@ -345,7 +373,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stderr(Stdio::null())
         .output()
@@ -366,7 +394,7 @@ fn stderr_stdio() -> Result<Stdio> {
 }
 
 /// FNV-1a over the parts: stable across Rust releases, unlike `DefaultHasher`.
-fn fnv1a(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     parts
         .iter()
         .flat_map(|p| p.bytes().chain([0]))
@@ -376,19 +404,24 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// A scratch directory removed on drop, whatever happened.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(prefix: &str) -> Result<TempDir> {
+    pub(crate) fn new(prefix: &str) -> Result<TempDir> {
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// In `parent`: what is built there can be renamed into place.
+    pub(crate) fn new_in(parent: &Path, prefix: &str) -> Result<TempDir> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        let path = parent.join(format!("{prefix}-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(TempDir(path))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

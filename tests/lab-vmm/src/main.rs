@@ -12,6 +12,7 @@ mod control;
 mod cpio;
 mod guest_build;
 mod http;
+mod kernel_vm;
 mod qemu;
 mod sys;
 mod tap;
@@ -44,6 +45,17 @@ enum Sub {
     /// Assemble the QEMU guest (vmlinuz, initramfs.cpio.gz) from Debian packages.
     BuildGuest {
         /// Output directory; left alone when it already holds a guest built from the same inputs.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a Debian kernel bootable under QEMU for the kernel matrix (`cargo xtask test
+    /// --kernel`): vmlinuz, an initramfs that runs a command on the machine's own root
+    /// filesystem (shared read-only over 9p), and the kernel's module tree.
+    BuildKernelVm {
+        /// The upstream line, as `apt-cache madison linux-image-amd64` lists it: 6.1, 6.12, ...
+        #[arg(long)]
+        kernel: String,
+        /// Output directory; left alone when it already holds that kernel built the same way.
         #[arg(long)]
         out: PathBuf,
     },
@@ -103,6 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Sub::BuildGuest { out }) => guest_build::build(&out),
+        Some(Sub::BuildKernelVm { kernel, out }) => kernel_vm::build(&kernel, &out),
         None => run(cli.run),
     };
     match result {

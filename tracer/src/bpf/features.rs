@@ -46,7 +46,7 @@ const TRACEPOINTS: &[(&str, usize, Need, &str, &str)] = &[
         2,
         Need::Detail,
         "6.3",
-        "where a packet was freed normally (the tap's read)",
+        "the place a packet was freed normally (the tap's read)",
     ),
     (
         "net_dev_start_xmit",
@@ -74,7 +74,7 @@ const TRACEPOINTS: &[(&str, usize, Need, &str, &str)] = &[
         3,
         Need::Detail,
         "6.10",
-        "the reason of a RST a stack sends",
+        "the reason of a RST the stack sends",
     ),
     (
         "tcp_receive_reset",
@@ -147,7 +147,7 @@ impl Features {
             present: btf.enum_has("sk_rst_reason", "SK_RST_REASON_NOT_SPECIFIED"),
             need: Need::Detail,
             since: "6.10",
-            what: "why a stack answered with RST",
+            what: "the names of RST reasons",
         });
         Self { rows }
     }
@@ -213,55 +213,136 @@ impl Features {
     pub fn degraded(&self) -> Vec<String> {
         self.missing(Need::Detail)
             .iter()
-            .map(|f| format!("{} is missing (Linux {}+): no {}", f.name, f.since, f.what))
+            .map(|f| {
+                format!(
+                    "{} (Linux {}+) is missing: traces go without {}",
+                    f.name, f.since, f.what
+                )
+            })
             .collect()
     }
 }
 
-/// `tracer check`: the feature table of the running kernel.
+/// One program's load trial: the form the verifier took, or its refusal.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub program: &'static str,
+    pub loaded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub form: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Loads (never attaches) every program, as root: what BTF says is confirmed by the verifier.
+fn load_trial(btf: &KernelBtf) -> Result<(Vec<Trial>, Vec<String>), String> {
+    if !crate::error::is_root() {
+        return Err("not tried: loading programs needs root".into());
+    }
+    let offsets = btf.offsets().map_err(|e| format!("not tried: {e:#}"))?;
+    let filter = super::Filter {
+        ports: vec![49983],
+        ..Default::default()
+    };
+    let mut programs = super::Programs::load(offsets, &filter).map_err(|e| format!("not tried: {e:#}"))?;
+    let trials = programs
+        .try_load_all()
+        .into_iter()
+        .map(|(program, r)| match r {
+            Ok(form) => Trial {
+                program,
+                loaded: true,
+                form: (form != program).then_some(form),
+                error: None,
+            },
+            Err(e) => Trial {
+                program,
+                loaded: false,
+                form: None,
+                error: Some(e),
+            },
+        })
+        .collect();
+    Ok((trials, programs.degraded.clone()))
+}
+
+/// `tracer check`: the feature table of the running kernel, and (as root) which programs its
+/// verifier takes.
 pub fn run(args: crate::cli::CheckArgs) -> anyhow::Result<i32> {
     use crate::output::{Format, Output};
     let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
     let f = Features::probe(&btf);
     let kernel = kernel_release();
     let verdict = f.require_path(&kernel);
+    let trial = load_trial(&btf);
+    drop(btf);
     let mut out = Output::stdout(Format::from_json_flag(args.json));
     if args.json {
+        let (programs, note) = match &trial {
+            Ok((t, _)) => (Some(t), None),
+            Err(n) => (None, Some(n)),
+        };
         out.json_pretty(&serde_json::json!({
             "kernel": kernel,
             "path": verdict.is_ok(),
             "features": f.rows,
+            "programs": programs,
+            "programs_note": note,
         }))?;
     } else {
-        let mut text = format!("kernel {kernel}\n");
-        for r in &f.rows {
-            text += &format!(
-                "  {} {:<28} Linux {:<5} {:<7} {}\n",
-                if r.present { "✓" } else { "✗" },
-                r.name,
-                r.since,
-                match r.need {
-                    Need::Path => "path",
-                    Need::Drops => "drops",
-                    Need::Detail => "detail",
-                },
-                r.what
-            );
-        }
-        text += &match &verdict {
-            Ok(()) => "`tracer trace --vm` and `tracer watch` can run here\n".to_string(),
-            Err(e) => format!("{e}\n"),
-        };
-        for d in f.degraded() {
-            text += &format!("degraded: {d}\n");
-        }
-        out.text(&text)?;
+        out.text(&render(&kernel, &f, &verdict, &trial))?;
     }
     Ok(if verdict.is_ok() {
         crate::error::EXIT_OK
     } else {
         crate::error::EXIT_ENV
     })
+}
+
+fn render(
+    kernel: &str,
+    f: &Features,
+    verdict: &Result<(), EnvError>,
+    trial: &Result<(Vec<Trial>, Vec<String>), String>,
+) -> String {
+    let mark = |ok: bool| if ok { "✓" } else { "✗" };
+    let mut text = format!("kernel {kernel}\nfeatures (from its BTF):\n");
+    for r in &f.rows {
+        text += &format!(
+            "  {} {:<28} Linux {:<5} {:<7} {}\n",
+            mark(r.present),
+            r.name,
+            r.since,
+            match r.need {
+                Need::Path => "path",
+                Need::Drops => "drops",
+                Need::Detail => "detail",
+            },
+            r.what
+        );
+    }
+    match trial {
+        Ok((trials, _)) => {
+            text += "programs (loaded by its verifier, not attached):\n";
+            for t in trials {
+                let how = match (&t.form, &t.error) {
+                    (_, Some(e)) => format!("refused: {}", crate::output::escape(e)),
+                    (Some(form), _) => format!("loaded as {form} (the older form)"),
+                    (None, None) => "loaded".into(),
+                };
+                text += &format!("  {} {:<28} {how}\n", mark(t.loaded), t.program);
+            }
+        }
+        Err(note) => text += &format!("programs: {note}\n"),
+    }
+    text += &match verdict {
+        Ok(()) => "`tracer trace --vm` and `tracer watch` can run here\n".to_string(),
+        Err(e) => format!("{e}\n"),
+    };
+    for d in f.degraded() {
+        text += &format!("degraded: {d}\n");
+    }
+    text
 }
 
 /// The running kernel's release (`uname -r`).

@@ -214,12 +214,12 @@ impl Programs {
         (
             "consume_skb",
             "consume_skb_nl",
-            "where a packet was freed normally (Linux 6.3+)",
+            "the place a packet was freed normally, such as the tap's read (Linux 6.3+)",
         ),
         (
             "tcp_send_reset",
             "tcp_send_reset_nr",
-            "the reason of a RST a stack sends (Linux 6.10+)",
+            "the reason of a RST the stack sends (Linux 6.10+)",
         ),
     ];
 
@@ -309,8 +309,9 @@ impl Programs {
             && let Some(&(_, older, lost)) = Self::FALLBACKS.iter().find(|(tp, ..)| *tp == name)
         {
             self.variants.insert(name, older);
-            self.degraded
-                .push(format!("{name} passes fewer arguments here: no {lost}"));
+            self.degraded.push(format!(
+                "{name} passes fewer arguments here: traces go without {lost}"
+            ));
         }
         let program = self.program_of(name);
         let btf = self.btf.as_ref();
@@ -332,12 +333,38 @@ impl Programs {
         {
             Some(&(_, older, lost)) => {
                 self.variants.insert(name, older);
-                self.degraded
-                    .push(format!("{name} passes fewer arguments here: no {lost}"));
+                self.degraded.push(format!(
+                    "{name} passes fewer arguments here: traces go without {lost}"
+                ));
                 self.load_tracepoint(name)
             }
             None => Err(EnvError::from_program(name, &format!("{e:#}")).into()),
         }
+    }
+
+    /// `tracer check`: loads (never attaches) every program the tracer has, each tracepoint
+    /// program in the form this kernel's verifier takes: (program, the form loaded or the
+    /// kernel's refusal). Nothing is changed on the host; the programs go with `self`.
+    pub fn try_load_all(&mut self) -> Vec<(&'static str, Result<&'static str, String>)> {
+        let mut out = Vec::new();
+        for name in ALL_TRACEPOINTS {
+            let r = self.load_tracepoint(name).map(|()| self.program_of(name));
+            out.push((*name, r.map_err(|e| format!("{e:#}"))));
+        }
+        for name in ["tcx_ingress", "tcx_egress"] {
+            let r = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))
+                .and_then(|p| Ok(<&mut SchedClassifier>::try_from(p)?.load()?));
+            out.push((name, r.map(|()| name).map_err(|e| format!("{e:#}"))));
+        }
+        let nf = self.load_netfilter_now();
+        out.push((
+            "netfilter slots",
+            nf.map(|()| "netfilter slots").map_err(|e| format!("{e:#}")),
+        ));
+        out
     }
 
     /// Loads (without attaching) the programs a zoom-in attaches: the per-packet tracepoints

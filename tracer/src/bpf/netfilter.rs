@@ -303,6 +303,10 @@ pub fn load(prog: &LinkedProgram) -> Result<OwnedFd> {
             let text = String::from_utf8_lossy(&log);
             let text = text.trim_end_matches('\0');
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            if tail.is_empty() {
+                // An older kernel refuses the program type before the verifier runs.
+                return Err(anyhow!(first)).with_context(|| format!("load netfilter program {}", prog.name));
+            }
             Err(anyhow!(first)).with_context(|| {
                 format!(
                     "load netfilter program {}; verifier says:\n{}",

@@ -435,7 +435,7 @@ fn tun_fds(pid: u32) -> Vec<(String, String)> {
     };
     let mut fds: Vec<(String, String)> = dir
         .flatten()
-        .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == Path::new(TUN_PATH)))
+        .filter(|e| sandbox::is_tun(&e.path()))
         .filter_map(|e| {
             let fd = e.file_name().to_str()?.to_string();
             let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;

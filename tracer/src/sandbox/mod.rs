@@ -22,7 +22,7 @@ pub use ids::{
     MAX_ID_LEN, api_sock_of, e2b_host_ip, id_from_api_sock, id_from_cgroup_name, id_from_proc_cgroup,
     iff_from_fdinfo, is_valid_id, match_id, slot_from_netns,
 };
-pub use vmm::{E2B_CGROUP_DIR, Skipped};
+pub use vmm::{E2B_CGROUP_DIR, Skipped, is_tun};
 
 use crate::{error::EnvError, firewall::Rulesets, netns::Netns};
 use host::{HostCache, Shared};

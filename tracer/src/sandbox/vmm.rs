@@ -11,7 +11,6 @@ use crate::netns;
 
 /// Where E2B puts one cgroup per sandbox: `sbx-<id>-<rand>`.
 pub const E2B_CGROUP_DIR: &str = "/sys/fs/cgroup/e2b";
-const TUN_DEVICE: &str = "/dev/net/tun";
 const CMDLINE_CHUNK: usize = 8192;
 
 /// A VMM process, before its namespace is examined.
@@ -273,7 +272,7 @@ pub(super) fn held_taps(pid: u32) -> Vec<String> {
     };
     let mut taps: Vec<String> = dir
         .flatten()
-        .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == Path::new(TUN_DEVICE)))
+        .filter(|e| is_tun(&e.path()))
         .filter_map(|e| {
             let fd = e.file_name();
             iff_from_fdinfo(&fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_str()?)).ok()?)
@@ -283,6 +282,14 @@ pub(super) fn held_taps(pid: u32) -> Vec<String> {
     taps.sort();
     taps.dedup();
     taps
+}
+
+/// Whether an open file (`/proc/PID/fd/N`) is the tun device, by its device number (misc
+/// 10:200), not its path: a VMM in a chroot (jailer) or another mount namespace opened it
+/// under a path that reads differently from here.
+pub fn is_tun(fd: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    fs::metadata(fd).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == libc::makedev(10, 200))
 }
 
 /// The first of `pids` that holds a tap.

@@ -117,7 +117,7 @@ impl UnreachableKind {
         const EPERM: i32 = 1;
         const EACCES: i32 = 13;
         const EINVAL: i32 = 22;
-        match errno.abs() {
+        match errno.saturating_abs() {
             EPERM | EACCES => Self::Prohibited,
             EINVAL => Self::Blackhole,
             _ => Self::NoRoute,
@@ -127,7 +127,7 @@ impl UnreachableKind {
 
 /// The name of an errno the routing and connect paths return.
 pub fn errno_name(errno: i32) -> String {
-    match errno.abs() {
+    match errno.saturating_abs() {
         1 => "EPERM".into(),
         11 => "EAGAIN".into(),
         13 => "EACCES".into(),
@@ -798,5 +798,29 @@ mod tests {
             (u.kind, u.netns.as_deref()),
             (UnreachableKind::NoRoute, Some("e2b-host"))
         );
+    }
+
+    /// Found by the kernel_events fuzz target: a route event's error is whatever the kernel
+    /// (or a corrupt record) says, and i32::MIN has no absolute value.
+    #[test]
+    fn any_route_error_value_is_judged_without_panic() {
+        for error in [i32::MIN, i32::MAX, -11, 11] {
+            let r = hop(
+                1,
+                "e2b-host",
+                "",
+                HopKind::Route {
+                    table: 254,
+                    error,
+                    iif: 1,
+                },
+                pkt("0.0.0.0", 0, "10.11.0.1", 0, 0, 0, 0),
+            );
+            let mut c = Correlator::new(&[49983], Timing::default());
+            c.push(r);
+            let j = c.take_all().pop().unwrap();
+            assert_eq!(decide(&j, Some(&path()), &none()).outcome, Outcome::Unreachable);
+        }
+        assert_eq!(errno_name(i32::MIN), format!("errno {}", i32::MAX));
     }
 }

@@ -323,7 +323,7 @@ fn route_error(j: &Journey) -> Option<(usize, i32)> {
             // The last table's "no match" (EAGAIN) reaches the caller as ENETUNREACH.
             Some((
                 i,
-                if error.abs() == EAGAIN {
+                if error.unsigned_abs() == EAGAIN as u32 {
                     -ENETUNREACH
                 } else {
                     error

@@ -135,6 +135,47 @@ pub const CFG_ANY_ADDR: u32 = 2;
 /// followed) match any address; the path programs still use `ADDRS`. The watcher's mode:
 /// every failed envd attempt and drop on the node, the full path only where it zoomed in.
 pub const CFG_DETECT_ANY_ADDR: u32 = 4;
+/// `Config::flags`: deep mode: followed packets are sent as [`DeepEvent`]s (packet bytes,
+/// skb and conntrack facts, the kernel stack at a drop).
+pub const CFG_DEEP: u32 = 8;
+
+/// Bytes of each followed packet a deep event carries (from its L2 header when it has one,
+/// else from its IP header): every header of an envd handshake packet, and its start.
+pub const SNAP_LEN: usize = 192;
+
+/// What deep mode adds to an [`Event`] of a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Deep {
+    /// `skb->len` (bytes from `skb->data`).
+    pub len: u32,
+    pub mark: u32,
+    /// `skb->_nfct`'s low bits (`enum ip_conntrack_info`); [`CT_NONE`] without conntrack.
+    pub ct_info: u32,
+    pub ct_status: u32,
+    pub ct_mark: u32,
+    /// `nf_conn.zone.id`, or u32::MAX when unknown.
+    pub ct_zone: u32,
+    /// Kernel stack id in the `STACKS` map (drops only), negative when none.
+    pub stack_id: i32,
+    /// Bytes of `snap` that are the packet's (the rest is not).
+    pub snap_len: u16,
+    /// Offset in `snap` of the IP header: 14 when `snap` starts with an Ethernet header, 0
+    /// when it starts at the IP header.
+    pub l3_off: u16,
+    pub snap: [u8; SNAP_LEN],
+}
+
+/// `Deep::ct_info` when the skb has no conntrack reference.
+pub const CT_NONE: u32 = u32::MAX;
+
+/// A deep-mode record: the event, then what deep mode adds. Its size tells it from an Event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeepEvent {
+    pub ev: Event,
+    pub deep: Deep,
+}
 
 /// Kernel struct member offsets, read from the running kernel's BTF at load time (Rust eBPF
 /// has no CO-RE field relocations). All in bytes from the start of the named struct.
@@ -171,7 +212,20 @@ pub struct Offsets {
     pub nf_state_in: u32,
     pub nf_state_out: u32,
     pub nf_state_net: u32,
+    /// Deep mode only (`CFG_DEEP`): `sk_buff.len`, `.mark`, `.mac_header`, `.tail`, `._nfct`,
+    /// and `nf_conn.status`, `.zone.id`, `.mark` ([`OFF_NONE`] where this kernel has none).
+    pub skb_len: u32,
+    pub skb_mark: u32,
+    pub skb_mac_header: u32,
+    pub skb_tail: u32,
+    pub skb_nfct: u32,
+    pub ct_status: u32,
+    pub ct_zone: u32,
+    pub ct_mark: u32,
 }
+
+/// An offset this kernel does not have (a config option compiled out): not read.
+pub const OFF_NONE: u32 = u32::MAX;
 
 /// Filter and layout configuration, element 0 of the `CONFIG` array map. Userspace may rewrite
 /// it while programs run (a watcher adding sandboxes); programs read it once per invocation.
@@ -213,4 +267,5 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Tracked {}
+    unsafe impl aya::Pod for super::DeepEvent {}
 }

@@ -1,7 +1,7 @@
 //! The maps. Names matter: userspace and the netfilter loader look them up by name.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{Config, Tracked};
 
@@ -39,3 +39,8 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// of a hash lookup (most of the tracer's cost on non-matching traffic).
 #[map]
 pub static NF_SKIP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Deep mode: kernel stacks at drops, by id (`Deep::stack_id`). Ids of equal stacks are
+/// shared, so a retry storm of one drop takes one entry.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);

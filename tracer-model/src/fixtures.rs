@@ -43,6 +43,7 @@ pub fn hop(ts: u64, ns: &str, dev: &str, kind: HopKind, p: Packet) -> Hop {
         sk: 0x5,
         location: None,
         function: None,
+        deep: None,
     }
 }
 

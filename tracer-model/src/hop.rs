@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use tracer_common::{Packet, tcp_flag};
 
-use crate::{hook::Hook, net::addr, reason::DropReason};
+use crate::{deep::HopDeep, hook::Hook, net::addr, reason::DropReason};
 
 /// What happened at a hop.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +72,8 @@ pub struct Hop {
     /// Kernel `symbol+0xoff` of a drop or free.
     pub location: Option<String>,
     pub function: Option<String>,
+    /// Deep mode only: the packet's bytes, skb and conntrack facts, the stack at a drop.
+    pub deep: Option<Box<HopDeep>>,
 }
 
 impl Hop {

@@ -7,6 +7,7 @@
 //! [`journey::Correlator`] → [`journey::Journey`] → [`verdict::decide`] → [`verdict::Verdict`].
 //! Turning a verdict into sentences is the output layer's job.
 pub mod attempts;
+pub mod deep;
 pub mod facts;
 #[doc(hidden)]
 pub mod fixtures;

@@ -37,6 +37,33 @@ pub enum Command {
     /// arguments, tcx, netfilter links, drop and RST reasons), read from its BTF. Exit 0 when
     /// `trace --vm` and `watch` can run here, 2 when something they need is missing.
     Check(CheckArgs),
+    /// Render saved output (`trace --json`, `watch`'s incidents, one JSON object per line) as
+    /// text or Markdown, the same rendering as live output: a capture taken at 3 a.m. reads
+    /// the same on another machine, or in a ticket.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The saved JSON lines (`-` reads standard input).
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// `text` (as a live trace prints it) or `md` (Markdown, for a ticket).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+}
+
+/// `--pcapng-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaptureOrder {
+    Time,
+    Packet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Md,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +152,43 @@ pub struct TraceArgs {
     /// tracer never does.
     #[arg(long)]
     pub nft_trace: bool,
+
+    /// Deep mode: every hop gets its packet's length, skb mark, L2 addresses (where it has an
+    /// Ethernet header), conntrack state, status and zone, TTL, IP id, TCP sequence, ack and
+    /// window; a drop gets the kernel stack; the verdict gets the flow's conntrack entry and
+    /// the route and neighbour of each routing point (read over netlink). Implies --all-hops.
+    /// Each event of a followed packet then carries 192 bytes of it (packets not followed cost
+    /// the same as without --deep).
+    #[arg(long)]
+    pub deep: bool,
+
+    /// Write the packets at every hop to FILE as pcapng (Wireshark, tshark): one interface
+    /// per namespace/device/point, each packet with a comment naming its hop, a journey's
+    /// last with the verdict. The kernel copies at most 192 bytes per packet and hop; the file
+    /// keeps at most 64 copies per journey and --pcapng-max-packets / --pcapng-max-bytes in
+    /// all (copies over a cap are counted in the verdict). Implies --deep.
+    #[arg(long, value_name = "FILE")]
+    pub pcapng: Option<std::path::PathBuf>,
+
+    /// Order in the --pcapng file: `time` (as it happened) or `packet` (all copies of one
+    /// packet together: the SYN at every hop, then the SYN-ACK at every hop).
+    #[arg(long, value_enum, default_value = "time", value_name = "ORDER")]
+    pub pcapng_order: CaptureOrder,
+
+    /// Packet copies written to --pcapng at most.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub pcapng_max_packets: usize,
+
+    /// Bytes of packet data written to --pcapng at most.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub pcapng_max_bytes: u64,
+}
+
+impl TraceArgs {
+    /// Deep mode, asked for or implied by a capture.
+    pub fn deep(&self) -> bool {
+        self.deep || self.pcapng.is_some()
+    }
 }
 
 /// `tracer watch`.

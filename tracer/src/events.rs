@@ -5,8 +5,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tracer_common::{Event, NF_SLOT_PRIORITIES, point};
+use tracer_common::{CT_NONE, Deep, DeepEvent, Event, NF_SLOT_PRIORITIES, SNAP_LEN, point};
 use tracer_model::{
+    deep::{CtRef, HopDeep},
     hook::Hook,
     hop::{Hop, HopKind},
     net::addr,
@@ -20,14 +21,57 @@ use crate::{
     netns,
 };
 
-/// Decodes one ring buffer record. None when the size is wrong (a bug, never silent: the caller
-/// counts it).
+/// Decodes one ring buffer record: an [`Event`], or the event part of a [`DeepEvent`]. None
+/// when the size is wrong (a bug, never silent: the caller counts it).
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() != size_of::<Event>() {
+    if bytes.len() != size_of::<Event>() && bytes.len() != size_of::<DeepEvent>() {
         return None;
     }
-    // SAFETY: Event is plain-old-data of exactly this size; unaligned read.
+    // SAFETY: both records start with an Event, plain-old-data; unaligned read.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// The kernel's frames of a stack taken in a tracepoint program: what comes before the
+/// tracepoint's `bpf_trace_run*` is the tracer's own program, not the kernel's path.
+fn kernel_frames(frames: Vec<String>) -> Vec<String> {
+    match frames.iter().position(|f| f.starts_with("bpf_trace_run")) {
+        Some(i) => frames[i + 1..].to_vec(),
+        None => frames,
+    }
+}
+
+/// What deep mode adds to a record (None for a plain event). `stack` symbolizes a stack id.
+pub fn decode_deep(bytes: &[u8], names: &Names, stack: impl Fn(u32) -> Vec<u64>) -> Option<Box<HopDeep>> {
+    if bytes.len() != size_of::<DeepEvent>() {
+        return None;
+    }
+    // SAFETY: a DeepEvent is plain-old-data of exactly this size; unaligned read.
+    let d: Deep = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DeepEvent>()) }.deep;
+    let ct = (d.ct_info != CT_NONE).then_some(CtRef {
+        info: d.ct_info,
+        status: d.ct_status,
+        zone: u16::try_from(d.ct_zone).ok(),
+        mark: d.ct_mark,
+    });
+    let stack = u32::try_from(d.stack_id)
+        .map(|id| {
+            kernel_frames(
+                stack(id)
+                    .into_iter()
+                    .map(|ip| names.kallsyms.describe(ip))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    let n = (d.snap_len as usize).min(SNAP_LEN);
+    Some(Box::new(HopDeep {
+        len: d.len,
+        mark: d.mark,
+        ct,
+        stack,
+        snap: d.snap[..n].to_vec(),
+        l3_off: d.l3_off,
+    }))
 }
 
 /// The device name carried in an event.
@@ -59,6 +103,7 @@ pub fn hop_from_event(ev: &Event, names: &mut Names) -> Option<Hop> {
         sk: ev.sk,
         location,
         function,
+        deep: None,
     })
 }
 
@@ -257,6 +302,65 @@ mod tests {
             unsafe { std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), size_of::<Event>()) };
         let back = decode(bytes).unwrap();
         assert_eq!((back.point, back.reason), (point::DROP, 12));
+    }
+
+    #[test]
+    fn deep_records_carry_bytes_conntrack_and_the_kernel_part_of_the_stack() {
+        let mut rec = DeepEvent {
+            ev: Event {
+                point: point::DROP,
+                ..Default::default()
+            },
+            deep: Deep {
+                len: 60,
+                mark: 7,
+                ct_info: 2,
+                ct_status: 1 << 5,
+                ct_mark: 0,
+                ct_zone: 3,
+                stack_id: 4,
+                snap_len: 3,
+                l3_off: 0,
+                snap: [0xab; SNAP_LEN],
+            },
+        };
+        // SAFETY: viewing a POD struct as bytes.
+        let bytes = |r: &DeepEvent| {
+            unsafe {
+                std::slice::from_raw_parts((r as *const DeepEvent).cast::<u8>(), size_of::<DeepEvent>())
+            }
+            .to_vec()
+        };
+        let names = Names::with_netns(
+            ReasonNames::default(),
+            Kallsyms::parse("ffffffff81000000 T bpf_trace_run2\nffffffff81a00000 t nf_hook_slow\n"),
+            HashMap::new(),
+        );
+        let stack = |id: u32| {
+            assert_eq!(id, 4);
+            vec![
+                0xffff_ffff_c000_0000,
+                0xffff_ffff_8100_0010,
+                0xffff_ffff_81a0_0043,
+            ]
+        };
+        assert_eq!(decode(&bytes(&rec)).unwrap().point, point::DROP);
+        let d = decode_deep(&bytes(&rec), &names, stack).unwrap();
+        assert_eq!(
+            (d.len, d.mark, d.snap.as_slice()),
+            (60, 7, &[0xab, 0xab, 0xab][..])
+        );
+        let ct = d.ct.unwrap();
+        assert_eq!(
+            (ct.state(), ct.zone, ct.status_names()),
+            ("NEW", Some(3), vec!["DST_NAT"])
+        );
+        assert_eq!(d.stack, ["nf_hook_slow+0x43"], "the tracer's own frames are cut");
+        rec.deep.ct_info = CT_NONE;
+        rec.deep.stack_id = -1;
+        let d = decode_deep(&bytes(&rec), &names, |_| unreachable!()).unwrap();
+        assert!(d.ct.is_none() && d.stack.is_empty());
+        assert!(decode_deep(&bytes(&rec)[..size_of::<Event>()], &names, |_| vec![]).is_none());
     }
 }
 

@@ -8,16 +8,20 @@
 //!
 //! - system access: `cmd` (tools with a timeout), `netns`, `netstate` (netlink), `firewall`
 //!   (every ruleset read, modelled, evaluated and named), `bpf` (the kernel programs, BTF,
-//!   kernel symbols), `connect` (connection attempts like the orchestrator's);
+//!   kernel symbols), `connect` (connection attempts like the orchestrator's), `conntrack`
+//!   (ctnetlink);
 //! - what is on this host: `sandbox` (discovery), `cache`, `target`;
-//! - judging and telling: `events` (kernel events → hops), `doctor`, `report`, `output`;
+//! - judging and telling: `events` (kernel events → hops), `doctor`, `report`, `output`,
+//!   `pcapng` (deep mode's capture);
 //! - commands: `trace`, `watch` (every sandbox of a node, unattended), `list`, `doctor::run`,
+//!   `saved` (`tracer report`: saved output rendered again),
 //!   with `cli` and `error`.
 pub mod bpf;
 pub mod cache;
 pub mod cli;
 pub mod cmd;
 pub mod connect;
+pub mod conntrack;
 pub mod doctor;
 pub mod error;
 pub mod events;
@@ -26,9 +30,11 @@ pub mod list;
 pub mod netns;
 pub mod netstate;
 pub mod output;
+pub mod pcapng;
 pub mod pool;
 pub mod report;
 pub mod sandbox;
+pub mod saved;
 pub mod target;
 pub mod trace;
 pub mod watch;

@@ -35,7 +35,7 @@ pub const RT_TABLE_LOCAL: u32 = 255;
 const DUMP_ATTEMPTS: usize = 5;
 /// The kernel answers in microseconds; a socket that stays silent this long is broken, and
 /// the tracer must not hang on it.
-const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 /// Dump datagrams are at most 32 KiB (the kernel's largest dump skb); twice that is safe.
 const RECV_BUF: usize = 64 * 1024;
 
@@ -389,7 +389,7 @@ impl Rtnl {
     }
 }
 
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> Result<()> {
+pub(crate) fn set_recv_timeout(socket: &Socket, timeout: Duration) -> Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,

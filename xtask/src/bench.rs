@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// envd-like connections per round.
     #[arg(long, default_value_t = 300)]
     pub connections: u32,
+    /// Compare deep mode (`trace --deep --pcapng`) with the default mode and with no tracer,
+    /// in alternating rounds.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -64,6 +68,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("start iperf3 server")?;
+    if args.deep {
+        let result = deep(&args, &lab, &tracer, &id);
+        let _ = server.kill();
+        let _ = server.wait();
+        result?;
+        return lab.down();
+    }
     let result = measure(&args, &lab, &tracer, &id);
     let _ = server.kill();
     let _ = server.wait();
@@ -254,6 +265,69 @@ fn report(off: &[Round], on: &[Round]) {
         c(on) / c(off),
         (c(on) / c(off) - 1.0) * 100.0
     );
+}
+
+/// Deep mode beside the default mode: no tracer, `trace --vm`, `trace --vm --deep --pcapng`
+/// in turn each round; then the deep programs' cost per packet, and what the capture holds.
+fn deep(args: &BenchArgs, lab: &Lab, tracer: &std::path::Path, id: &str) -> Result<()> {
+    wait_for_iperf()?;
+    let pcap = crate::tasks::target_dir().join("bench-deep.pcapng");
+    let pcap_arg = pcap.to_string_lossy().into_owned();
+    let deep_args = ["trace", "--vm", id, "--deep", "--json", "--pcapng", &pcap_arg];
+    let (mut off, mut default, mut deep) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..args.rounds {
+        eprintln!("bench: round {}/{}", r + 1, args.rounds);
+        off.push(round(args, lab)?);
+        let t = Attached::start(tracer, &["trace", "--vm", id])?;
+        default.push(round(args, lab)?);
+        t.stop();
+        let t = Attached::start(tracer, &deep_args)?;
+        deep.push(round(args, lab)?);
+        t.stop();
+    }
+    println!(
+        "bench: {} rounds each, alternating; medians; ratios to no tracer",
+        off.len()
+    );
+    let m = |r: &[Round], f: fn(&Round) -> f64| median(r.iter().map(f).collect());
+    type Metric = (&'static str, fn(&Round) -> f64);
+    let metrics: [Metric; 3] = [
+        ("TCP throughput, not followed (Gbit/s)", |x| x.gbps),
+        ("CPU per Gbit moved (ms)", |x| x.cpu_ms_per_gbit),
+        ("envd-like connections, followed (/s)", |x| x.conn_per_s),
+    ];
+    for (name, f) in metrics {
+        let (a, b, c) = (m(&off, f), m(&default, f), m(&deep, f));
+        println!(
+            "  {name:<40} none {a:>8.2}   default {b:>8.2} (ratio {:.3})   deep {c:>8.2} (ratio {:.3})",
+            b / a,
+            c / a
+        );
+    }
+    // One more deep round with BPF statistics on: the programs' cost per packet.
+    let _stats = crate::bpfstats::Enabled::new()?;
+    let t = Attached::start(tracer, &deep_args)?;
+    let (s0, p0) = (crate::bpfstats::read(is_ours), path_packets()?);
+    round(args, lab)?;
+    let (s1, p1) = (crate::bpfstats::read(is_ours), path_packets()?);
+    let lines = t.stop();
+    println!(
+        "bench: deep mode's programs in one round (kernel.bpf_stats_enabled=1), per packet through veth-1:"
+    );
+    crate::bpfstats::print_table(&crate::bpfstats::delta(&s0, &s1), p1 - p0);
+    let journeys = lines
+        .iter()
+        .filter(|l| l.contains("\"type\":\"journey\""))
+        .count();
+    let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  capture of that round: {journeys} journeys, {:.1} KiB in {} ({:.0} bytes per journey)",
+        size as f64 / 1024.0,
+        pcap.display(),
+        size as f64 / journeys.max(1) as f64
+    );
+    let _ = std::fs::remove_file(&pcap);
+    Ok(())
 }
 
 /// From the decisive kernel event to the printed verdict, on a broken path.

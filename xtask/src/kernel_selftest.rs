@@ -208,6 +208,26 @@ fn full(t: &mut Steps, lab: &mut Lab, tracer: &Path, id: &str) {
             &[("outcome", "reset"), ("reset.by", "guest")],
         ),
     ];
+    // Deep mode reads struct fields and takes stacks: its facts must hold on this kernel too.
+    t.step("probe --deep forward-drop", || {
+        lab.break_fault(0, Fault::ForwardDrop)?;
+        let result = probe_with(tracer, id, &["--deep"]).and_then(|(code, v)| {
+            ensure!(code == 1, "exit {code}: {v}");
+            let hops = v["hops"].as_array().context("hops")?;
+            let at = |point: &str| hops.iter().find(|h| h["netns"] == "ns-1" && h["point"] == point);
+            let fwd = at("nf/FORWARD").context("no FORWARD hop")?;
+            expect_field(fwd, "deep.conntrack.state", "NEW")?;
+            let drop = at("drop").context("no drop hop")?;
+            ensure!(
+                drop["deep"]["stack"].to_string().contains("nf_hook_slow"),
+                "stack: {drop}"
+            );
+            ensure!(fwd["deep"]["ttl"].as_u64().is_some_and(|t| t > 0), "ttl: {fwd}");
+            Ok(())
+        });
+        lab.heal(0)?;
+        result
+    });
     for (fault, fields) in cases {
         t.step(&format!("probe {}", fault.name()), || {
             lab.break_fault(0, *fault)?;
@@ -307,8 +327,13 @@ fn nothing_loaded() -> Result<()> {
 }
 
 fn probe(tracer: &Path, id: &str) -> Result<(i32, Value)> {
+    probe_with(tracer, id, &[])
+}
+
+fn probe_with(tracer: &Path, id: &str, extra: &[&str]) -> Result<(i32, Value)> {
     let mut args = vec!["trace", "--vm", id, "--probe", "--json"];
     args.extend_from_slice(PROBE);
+    args.extend_from_slice(extra);
     let (code, out, err) = tracer_out(tracer, &args)?;
     let v = serde_json::from_str(out.trim()).with_context(|| format!("not one JSON verdict: {out} {err}"))?;
     Ok((code, v))

@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "curl",
     "prometheus",
+    // Reads deep mode's pcapng captures back in the tests.
+    "tshark",
 ];
 const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
 

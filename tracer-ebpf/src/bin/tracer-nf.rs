@@ -12,7 +12,7 @@ use core::ffi::c_void;
 
 use tracer_common::point;
 use tracer_ebpf::{
-    emit::{event, send, set_skb},
+    emit::{event, send_packet, set_skb},
     filter::{
         any_tracked, armed, config, is_handshake, is_tracked, mark_foreign, marked_foreign, packet_matches,
         port_matches, track,
@@ -79,7 +79,7 @@ fn on_hook(ctx: *mut c_void, slot: u8, by_content: bool) -> i32 {
     if slot == 0 {
         track(skb, ev.ts_ns);
     }
-    send(&ev);
+    send_packet(&ev, skb, cfg, -1);
     NF_ACCEPT
 }
 

@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
-use tracer_common::Offsets;
+use tracer_common::{OFF_NONE, Offsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -166,7 +166,30 @@ impl KernelBtf {
             nf_state_in: o("nf_hook_state", "in")?,
             nf_state_out: o("nf_hook_state", "out")?,
             nf_state_net: o("nf_hook_state", "net")?,
+            skb_len: o("sk_buff", "len")?,
+            skb_mark: o("sk_buff", "mark")?,
+            skb_mac_header: o("sk_buff", "mac_header")?,
+            skb_tail: o("sk_buff", "tail")?,
+            // Deep mode's conntrack facts: absent pieces are not read (OFF_NONE).
+            skb_nfct: self.offset("sk_buff", "_nfct").unwrap_or(OFF_NONE),
+            ct_status: self.ct_offset("status"),
+            ct_zone: self.ct_offset("zone.id"),
+            ct_mark: self.ct_offset("mark"),
         })
+    }
+
+    /// An `nf_conn` member: in vmlinux, or in the nf_conntrack module's BTF when conntrack
+    /// is a module; OFF_NONE when neither has it (zones and marks are config options).
+    fn ct_offset(&self, member: &str) -> u32 {
+        if let Ok(o) = self.offset("nf_conn", member) {
+            return o;
+        }
+        let module = Path::new("/sys/kernel/btf/nf_conntrack");
+        Btf::from_split_file(module, &self.btf)
+            .ok()
+            .map(|btf| Self { btf })
+            .and_then(|m| m.offset("nf_conn", member).ok())
+            .unwrap_or(OFF_NONE)
     }
 }
 

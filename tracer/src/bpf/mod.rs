@@ -25,8 +25,8 @@ use aya::{
     },
 };
 use tracer_common::{
-    CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DETECT_ANY_ADDR, Config, MAX_PORTS, NF_HOOK_SLOTS, NF_SLOT_PRIORITIES,
-    Offsets, hook,
+    CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DEEP, CFG_DETECT_ANY_ADDR, Config, MAX_PORTS, NF_HOOK_SLOTS,
+    NF_SLOT_PRIORITIES, Offsets, hook,
 };
 
 use crate::{error::EnvError, netns::Netns};
@@ -129,6 +129,8 @@ pub struct Filter {
     /// The watcher's mode: detection programs match any address; the path programs only
     /// `addrs` (empty: none until a zoom-in adds some).
     pub detect_any_addr: bool,
+    /// Deep mode: packet bytes, skb and conntrack facts, the kernel stack at a drop.
+    pub deep: bool,
 }
 
 /// Loaded programs and their attachments.
@@ -243,6 +245,9 @@ impl Programs {
             cfg.flags |= CFG_DETECT_ANY_ADDR;
         } else if filter.addrs.is_empty() {
             cfg.flags |= CFG_ANY_ADDR;
+        }
+        if filter.deep {
+            cfg.flags |= CFG_DEEP;
         }
         let mut config: Array<_, Config> = Array::try_from(self.map_mut("CONFIG")?)?;
         config.set(0, &cfg, 0).context("write CONFIG")?;
@@ -622,6 +627,17 @@ impl Programs {
     }
 
     /// Events the kernel could not queue because the ring buffer was full.
+    /// The kernel stack recorded under `id` (deep mode's drops), innermost frame first.
+    pub fn stack(&self, id: u32) -> Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map("STACKS")
+            .ok_or_else(|| anyhow!("map STACKS missing"))?;
+        let stacks = aya::maps::StackTraceMap::try_from(map)?;
+        let trace = stacks.get(&id, 0)?;
+        Ok(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
     pub fn lost_events(&self) -> Result<u64> {
         let map = self.ebpf.map("LOST").ok_or_else(|| anyhow!("map LOST missing"))?;
         let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
@@ -704,7 +720,12 @@ pub fn choose_slots(hooknum: u8, present: &[i32]) -> Vec<u8> {
 
 fn map_data(map: &Map) -> Result<&MapData> {
     Ok(match map {
-        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) | Map::RingBuf(m) => m,
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::RingBuf(m)
+        | Map::StackTraceMap(m) => m,
         other => return Err(anyhow!("unexpected map type {other:?}")),
     })
 }

@@ -1,5 +1,6 @@
 //! Reports: text for people and JSON for machines (schema in the README), both from the same
 //! records. Repeated failures are shown once, with a count and a time range.
+pub mod deep;
 pub mod format;
 pub mod record;
 pub mod sentences;
@@ -170,6 +171,8 @@ impl Reporter {
                 .iter()
                 .map(|(leg, h)| hop_record(*leg, h, t0))
                 .collect(),
+            failing_hop: j.verdict.failing_hop,
+            deep: j.context.cloned(),
         };
         (sig, record)
     }

@@ -17,6 +17,7 @@ use tracer_model::{
 };
 
 use super::{
+    deep::{DeepContext, DeepRecord},
     format::{Tuple, flags_str},
     sentences::{self, Facts},
 };
@@ -58,6 +59,9 @@ pub struct HopRecord {
     pub tuple: Option<String>,
     pub flags: Option<String>,
     pub detail: Option<String>,
+    /// Deep mode (`--deep`): the packet and skb at this hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep: Option<DeepRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -230,6 +234,13 @@ pub struct JourneyRecord {
     #[serde(default)]
     pub blind_spots: Vec<String>,
     pub hops: Vec<HopRecord>,
+    /// Index in `hops` of the hop where it went wrong (null: none, or connected).
+    #[serde(default)]
+    pub failing_hop: Option<usize>,
+    /// Deep mode (`--deep`): the flow's conntrack entries, routes and neighbours, read at the
+    /// verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep: Option<DeepContext>,
 }
 
 /// A journey with everything known about its outcome: the verdict, the rule naming found for
@@ -242,6 +253,8 @@ pub struct Judged<'a> {
     pub explained_by: &'a [String],
     /// Events lost while the journey ran.
     pub lost_events: u64,
+    /// Deep mode: what was read at the verdict.
+    pub context: Option<&'a DeepContext>,
 }
 
 impl Judged<'_> {
@@ -433,6 +446,7 @@ pub fn hop_record(leg: Leg, h: &Hop, t0: u64) -> HopRecord {
         tuple: h.is_packet().then(|| Tuple(&h.pkt).to_string()),
         flags: h.is_packet().then(|| flags_str(h.pkt.flags)),
         detail: detail(h),
+        deep: h.deep.as_deref().map(DeepRecord::from_hop),
     }
 }
 

@@ -38,6 +38,9 @@ pub fn journey(o: &Output, r: &JourneyRecord, failing: Option<usize>, all_hops: 
         } else {
             let _ = writeln!(s, "  {}", o.plain(&line));
         }
+        for d in deep_lines(&r.hops[i]) {
+            let _ = writeln!(s, "  {}", o.paint(Style::Dim, &d));
+        }
     }
     verdict(o, r, &mut s);
     s
@@ -68,6 +71,9 @@ fn verdict(o: &Output, r: &JourneyRecord, s: &mut String) {
     }
     for e in r.evidence.iter().filter(|e| e.starts_with("read ")) {
         let _ = writeln!(s, "  {}", o.plain(e));
+    }
+    for line in r.deep.iter().flat_map(|d| d.lines()) {
+        let _ = writeln!(s, "  {}", o.plain(&line));
     }
     for n in fewer_events(r) {
         let _ = writeln!(s, "  {} {}", o.paint(Style::Unsure, "note:"), o.plain(&n));
@@ -135,7 +141,18 @@ fn compress(hops: &[HopRecord], keep: Option<usize>) -> Vec<usize> {
     out
 }
 
-fn hop_line(h: &HopRecord) -> String {
+/// Deep mode's lines under a hop: its packet and skb facts, and the kernel stack at a drop.
+pub fn deep_lines(h: &HopRecord) -> Vec<String> {
+    let Some(d) = &h.deep else { return Vec::new() };
+    let mut out = vec![format!("{:>14}{}", "", d.line())];
+    if !d.stack.is_empty() {
+        out.push(format!("{:>14}kernel stack:", ""));
+        out.extend(d.stack.iter().map(|f| format!("{:>16}{f}", "")));
+    }
+    out
+}
+
+pub fn hop_line(h: &HopRecord) -> String {
     let arrow = match h.leg {
         Leg::Request => "→",
         Leg::Reply => "←",

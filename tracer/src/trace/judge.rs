@@ -28,7 +28,12 @@ use crate::{
     },
     netns::Netns,
     netstate,
-    report::{Judged, Reporter, record::JourneyRecord},
+    pcapng::Capture,
+    report::{
+        Judged, Reporter,
+        deep::{DeepContext, RoutingPoint},
+        record::JourneyRecord,
+    },
     sandbox::Sandbox,
 };
 
@@ -74,6 +79,10 @@ pub struct Judge {
     /// The doctor's checks of the sandbox, taken at the first failure and refreshed after a
     /// while (configuration changes while watching).
     doctor: Option<(Instant, Vec<Check>)>,
+    /// Deep mode: read conntrack, routes and neighbours at each verdict.
+    deep: bool,
+    /// `--pcapng`: where each judged journey's packets go.
+    capture: Option<Capture>,
 }
 
 impl Judge {
@@ -96,7 +105,16 @@ impl Judge {
             rules_now: HashMap::new(),
             named: HashMap::new(),
             doctor: None,
+            deep: false,
+            capture: None,
         }
+    }
+
+    /// Deep mode, with a capture file or not.
+    pub fn with_deep(mut self, capture: Option<Capture>) -> Self {
+        self.deep = true;
+        self.capture = capture;
+        self
     }
 
     /// Judges work until the loop hangs up; tells it each outcome.
@@ -115,14 +133,45 @@ impl Judge {
             }
         }
         self.reporter.print_repeats()?;
+        if let Some(c) = &self.capture {
+            eprintln!(
+                "tracer: the packets are in {}{}",
+                c.path().display(),
+                if c.capped > 0 {
+                    format!(" ({} copies left out by its caps)", c.capped)
+                } else {
+                    String::new()
+                }
+            );
+        }
         Ok(())
     }
 
     fn judge(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> Result<Outcome> {
-        self.with_judged(j, guest_neigh, lost_events, |reporter, judged| {
+        let mut capture = self.capture.take();
+        let r = self.with_judged(j, guest_neigh, lost_events, |reporter, judged| {
+            // The capture comes first, so that the record printed says what it holds.
+            let mut context = judged.context.cloned();
+            if let (Some(c), Some(ctx)) = (capture.as_mut(), context.as_mut()) {
+                let record = reporter.record(judged).1;
+                let verdict = format!("{} {}", record.outcome.name().to_uppercase(), record.summary);
+                match c.write_journey(j, &verdict) {
+                    Ok(w) => {
+                        ctx.captured_packets = w.packets;
+                        ctx.capped_packets = w.capped;
+                    }
+                    Err(e) => eprintln!("tracer: {e:#}"),
+                }
+            }
+            let judged = Judged {
+                context: context.as_ref(),
+                ..judged
+            };
             reporter.add(judged)?;
             Ok(judged.verdict.outcome)
-        })
+        });
+        self.capture = capture;
+        r
     }
 
     /// The record of one journey, printed by nobody (the watcher prints incidents).
@@ -147,12 +196,14 @@ impl Judge {
             Outcome::Connected => Vec::new(),
             _ => crate::doctor::explain(&v, self.doctor_checks()),
         };
+        let context = self.deep.then(|| self.deep_context(j, &v));
         let judged = Judged {
             journey: j,
             verdict: &v,
             rule: rule.as_ref(),
             explained_by: &explained_by,
             lost_events,
+            context: context.as_ref(),
         };
         f(&mut self.reporter, judged)
     }
@@ -276,11 +327,88 @@ impl Judge {
         Some(rule)
     }
 
+    /// Deep mode's reads at the verdict: the flow's conntrack entries where it was dropped
+    /// (else in the sandbox's namespace), and the route and neighbour at each routing point.
+    fn deep_context(&self, j: &Journey, v: &Verdict) -> DeepContext {
+        let ct_ns = v
+            .failing_hop
+            .and_then(|i| j.hops.get(i))
+            .and_then(|(_, h)| self.netns_by_inode(h.netns))
+            .unwrap_or_else(|| self.sandbox_ns.clone());
+        let mut ctx = DeepContext {
+            conntrack_netns: ct_ns.label(),
+            ..Default::default()
+        };
+        if let Some((addr, port)) = j.client() {
+            match crate::conntrack::flow_entries(&ct_ns, addr, port) {
+                Ok(e) => ctx.conntrack = e,
+                Err(e) => ctx.conntrack_error = Some(format!("{e:#}")),
+            }
+        }
+        let client = j.client().map(|(a, _)| a);
+        let points = [
+            (&self.host_ns, "request", Some(self.path.host_ip)),
+            (&self.sandbox_ns, "request", Some(self.path.guest_ip)),
+            (&self.sandbox_ns, "reply", client),
+        ];
+        for (ns, direction, dst) in points {
+            let (Some(dst), Ok(snap)) = (dst, netstate::snapshot(ns)) else {
+                continue;
+            };
+            ctx.routing.push(routing_point(&snap, ns, direction, dst));
+        }
+        ctx
+    }
+
     fn netns_by_inode(&self, inode: u32) -> Option<Netns> {
         [&self.host_ns, &self.sandbox_ns]
             .into_iter()
             .find(|n| n.inode == inode)
             .cloned()
+    }
+}
+
+/// The route a namespace has for `dst` and the neighbour entry of its next hop.
+fn routing_point(
+    snap: &netstate::Snapshot,
+    ns: &Netns,
+    direction: &str,
+    dst: std::net::Ipv4Addr,
+) -> RoutingPoint {
+    let dev = |i: Option<u32>| {
+        i.and_then(|i| snap.link_by_index(i))
+            .map_or("?".to_string(), |l| l.name.clone())
+    };
+    let route = snap.route_to(dst);
+    let next = route.and_then(|r| r.gateway).unwrap_or(dst);
+    let neighbour = route.and_then(|r| {
+        snap.neighbours
+            .iter()
+            .find(|n| n.addr == next && Some(n.ifindex) == r.oif)
+    });
+    RoutingPoint {
+        netns: ns.label(),
+        direction: direction.into(),
+        destination: dst.to_string(),
+        route: route.map(|r| {
+            format!(
+                "{}/{}{} dev {} ({})",
+                r.dst,
+                r.prefix,
+                r.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                dev(r.oif),
+                r.kind
+            )
+        }),
+        neighbour: neighbour.map(|n| {
+            format!(
+                "{} lladdr {} {} on {}",
+                n.addr,
+                n.mac.as_deref().unwrap_or("-"),
+                n.state,
+                dev(Some(n.ifindex))
+            )
+        }),
     }
 }
 

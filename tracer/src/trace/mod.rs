@@ -46,6 +46,7 @@ fn run_drop_log(args: TraceArgs) -> Result<i32> {
         netns: Vec::new(),
         ring_bytes: args.ring_size,
         detect_any_addr: false,
+        deep: false,
     };
     let mut programs = Programs::load(btf.offsets()?, &filter)?;
     programs.attach_tracepoints(DROP_TRACEPOINTS)?;

@@ -31,11 +31,12 @@ use crate::{
     cli::TraceArgs,
     connect::{self, AttemptEvent},
     error::{EXIT_FOUND, EXIT_OK, EnvError},
-    events::{Clock, Names, Places, decode, hop_from_event},
+    events::{Clock, Names, Places, decode, decode_deep, hop_from_event},
     firewall::{Rulesets, naming::RuleBaseline},
     netns::Netns,
     netstate,
     output::{Format, Output},
+    pcapng::{Caps, Capture, Order},
     report::Reporter,
     sandbox::Sandbox,
 };
@@ -63,6 +64,24 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     warnings.extend(sb.warnings.iter().cloned());
     let host_ns = sb.host_ns.clone().unwrap_or(Netns::current()?);
     let sandbox_ns = sb.netns.clone();
+    // A capture file that cannot be written is said before anything attaches.
+    let capture = match &args.pcapng {
+        Some(file) => Some(
+            Capture::create(
+                file,
+                match args.pcapng_order {
+                    crate::cli::CaptureOrder::Time => Order::Time,
+                    crate::cli::CaptureOrder::Packet => Order::Packet,
+                },
+                Caps {
+                    max_packets: args.pcapng_max_packets,
+                    max_bytes: args.pcapng_max_bytes,
+                },
+            )
+            .map_err(|e| EnvError::Usage(format!("{e:#}: give --pcapng a writable path")))?,
+        ),
+        None => None,
+    };
     // The counter baseline: the sandbox namespace's rules as discovery just read them, the
     // host side's read while the programs attach (both take tens of milliseconds).
     let host_rules = {
@@ -144,14 +163,19 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     announce(&path, attached.devices, attach_time, args.probe);
     let events = attached.programs.take_events()?;
     let out = Output::stdout(Format::from_json_flag(args.json));
-    let judge = JudgeHandle::spawn(Judge::new(
+    let judge = Judge::new(
         path.clone(),
         sb.clone(),
         (host_ns.clone(), sandbox_ns.clone()),
-        Reporter::new(out, args.all_hops, Some(&path)).with_blind_spots(attached.blind_spots.clone()),
+        Reporter::new(out, args.all_hops || args.deep(), Some(&path))
+            .with_blind_spots(attached.blind_spots.clone()),
         baseline,
         args.nft_trace,
-    ))?;
+    );
+    let judge = JudgeHandle::spawn(match (args.deep(), capture) {
+        (true, capture) => judge.with_deep(capture),
+        (false, _) => judge,
+    })?;
     // A sandbox's slot passes to the next sandbox seconds after it ends: the trace stops
     // then, rather than judge the new sandbox's attempts under the old id.
     let slot_taken = sb
@@ -236,6 +260,7 @@ fn attach(
         addrs,
         ring_bytes: args.ring_size,
         detect_any_addr: false,
+        deep: args.deep(),
     };
     let mut programs = Programs::open(&filter)?;
     programs.attach_tracepoints(ALL_TRACEPOINTS)?;
@@ -408,7 +433,7 @@ impl Session {
             tokio::select! {
                 guard = fd.readable_mut() => {
                     let mut guard = guard?;
-                    if self.drain(guard.get_inner_mut()) {
+                    if self.drain(guard.get_inner_mut(), programs) {
                         guard.clear_ready();
                     }
                 }
@@ -481,7 +506,7 @@ impl Session {
     }
 
     /// Turns up to [`DRAIN_BUDGET`] records into hops; true when the ring is empty.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, programs: &Programs) -> bool {
         for _ in 0..DRAIN_BUDGET {
             let Some(item) = ring.next() else {
                 return true;
@@ -490,7 +515,8 @@ impl Session {
                 self.decode_errors += 1;
                 continue;
             };
-            if let Some(hop) = hop_from_event(&ev, &mut self.names) {
+            if let Some(mut hop) = hop_from_event(&ev, &mut self.names) {
+                hop.deep = decode_deep(&item, &self.names, |id| programs.stack(id).unwrap_or_default());
                 if self.debug_events {
                     eprintln!("event: {hop:?}");
                 }

@@ -15,7 +15,7 @@
 mod incidents;
 pub mod metrics;
 mod registry;
-mod reports;
+pub mod reports;
 mod scanner;
 mod zoom;
 
@@ -95,6 +95,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         addrs: Vec::new(),
         ring_bytes: args.ring_size,
         detect_any_addr: true,
+        deep: false,
     };
     let mut programs = Programs::load(offsets, &filter)?;
     programs.attach_tracepoints(DETECT_TRACEPOINTS)?;

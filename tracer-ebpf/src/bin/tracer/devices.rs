@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tracer_common::point;
 use tracer_ebpf::{
-    emit::{event, send, set_dev, set_skb},
+    emit::{event, send_packet, set_dev, set_skb},
     filter::{any_tracked, config, is_handshake, is_tracked, packet_matches, track},
     kernel::{is_ipv4, skb_packet},
 };
@@ -61,7 +61,7 @@ fn on_tcx(ctx: &TcContext, at: u8) {
         return;
     }
     track(skb, ev.ts_ns);
-    send(&ev);
+    send_packet(&ev, skb, cfg, -1);
 }
 
 /// TCP ports and flags of an Ethernet/IPv4 frame whose headers are in the linear area (a
@@ -126,5 +126,5 @@ fn followed(skb: u64, dev: u64, at: u8) {
     if dev != 0 {
         set_dev(&mut ev, dev, off);
     }
-    send(&ev);
+    send_packet(&ev, skb, cfg, -1);
 }

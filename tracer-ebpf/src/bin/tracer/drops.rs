@@ -1,11 +1,15 @@
 //! Drops and normal frees: `kfree_skb` (with the drop reason and where it happened) and
 //! `consume_skb` (e.g. a tap's reader took the packet).
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::point;
+use aya_ebpf::{
+    macros::btf_tracepoint,
+    programs::{BtfTracePointContext, tracing::StackIdContext as _},
+};
+use tracer_common::{CFG_DEEP, point};
 use tracer_ebpf::{
-    emit::{event, send, set_skb},
+    emit::{event, send_packet, set_skb},
     filter::{any_tracked, config, detect_matches, is_handshake, is_tracked, untrack},
     kernel::{dev_net, net_inum, read, sk_net, skb_dev, skb_packet},
+    maps::STACKS,
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -13,7 +17,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    on_free(skb, location, reason, point::DROP);
+    on_free(&ctx, skb, location, reason, point::DROP);
     0
 }
 
@@ -24,7 +28,7 @@ pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     // while none is followed that costs one array read.
     if any_tracked() && is_tracked(skb) {
         let location: u64 = ctx.arg(1);
-        on_free(skb, location, 0, point::CONSUME);
+        on_free(&ctx, skb, location, 0, point::CONSUME);
     }
     0
 }
@@ -34,13 +38,13 @@ pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
 pub fn consume_skb_nl(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     if any_tracked() && is_tracked(skb) {
-        on_free(skb, 0, 0, point::CONSUME);
+        on_free(&ctx, skb, 0, 0, point::CONSUME);
     }
     0
 }
 
 #[inline(always)]
-fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
+fn on_free(ctx: &BtfTracePointContext, skb: u64, location: u64, reason: u32, at: u8) {
     let Some(cfg) = config() else { return };
     let off = &cfg.off;
     let was_tracked = any_tracked() && untrack(skb);
@@ -62,5 +66,11 @@ fn on_free(skb: u64, location: u64, reason: u32, at: u8) {
     set_skb(&mut ev, skb, &pkt, off);
     ev.location = location;
     ev.reason = reason;
-    send(&ev);
+    // Deep mode: what the kernel was doing when it dropped the packet.
+    let stack_id = if at == point::DROP && cfg.flags & CFG_DEEP != 0 {
+        ctx.get_stackid(&STACKS, 0).unwrap_or(-1)
+    } else {
+        -1
+    };
+    send_packet(&ev, skb, cfg, stack_id);
 }

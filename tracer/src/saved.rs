@@ -1,0 +1,193 @@
+//! `tracer report FILE`: renders saved output (`trace --json`, `watch`'s incidents) as text
+//! or Markdown with the same renderers as live output, so a trace saved on a node reads the
+//! same anywhere.
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader, Read},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::{
+    error::EnvError,
+    output::{Format, Output},
+    report::{JourneyRecord, text},
+    watch::reports,
+};
+
+/// Lines longer than this are not a record of ours (a record is a few KiB; a deep one tens).
+const MAX_LINE: usize = 4 << 20;
+
+/// Prints `file` (`-`: stdin) as text, or as Markdown when `markdown`. Exit 0; 2 when nothing
+/// in it is a record.
+pub fn run(file: &Path, markdown: bool) -> Result<i32> {
+    let input: Box<dyn Read> = if file == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(file)
+                .map_err(|e| EnvError::Usage(format!("cannot read {}: {e}", file.display())))?,
+        )
+    };
+    let mut out = Output::stdout(Format::Text);
+    let mut rendered = 0;
+    for (n, line) in BufReader::new(input.take(1 << 30)).lines().enumerate() {
+        let line = line.with_context(|| format!("read {}", file.display()))?;
+        if line.trim().is_empty() || line.len() > MAX_LINE {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            eprintln!("tracer: {}:{}: not JSON, skipped", file.display(), n + 1);
+            continue;
+        };
+        if let Some(s) = render(&out, &v, markdown) {
+            out.text(&s)?;
+            rendered += 1;
+        }
+    }
+    if rendered == 0 {
+        return Err(EnvError::Usage(format!(
+            "{} holds no trace or incident record (expected the JSON lines of `tracer trace --json` or `tracer watch`)",
+            file.display()
+        ))
+        .into());
+    }
+    Ok(0)
+}
+
+/// One saved record, rendered; None for lines that are not records (watcher status lines).
+pub fn render(out: &Output, v: &Value, markdown: bool) -> Option<String> {
+    let kind = v["type"].as_str()?;
+    let record = serde_json::from_value::<JourneyRecord>(v.clone()).ok();
+    match (kind, markdown) {
+        ("incident", true) => Some(reports::markdown(v, record.as_ref())),
+        ("journey" | "incident", false) => record.map(|r| text::journey(out, &r, r.failing_hop, true)),
+        ("journey", true) => record.map(|r| journey_markdown(out, &r)),
+        ("repeat", _) => record.map(|r| text::repeat(out, &r)),
+        _ => None,
+    }
+}
+
+/// A journey record as Markdown: the verdict, the fix, the evidence, the hops as the text
+/// output shows them, and deep mode's reads.
+pub fn journey_markdown(out: &Output, r: &JourneyRecord) -> String {
+    let mut md = String::new();
+    let sandbox = r
+        .sandbox
+        .as_ref()
+        .and_then(|s| s.id.clone())
+        .unwrap_or_else(|| "?".into());
+    let _ = writeln!(
+        md,
+        "# envd attempt to sandbox `{sandbox}`: {}\n",
+        r.outcome.name()
+    );
+    let _ = writeln!(md, "{}\n", r.summary);
+    let _ = writeln!(
+        md,
+        "| | |\n|---|---|\n| attempt | `{} → {}` |\n| seen | `{}` |\n",
+        r.client.as_deref().unwrap_or("?"),
+        r.target.as_deref().unwrap_or("?"),
+        r.first_seen
+    );
+    if let Some(fix) = &r.fix {
+        let _ = writeln!(md, "**Likely fix:** `{}`\n", fix.replace('`', "'"));
+    }
+    if let Some(rule) = r.drop.as_ref().and_then(|d| d.rule.as_ref()) {
+        let _ = writeln!(md, "**Rule:** `{}`\n", rule.replace('`', "'"));
+    }
+    for (title, items) in [
+        ("Explained by (doctor)", &r.explained_by),
+        ("Evidence", &r.evidence),
+    ] {
+        if !items.is_empty() {
+            let _ = writeln!(md, "## {title}\n");
+            for i in items {
+                let _ = writeln!(md, "- {}", i.replace('\n', " "));
+            }
+            md.push('\n');
+        }
+    }
+    let _ = writeln!(
+        md,
+        "## The attempt, hop by hop\n\n```\n{}```\n",
+        text::journey(out, r, r.failing_hop, true)
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn record(kind: &str) -> Value {
+        json!({
+            "type": kind, "outcome": "dropped", "summary": "the SYN was dropped in ns-1",
+            "fix": "remove the rule", "findings": [], "explained_by": [], "evidence": ["event: drop"],
+            "count": 1, "first_seen": "03:00:00", "last_seen": "03:00:00", "verdict_latency_us": 5,
+            "client": "10.12.0.2:5", "target": "10.11.0.1:49983", "failing_hop": 1,
+            "sandbox": {"id": "ix7hj8hustuvlxiqc0g0u", "netns": "ns-1", "tap": "tap0",
+                        "guest_ip": "169.254.0.21", "host_ip": "10.11.0.1", "pid": 7},
+            "hops": [
+                {"t_us": 0.0, "leg": "request", "netns": "ns-1", "device": "eth0", "point": "tcx/ingress",
+                 "tuple": "a → b", "flags": "S"},
+                {"t_us": 9.0, "leg": "request", "netns": "ns-1", "device": "eth0", "point": "drop",
+                 "tuple": "a → b", "flags": "S", "detail": "NETFILTER_DROP",
+                 "deep": {"len": 60, "mark": 0, "l2": null, "ttl": 63, "ip_id": 1, "seq": 1, "ack": 0,
+                          "window": 64240, "conntrack": {"state": "NEW", "status": ["DST_NAT"], "zone": 0, "mark": 0},
+                          "stack": ["nft_do_chain+0x46f", "nf_hook_slow+0x43"], "captured": 54}}
+            ],
+            "deep": {"conntrack_netns": "ns-1", "conntrack": [], "conntrack_error": null, "routing": [],
+                     "captured_packets": 2, "capped_packets": 0},
+            "incident_id": "abc-1"
+        })
+    }
+
+    #[test]
+    fn saved_records_render_as_live_output_and_markdown() {
+        let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
+        let text = render(&out, &record("journey"), false).unwrap();
+        assert!(text.contains("attempt 10.12.0.2:5 → 10.11.0.1:49983"), "{text}");
+        assert!(
+            text.contains("✗") && text.contains("NETFILTER_DROP"),
+            "the failing hop is marked: {text}"
+        );
+        assert!(
+            text.contains("ttl 63 id 0x0001 seq 1 ack 0 win 64240 | ct NEW [DST_NAT] zone 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kernel stack:") && text.contains("nf_hook_slow+0x43"),
+            "{text}"
+        );
+        assert!(
+            text.contains("conntrack in ns-1: no entry for this flow"),
+            "{text}"
+        );
+        assert!(
+            text.contains("verdict: DROPPED the SYN was dropped in ns-1"),
+            "{text}"
+        );
+        let md = render(&out, &record("journey"), true).unwrap();
+        assert!(
+            md.starts_with("# envd attempt to sandbox `ix7hj8hustuvlxiqc0g0u`: dropped"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**Likely fix:** `remove the rule`") && md.contains("- event: drop"),
+            "{md}"
+        );
+        // A watcher's incident: its Markdown report, with the hops.
+        let md = render(&out, &record("incident"), true).unwrap();
+        assert!(
+            md.contains("| incident | `abc-1` |") && md.contains("nf_hook_slow"),
+            "{md}"
+        );
+        // Lines that are not records (the watcher's status) are skipped.
+        assert!(render(&out, &json!({"type": "status"}), false).is_none());
+    }
+}

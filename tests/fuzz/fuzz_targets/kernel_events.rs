@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use libfuzzer_sys::fuzz_target;
 use tracer::{
     bpf::{btf::ReasonNames, kallsyms::Kallsyms},
-    events::{Names, decode, hop_from_event},
+    events::{Names, decode, decode_deep, hop_from_event},
+    report::deep::DeepRecord,
 };
 use tracer_model::{
     facts::ReadFacts,
@@ -24,6 +25,12 @@ fuzz_target!(|data: &[u8]| {
             && let Some(hop) = hop_from_event(&ev, &mut names)
         {
             c.push(hop);
+        }
+    }
+    // Deep records: the packet bytes and facts a followed packet carries in deep mode.
+    for chunk in data.chunks(size_of::<tracer_common::DeepEvent>()) {
+        if let Some(d) = decode_deep(chunk, &names, |_| vec![0xffff_ffff_8100_0000; 3]) {
+            let _ = DeepRecord::from_hop(&d).line();
         }
     }
     let path = fixtures::path();

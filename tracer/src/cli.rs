@@ -13,6 +13,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
   tracer trace --vm ix7hj8hustuvlxiqc0g0u --probe probe a sandbox now, verdict in ~1 s
   tracer trace --vm ix7hj8 --probe                the same, by a unique prefix of the id
   tracer trace --vm ix7hj8hustuvlxiqc0g0u         watch the orchestrator's own attempts
+  tracer trace --vm ix7hj8 --probe --deep --pcapng t.pcapng   every hop in detail, packets for Wireshark
+  tracer report t.json --format md                a saved --json trace as Markdown, for a ticket
   tracer trace --port 49983                       every dropped envd packet, any namespace
   tracer doctor --vm ix7hj8hustuvlxiqc0g0u        read-only check of the sandbox's network
 

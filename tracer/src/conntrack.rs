@@ -120,7 +120,10 @@ pub fn parse_datagram(mut buf: &[u8], out: &mut Vec<CtEntry>) -> Result<bool> {
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(e) => {
                 if let Some(code) = e.code {
-                    bail!("ctnetlink: {}", std::io::Error::from_raw_os_error(-code.get()));
+                    bail!(
+                        "ctnetlink: {}",
+                        std::io::Error::from_raw_os_error(code.get().saturating_neg())
+                    );
                 }
             }
             NetlinkPayload::InnerMessage(m) => {

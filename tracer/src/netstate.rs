@@ -486,11 +486,14 @@ impl Replies {
         }
         match msg.payload {
             NetlinkPayload::Done(d) if d.code < 0 => {
-                return Err(std::io::Error::from_raw_os_error(-d.code)).context("netlink dump failed");
+                return Err(std::io::Error::from_raw_os_error(d.code.saturating_neg()))
+                    .context("netlink dump failed");
             }
             NetlinkPayload::Done(_) => self.done = true,
+            // The errno of any value (the library's own conversion panics on i32::MIN).
             NetlinkPayload::Error(e) if e.code.is_some() => {
-                return Err(e.to_io()).context("netlink request refused");
+                let errno = e.code.map_or(0, |c| c.get().saturating_abs());
+                return Err(std::io::Error::from_raw_os_error(errno)).context("netlink request refused");
             }
             NetlinkPayload::Error(_) => self.done = true,
             NetlinkPayload::Overrun(_) => bail!("netlink overrun"),
@@ -959,6 +962,28 @@ mod tests {
         r.absorb(&wire(9, 0, NetlinkPayload::Error(ErrorMessage::default())), 9)
             .unwrap();
         assert!(r.done);
+    }
+
+    /// Found by the netlink fuzz target: an error code of i32::MIN has no negation.
+    #[test]
+    fn any_error_code_becomes_an_error_without_panic() {
+        let mut nack = ErrorMessage::default();
+        nack.code = std::num::NonZeroI32::new(i32::MIN);
+        assert!(
+            Replies::default()
+                .absorb(&wire(9, 0, NetlinkPayload::Error(nack)), 9)
+                .is_err()
+        );
+        let mut done = netlink_packet_core::DoneMessage::default();
+        done.code = i32::MIN;
+        let mut r = Replies {
+            dump: true,
+            ..Default::default()
+        };
+        assert!(
+            r.absorb(&wire(9, NLM_F_MULTIPART, NetlinkPayload::Done(done)), 9)
+                .is_err()
+        );
     }
 
     #[test]

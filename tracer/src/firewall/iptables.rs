@@ -462,6 +462,25 @@ COMMIT
         assert!(s.in_use());
     }
 
+    /// Issue 10, defect 10: a rule whose options end early (`-j` last, `--dport` without a
+    /// value, a DNAT without its destination) is read without a panic.
+    #[test]
+    fn a_crafted_rule_ending_in_an_option_never_panics() {
+        for text in [
+            "-A FORWARD -j",
+            "-A FORWARD -p tcp --dport",
+            "-A PREROUTING -d 10.11.0.1/32 -j DNAT --to-destination",
+            "-A",
+            "",
+        ] {
+            let r = parse_ipt_rule(text);
+            assert_eq!(r.text.trim(), text.trim());
+        }
+        let save = "*filter\n:FORWARD ACCEPT [0:0]\n[0:0] -A FORWARD -j\nCOMMIT\n";
+        let s = IptSave::parse(save).unwrap();
+        assert_eq!(s.table("filter").unwrap().rules[0].target, None);
+    }
+
     #[test]
     fn counter_deltas_name_the_rule() {
         let before = IptSave::parse(BEFORE).unwrap();

@@ -36,7 +36,7 @@ R=/newroot
 mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work $R \
     || fail "cannot mount the overlay root"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "no tmpfs on /run"
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "no tmpfs on /tmp"
+# /tmp stays the overlay's: a checkout under /tmp (a CI clone) must stay visible.
 # The kernel's own modules where modprobe (the host's kmod) looks for them.
 mkdir -p "$R/lib/modules/$(uname -r)"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose kmod "$R/lib/modules/$(uname -r)" \

@@ -24,9 +24,9 @@ const KERNEL_META: &str = "linux-image-cloud-amd64";
 /// Their dependencies are found from each module's own `depends=` field.
 const ROOT_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 
-const VMLINUZ: &str = "vmlinuz";
-const INITRAMFS: &str = "initramfs.cpio.gz";
-const STAMP: &str = "stamp";
+pub(crate) const VMLINUZ: &str = "vmlinuz";
+pub(crate) const INITRAMFS: &str = "initramfs.cpio.gz";
+pub(crate) const STAMP: &str = "stamp";
 
 pub fn build(out: &Path) -> Result<()> {
     let kernel = kernel_package()?;
@@ -108,7 +108,7 @@ pub(crate) fn busybox_binary() -> Result<Busybox> {
     })
 }
 
-fn up_to_date(out: &Path, stamp: &str) -> bool {
+pub(crate) fn up_to_date(out: &Path, stamp: &str) -> bool {
     let have = std::fs::read_to_string(out.join(STAMP)).unwrap_or_default();
     have == stamp && out.join(VMLINUZ).is_file() && out.join(INITRAMFS).is_file()
 }

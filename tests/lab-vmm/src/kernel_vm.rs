@@ -19,8 +19,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::guest_build::{
-    KernelTree, Package, TempDir, busybox_binary, download, extract, fnv1a, initramfs, output,
-    parse_kernel_dep, run, write_atomic,
+    INITRAMFS, KernelTree, Package, STAMP, TempDir, VMLINUZ, busybox_binary, download, extract, fnv1a,
+    initramfs, output, parse_kernel_dep, run, up_to_date, write_atomic,
 };
 
 const INIT: &str = include_str!("../guest/kernel-vm-init.sh");
@@ -40,7 +40,7 @@ pub fn build(version: &str, out: &Path) -> Result<()> {
         busybox.version,
         fnv1a(&[INIT, &ROOT_MODULES.join(",")])
     );
-    if std::fs::read_to_string(out.join("stamp")).ok().as_deref() == Some(stamp.as_str()) {
+    if up_to_date(out, &stamp) {
         eprintln!("lab-vmm: kernel VM in {} is up to date", out.display());
         return Ok(());
     }
@@ -67,7 +67,7 @@ pub fn build(version: &str, out: &Path) -> Result<()> {
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // The stamp goes first and comes back last: an interrupted build never looks up to date.
-    let _ = std::fs::remove_file(out.join("stamp"));
+    let _ = std::fs::remove_file(out.join(STAMP));
     let tree_dir = out.join("modules");
     if tree_dir.exists() {
         std::fs::remove_dir_all(&tree_dir)
@@ -75,10 +75,10 @@ pub fn build(version: &str, out: &Path) -> Result<()> {
     }
     std::fs::rename(&tree.modules, &tree_dir)
         .with_context(|| format!("cannot move the module tree to {}", tree_dir.display()))?;
-    write_atomic(&out.join("initramfs.cpio.gz"), &image)?;
-    write_atomic(&out.join("vmlinuz"), &vmlinuz)?;
+    write_atomic(&out.join(INITRAMFS), &image)?;
+    write_atomic(&out.join(VMLINUZ), &vmlinuz)?;
     write_atomic(&out.join("release"), format!("{}\n", tree.release).as_bytes())?;
-    write_atomic(&out.join("stamp"), stamp.as_bytes())?;
+    write_atomic(&out.join(STAMP), stamp.as_bytes())?;
     eprintln!(
         "lab-vmm: kernel VM {} ready in {} (initramfs {} KiB)",
         tree.release,

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result, bail};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
     conntrack::{
@@ -14,10 +14,6 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use serde::{Deserialize, Serialize};
 
 use crate::{netns::Netns, netstate};
-
-/// Entries read at most from one dump: a namespace of one sandbox holds a handful; a busy
-/// host namespace may hold many more, and only the flow's own are kept.
-const MAX_ENTRIES: usize = 65536;
 
 /// One conntrack entry, as `conntrack -L` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,18 +59,10 @@ impl CtEntry {
     }
 }
 
-/// The TCP entries of namespace `ns` whose original or reply tuple has `port` at `addr`
-/// (either side): the flow's entry before and after NAT.
-pub fn flow_entries(ns: &Netns, addr: Ipv4Addr, port: u16) -> Result<Vec<CtEntry>> {
-    let all = dump(ns)?;
-    let has = |t: &CtTuple| (t.src == addr && t.sport == port) || (t.dst == addr && t.dport == port);
-    Ok(all
-        .into_iter()
-        .filter(|e| has(&e.orig) || has(&e.reply))
-        .collect())
-}
-
-fn dump(ns: &Netns) -> Result<Vec<CtEntry>> {
+/// The entry of namespace `ns` whose original tuple is `orig` (the flow as its first packet
+/// had it, before any NAT), if there is one: one exact request, never a dump of the table
+/// (a busy host's holds many thousands).
+pub fn flow_entry(ns: &Netns, orig: &CtTuple) -> Result<Option<CtEntry>> {
     let socket = {
         let _inside = ns.enter()?;
         Socket::new(NETLINK_NETFILTER).context("open a ctnetlink socket")?
@@ -84,30 +72,52 @@ fn dump(ns: &Netns) -> Result<Vec<CtEntry>> {
     socket.connect(&SocketAddr::new(0, 0))?;
     netstate::set_recv_timeout(&socket, netstate::RECV_TIMEOUT)?;
     let header = NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0);
-    let msg = NetfilterMessage::new(header, ConntrackMessage::Get(Vec::new()));
-    let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
-    packet.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let get = ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(orig))]);
+    let mut packet = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(NetfilterMessage::new(header, get)),
+    );
+    packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     packet.header.sequence_number = 1;
     packet.finalize();
     let mut bytes = vec![0; packet.buffer_len()];
     packet.serialize(&mut bytes);
     socket
         .send(&bytes, 0)
-        .with_context(|| format!("send a ctnetlink dump in {}", ns.label()))?;
+        .with_context(|| format!("send a ctnetlink request in {}", ns.label()))?;
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(1 << 16);
-    loop {
+    // The entry, then the ack; or an error (ENOENT: no such entry). Bounded by the receive
+    // timeout and a few datagrams.
+    for _ in 0..4 {
         buf.clear();
         socket
             .recv(&mut buf, 0)
             .with_context(|| format!("ctnetlink recv in {}", ns.label()))?;
-        if parse_datagram(&buf, &mut out)? || out.len() >= MAX_ENTRIES {
-            return Ok(out);
+        if parse_datagram(&buf, &mut out)? {
+            break;
         }
     }
+    Ok(out.pop())
 }
 
-/// Parses one datagram of a dump into `out`; true at its end.
+/// A tuple as ctnetlink attributes.
+fn tuple_attrs(t: &CtTuple) -> Vec<Tuple> {
+    vec![
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(IpAddr::V4(t.src)),
+            IPTuple::DestinationAddress(IpAddr::V4(t.dst)),
+        ]),
+        Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::Tcp),
+            ProtoTuple::SourcePort(t.sport),
+            ProtoTuple::DestinationPort(t.dport),
+        ]),
+    ]
+}
+
+/// Parses one reply datagram into `out`; true at the end of the reply (done, the ack, or
+/// "no such entry").
 pub fn parse_datagram(mut buf: &[u8], out: &mut Vec<CtEntry>) -> Result<bool> {
     while buf.len() >= 16 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -118,14 +128,10 @@ pub fn parse_datagram(mut buf: &[u8], out: &mut Vec<CtEntry>) -> Result<bool> {
             .map_err(|e| anyhow::anyhow!("ctnetlink message: {e}"))?;
         match msg.payload {
             NetlinkPayload::Done(_) => return Ok(true),
-            NetlinkPayload::Error(e) => {
-                if let Some(code) = e.code {
-                    bail!(
-                        "ctnetlink: {}",
-                        std::io::Error::from_raw_os_error(code.get().saturating_neg())
-                    );
-                }
-            }
+            NetlinkPayload::Error(e) => match e.code.map(|c| c.get().saturating_neg()) {
+                None | Some(libc::ENOENT) => return Ok(true),
+                Some(errno) => bail!("ctnetlink: {}", std::io::Error::from_raw_os_error(errno)),
+            },
             NetlinkPayload::InnerMessage(m) => {
                 if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = m.inner
                     && let Some(e) = entry(&attrs)
@@ -251,17 +257,12 @@ mod tests {
     use super::*;
 
     fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<Tuple> {
-        vec![
-            Tuple::Ip(vec![
-                IPTuple::SourceAddress(IpAddr::from(src)),
-                IPTuple::DestinationAddress(IpAddr::from(dst)),
-            ]),
-            Tuple::Proto(vec![
-                ProtoTuple::Protocol(Protocol::Tcp),
-                ProtoTuple::SourcePort(sport),
-                ProtoTuple::DestinationPort(dport),
-            ]),
-        ]
+        tuple_attrs(&CtTuple {
+            src: src.into(),
+            dst: dst.into(),
+            sport,
+            dport,
+        })
     }
 
     fn datagram(msgs: Vec<NetlinkPayload<NetfilterMessage>>) -> Vec<u8> {
@@ -277,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dump_datagram_becomes_entries() {
+    fn a_reply_becomes_an_entry_and_ends_at_the_ack() {
         let attrs = vec![
             ConntrackAttribute::CtaTupleOrig(tuple([10, 12, 0, 2], [10, 11, 0, 1], 50000, 49983)),
             ConntrackAttribute::CtaTupleReply(tuple([169, 254, 0, 21], [10, 12, 0, 2], 49983, 50000)),
@@ -291,7 +292,10 @@ mod tests {
         );
         let bytes = datagram(vec![NetlinkPayload::InnerMessage(msg)]);
         let mut out = Vec::new();
-        assert!(!parse_datagram(&bytes, &mut out).unwrap(), "no end of dump yet");
+        assert!(
+            !parse_datagram(&bytes, &mut out).unwrap(),
+            "the ack is still to come"
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(
             out[0].text(),
@@ -301,5 +305,16 @@ mod tests {
             parse_datagram(&bytes[..bytes.len() - 4], &mut out).is_err(),
             "a cut message is an error"
         );
+        // The ack ends the reply; "no such entry" is an empty answer; other errors are errors.
+        let err = |code: i32| {
+            let mut e = netlink_packet_core::ErrorMessage::default();
+            e.code = std::num::NonZeroI32::new(code);
+            datagram(vec![NetlinkPayload::Error(e)])
+        };
+        assert!(parse_datagram(&err(0), &mut out).unwrap());
+        assert!(parse_datagram(&err(-libc::ENOENT), &mut out).unwrap());
+        assert!(parse_datagram(&err(-libc::EPERM), &mut out).is_err());
+        assert!(parse_datagram(&err(i32::MIN), &mut out).is_err());
+        assert_eq!(out.len(), 1);
     }
 }

@@ -265,6 +265,19 @@ pub fn ring_fd(
         .map_err(|e| anyhow::anyhow!("poll ring buffer: {e}"))
 }
 
+/// The event loop's runtime (one thread) with [`stop_signal`] installed in it.
+pub fn runtime_with_stop() -> anyhow::Result<(tokio::runtime::Runtime, impl std::future::Future<Output = ()>)>
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = {
+        let _context = rt.enter();
+        stop_signal()?
+    };
+    Ok((rt, stop))
+}
+
 /// Resolves at the first SIGINT, SIGTERM, SIGHUP (a lost ssh session) or SIGQUIT: each ends
 /// a trace cleanly (links detach when the programs drop, temporary nft tables are removed).
 /// The handlers are installed by this call, before anything is awaited, so a signal right

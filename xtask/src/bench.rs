@@ -60,28 +60,45 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tracer = tasks::build(true)?;
     let lab = Lab::up(LabConfig::default())?;
     let id = lab.sandbox_ids()[0].clone();
-    // iperf3 server inside the sandbox namespace, on the ns side of the veth: the traffic
-    // crosses veth-1/eth0 and the netfilter hooks of both namespaces, like envd's.
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", "ns-1", "iperf3", "-s", "-B", "10.12.0.3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start iperf3 server")?;
+    let server = IperfServer::start()?;
     if args.deep {
         let result = deep(&args, &lab, &tracer, &id);
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         result?;
         return lab.down();
     }
     let result = measure(&args, &lab, &tracer, &id);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let (off, on) = result?;
     report(&off, &on);
     latency(&tracer, &id, lab)?;
     Ok(())
+}
+
+/// iperf3's server inside sandbox 0's namespace, on the ns side of the veth: the traffic
+/// crosses veth-1/eth0 and the netfilter hooks of both namespaces, like envd's. Stopped on
+/// drop.
+pub(crate) struct IperfServer(std::process::Child);
+
+impl IperfServer {
+    pub(crate) fn start() -> Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", "ns-1", "iperf3", "-s", "-B", "10.12.0.3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 server")?;
+        let server = Self(child);
+        wait_for_iperf()?;
+        Ok(server)
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn measure(
@@ -91,7 +108,6 @@ fn measure(
     id: &str,
 ) -> Result<(Vec<Round>, Vec<Round>)> {
     let (mut off, mut on) = (Vec::new(), Vec::new());
-    wait_for_iperf()?;
     let mut attach_ms = Vec::new();
     for r in 0..args.rounds {
         eprintln!("bench: round {}/{}", r + 1, args.rounds);
@@ -211,7 +227,7 @@ pub(crate) fn busy_ms() -> Result<f64> {
 }
 
 /// The server takes a moment to listen; a bounded wait on the condition itself.
-pub(crate) fn wait_for_iperf() -> Result<()> {
+fn wait_for_iperf() -> Result<()> {
     let found = lab::testing::wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
         sh::run_in(Some("ns-1"), "ss", &["-ltn"])
             .ok()
@@ -270,7 +286,6 @@ fn report(off: &[Round], on: &[Round]) {
 /// Deep mode beside the default mode: no tracer, `trace --vm`, `trace --vm --deep --pcapng`
 /// in turn each round; then the deep programs' cost per packet, and what the capture holds.
 fn deep(args: &BenchArgs, lab: &Lab, tracer: &std::path::Path, id: &str) -> Result<()> {
-    wait_for_iperf()?;
     let pcap = crate::tasks::target_dir().join("bench-deep.pcapng");
     let pcap_arg = pcap.to_string_lossy().into_owned();
     let deep_args = ["trace", "--vm", id, "--deep", "--json", "--pcapng", &pcap_arg];

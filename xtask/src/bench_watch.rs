@@ -24,7 +24,7 @@ use lab::{Fault, Lab, LabConfig};
 use serde_json::Value;
 
 use crate::{
-    bench::{iperf_round, median, wait_for_iperf},
+    bench::{IperfServer, iperf_round, median},
     setup, tasks,
 };
 
@@ -54,21 +54,14 @@ pub fn run(args: WatchBenchArgs) -> Result<()> {
         ..Default::default()
     })?;
     eprintln!("bench watch: lab up in {:.0} s", started.elapsed().as_secs_f64());
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", "ns-1", "iperf3", "-s", "-B", "10.12.0.3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start iperf3 server")?;
+    let server = IperfServer::start()?;
     let result = phases(&args, &mut lab, &tracer);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     result?;
     lab.down()
 }
 
 fn phases(args: &WatchBenchArgs, lab: &mut Lab, tracer: &std::path::Path) -> Result<()> {
-    wait_for_iperf()?;
     idle(args, lab, tracer)?;
     latency(args, lab, tracer)?;
     storm(lab, tracer)

@@ -253,41 +253,9 @@ pub fn tracer(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Names of every BPF program loaded on the machine (BPF_PROG_GET_NEXT_ID / GET_INFO).
+/// Names of every BPF program loaded on the machine.
 pub fn loaded_program_names() -> Vec<String> {
-    const GET_NEXT_ID: libc::c_long = 11;
-    const GET_FD_BY_ID: libc::c_long = 13;
-    const OBJ_GET_INFO: libc::c_long = 15;
-    let mut names = Vec::new();
-    let mut id: u32 = 0;
-    loop {
-        let mut attr = [0u32; 4];
-        attr[0] = id;
-        // SAFETY: attr is a valid bpf_attr prefix.
-        if unsafe { libc::syscall(libc::SYS_bpf, GET_NEXT_ID, attr.as_mut_ptr(), 16) } != 0 {
-            break;
-        }
-        id = attr[1];
-        let mut by_id = [0u32; 4];
-        by_id[0] = id;
-        // SAFETY: as above.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, GET_FD_BY_ID, by_id.as_mut_ptr(), 16) } as i32;
-        if fd < 0 {
-            continue;
-        }
-        let mut info = [0u8; 256];
-        let mut req = [0u64; 2];
-        req[0] = fd as u64 | ((info.len() as u64) << 32);
-        req[1] = info.as_mut_ptr() as u64;
-        // SAFETY: info buffer of the declared length.
-        unsafe { libc::syscall(libc::SYS_bpf, OBJ_GET_INFO, req.as_mut_ptr(), 16) };
-        // SAFETY: our fd.
-        unsafe { libc::close(fd) };
-        let name = &info[64..80];
-        let end = name.iter().position(|b| *b == 0).unwrap_or(16);
-        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
-    }
-    names
+    lab::bpf::loaded().into_iter().map(|p| p.name).collect()
 }
 
 /// Program names only the tracer loads.

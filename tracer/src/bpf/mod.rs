@@ -357,12 +357,8 @@ impl Programs {
             out.push((*name, r.map_err(|e| format!("{e:#}"))));
         }
         for name in ["tcx_ingress", "tcx_egress"] {
-            let r = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))
-                .and_then(|p| Ok(<&mut SchedClassifier>::try_from(p)?.load()?));
-            out.push((name, r.map(|()| name).map_err(|e| format!("{e:#}"))));
+            let r = self.loaded_tcx(name).map(|_| name);
+            out.push((name, r.map_err(|e| format!("{e:#}"))));
         }
         let nf = self.load_netfilter_now();
         out.push((
@@ -379,17 +375,23 @@ impl Programs {
             self.load_tracepoint(name)?;
         }
         for name in ["tcx_ingress", "tcx_egress"] {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
-            }
+            self.loaded_tcx(name)?;
         }
         Ok(())
+    }
+
+    /// The tcx program `name`, loaded (once).
+    fn loaded_tcx(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
+        }
+        Ok(prog)
     }
 
     /// Detaches tracepoint programs (the programs stay loaded for the next attach).
@@ -419,15 +421,7 @@ impl Programs {
             ("tcx_ingress", TcAttachType::Ingress),
             ("tcx_egress", TcAttachType::Egress),
         ] {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                prog.load()
-                    .map_err(|e| EnvError::from_program(name, &format!("{e:#}")))?;
-            }
+            let prog = self.loaded_tcx(name)?;
             // tcx attaches in the caller's namespace: enter, attach, return.
             let _inside = ns.enter()?;
             let attached = prog

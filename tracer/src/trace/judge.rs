@@ -21,6 +21,7 @@ use tracer_model::{
 };
 
 use crate::{
+    conntrack::CtTuple,
     doctor::Check,
     firewall::{
         Rulesets,
@@ -190,13 +191,19 @@ impl Judge {
         lost_events: u64,
         f: impl FnOnce(&mut Reporter, Judged<'_>) -> Result<T>,
     ) -> Result<T> {
-        let v = self.decide(j, guest_neigh);
+        // Both namespaces' links, addresses, routes and neighbours, read once per journey: the
+        // facts a failure rests on and deep mode's routing points come from the same read.
+        let snaps = (!verdict::is_connected(j) || self.deep).then(|| self.snapshots());
+        let v = self.decide(j, guest_neigh, snaps.as_ref());
         let rule = self.name_rule(j, &v);
         let explained_by = match v.outcome {
             Outcome::Connected => Vec::new(),
             _ => crate::doctor::explain(&v, self.doctor_checks()),
         };
-        let context = self.deep.then(|| self.deep_context(j, &v));
+        let context = match (self.deep, &snaps) {
+            (true, Some(snaps)) => Some(self.deep_context(j, &v, snaps)),
+            _ => None,
+        };
         let judged = Judged {
             journey: j,
             verdict: &v,
@@ -208,11 +215,19 @@ impl Judge {
         f(&mut self.reporter, judged)
     }
 
-    fn decide(&self, j: &Journey, guest_neigh: Option<u32>) -> Verdict {
-        if verdict::is_connected(j) {
-            return verdict::decide(j, Some(&self.path), &ReadFacts::default());
+    /// The host side's and the sandbox's network state, read now (None where unreadable).
+    fn snapshots(&self) -> Snapshots {
+        Snapshots {
+            host: netstate::snapshot(&self.host_ns).ok(),
+            sandbox: netstate::snapshot(&self.sandbox_ns).ok(),
         }
-        let mut facts = self.read_facts(j);
+    }
+
+    fn decide(&self, j: &Journey, guest_neigh: Option<u32>, snaps: Option<&Snapshots>) -> Verdict {
+        let Some(snaps) = snaps.filter(|_| !verdict::is_connected(j)) else {
+            return verdict::decide(j, Some(&self.path), &ReadFacts::default());
+        };
+        let mut facts = self.read_facts(j, snaps);
         // The last neighbour change the events showed, when the table has no entry any more.
         if let Some(state) = guest_neigh
             && facts
@@ -233,7 +248,7 @@ impl Judge {
     /// The state the packets found, read now: both namespaces' devices and neighbours, the
     /// rules or routes that refuse the path's destinations, and the VMM that should read the
     /// tap.
-    fn read_facts(&self, j: &Journey) -> ReadFacts {
+    fn read_facts(&self, j: &Journey, snaps: &Snapshots) -> ReadFacts {
         let mut facts = ReadFacts::default();
         let client = j.client().map(|(a, _)| a).or(self.path.host_veth_ip);
         // What each namespace routes, as (destination, source): the request toward the
@@ -241,11 +256,11 @@ impl Judge {
         let guest = Some(self.path.guest_ip);
         let host_routes = [(Some(self.path.host_ip), client)];
         let sandbox_routes = [(guest, client), (client, guest)];
-        for (ns, routes) in [
-            (&self.host_ns, host_routes.as_slice()),
-            (&self.sandbox_ns, sandbox_routes.as_slice()),
+        for (ns, snap, routes) in [
+            (&self.host_ns, &snaps.host, host_routes.as_slice()),
+            (&self.sandbox_ns, &snaps.sandbox, sandbox_routes.as_slice()),
         ] {
-            let Ok(snap) = netstate::snapshot(ns) else {
+            let Some(snap) = snap else {
                 continue;
             };
             for (dst, src) in routes {
@@ -329,7 +344,7 @@ impl Judge {
 
     /// Deep mode's reads at the verdict: the flow's conntrack entries where it was dropped
     /// (else in the sandbox's namespace), and the route and neighbour at each routing point.
-    fn deep_context(&self, j: &Journey, v: &Verdict) -> DeepContext {
+    fn deep_context(&self, j: &Journey, v: &Verdict, snaps: &Snapshots) -> DeepContext {
         let ct_ns = v
             .failing_hop
             .and_then(|i| j.hops.get(i))
@@ -339,23 +354,35 @@ impl Judge {
             conntrack_netns: ct_ns.label(),
             ..Default::default()
         };
-        if let Some((addr, port)) = j.client() {
-            match crate::conntrack::flow_entries(&ct_ns, addr, port) {
-                Ok(e) => ctx.conntrack = e,
+        // The flow as the client sent it: the original tuple in every namespace it crosses.
+        if let (Some((src, sport)), Some((dst, dport))) = (j.client(), j.target) {
+            let orig = CtTuple {
+                src,
+                dst,
+                sport,
+                dport,
+            };
+            match crate::conntrack::flow_entry(&ct_ns, &orig) {
+                Ok(e) => ctx.conntrack = e.into_iter().collect(),
                 Err(e) => ctx.conntrack_error = Some(format!("{e:#}")),
             }
         }
         let client = j.client().map(|(a, _)| a);
         let points = [
-            (&self.host_ns, "request", Some(self.path.host_ip)),
-            (&self.sandbox_ns, "request", Some(self.path.guest_ip)),
-            (&self.sandbox_ns, "reply", client),
+            (&self.host_ns, &snaps.host, "request", Some(self.path.host_ip)),
+            (
+                &self.sandbox_ns,
+                &snaps.sandbox,
+                "request",
+                Some(self.path.guest_ip),
+            ),
+            (&self.sandbox_ns, &snaps.sandbox, "reply", client),
         ];
-        for (ns, direction, dst) in points {
-            let (Some(dst), Ok(snap)) = (dst, netstate::snapshot(ns)) else {
+        for (ns, snap, direction, dst) in points {
+            let (Some(dst), Some(snap)) = (dst, snap) else {
                 continue;
             };
-            ctx.routing.push(routing_point(&snap, ns, direction, dst));
+            ctx.routing.push(routing_point(snap, ns, direction, dst));
         }
         ctx
     }
@@ -366,6 +393,12 @@ impl Judge {
             .find(|n| n.inode == inode)
             .cloned()
     }
+}
+
+/// The network state of both sides of the path, as read for one journey.
+struct Snapshots {
+    host: Option<netstate::Snapshot>,
+    sandbox: Option<netstate::Snapshot>,
 }
 
 /// The route a namespace has for `dst` and the neighbour entry of its next hop.

@@ -152,14 +152,8 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     for w in warnings.iter().chain(&attached.programs.degraded) {
         eprintln!("tracer: warning: {}", crate::output::escape(w));
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     // Installed before "attached" is printed: a signal right after it ends the trace cleanly.
-    let stop = {
-        let _context = rt.enter();
-        crate::events::stop_signal()?
-    };
+    let (rt, stop) = crate::events::runtime_with_stop()?;
     announce(&path, attached.devices, attach_time, args.probe);
     let events = attached.programs.take_events()?;
     let out = Output::stdout(Format::from_json_flag(args.json));

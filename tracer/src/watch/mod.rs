@@ -139,13 +139,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     std::thread::Builder::new()
         .name("judge".into())
         .spawn(move || judge_thread(judge_rx, judge_tx))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let stop = {
-        let _context = rt.enter();
-        crate::events::stop_signal()?
-    };
+    let (rt, stop) = crate::events::runtime_with_stop()?;
     let clock = Clock::new();
     let stdout = crate::output::DetachedStdout::new(MAX_WAITING_LINES);
     let mut w = Watcher {

@@ -15,6 +15,76 @@ pub struct ReadFacts {
     /// Destinations a namespace cannot route to, and the policy rule or the
     /// blackhole/prohibit/unreachable route that says so (read for the addresses of the path).
     pub route_blocks: Vec<RouteBlock>,
+    /// What the kernel answered when a probe asked where it would go (a route get in the
+    /// namespace it connects from), when that answer kept it from being sent.
+    pub probe_route: Option<ProbeRoute>,
+    /// Why the host side of the sandbox could not be verified (plain words), when it could not.
+    pub host_side_problem: Option<String>,
+}
+
+/// A route get made before a probe connect, and where its answer leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProbeRoute {
+    /// Where it was asked (the host side).
+    pub netns: u32,
+    pub netns_label: String,
+    pub dst: Ipv4Addr,
+    /// The route, or the errno the lookup failed with.
+    pub answer: Result<RouteAnswer, i32>,
+    /// The device the path expects the probe to leave by.
+    pub expected_device: String,
+    /// Where the route's device leads, when it is a veth into another namespace.
+    pub leads_to: Option<PeerSide>,
+}
+
+/// A route as the kernel answered a route get.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteAnswer {
+    /// unicast, local, broadcast, ...
+    pub kind: String,
+    pub table: u32,
+    pub device: Option<String>,
+    pub via: Option<Ipv4Addr>,
+}
+
+impl RouteAnswer {
+    /// As `ip route get` would say it: "via 192.0.2.1 dev eth0 (table main)".
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        if self.kind != "unicast" {
+            s += &self.kind;
+        }
+        if let Some(v) = self.via {
+            s += &format!(" via {v}");
+        }
+        if let Some(d) = &self.device {
+            s += &format!(" dev {d}");
+        }
+        s += &format!(" (table {})", table_name(self.table));
+        s.trim_start().to_string()
+    }
+}
+
+/// The name `ip route` gives a table.
+pub fn table_name(t: u32) -> String {
+    match t {
+        253 => "default".into(),
+        254 => "main".into(),
+        255 => "local".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The far end of a veth: its namespace and device, and the sandbox that runs there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerSide {
+    pub netns: u32,
+    pub netns_label: String,
+    pub device: Option<String>,
+    /// It is a sandbox's namespace (a VMM runs there, or it is named like an E2B slot).
+    pub sandbox: bool,
+    /// That sandbox's id, when known.
+    pub sandbox_id: Option<String>,
 }
 
 /// A policy rule or a blackhole/prohibit/unreachable route that applies to `dst` in `netns`.
@@ -105,4 +175,8 @@ pub enum FactUsed {
     NoReader,
     /// The rule or route that keeps a namespace from routing to an address.
     RouteBlocker(RouteBlock),
+    /// The route a probe would have taken, read before it was (not) sent.
+    ProbeRoute(ProbeRoute),
+    /// Why the host side could not be verified.
+    HostSideProblem(String),
 }

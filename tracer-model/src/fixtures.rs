@@ -99,10 +99,10 @@ pub fn path() -> ExpectedPath {
     ExpectedPath {
         sandbox_id: Some("ix7hj8hustuvlxiqc0g0u".into()),
         vmm_pid: Some(42),
-        host_ns: NsRef {
+        host_ns: Some(NsRef {
             inode: ns_inode("e2b-host"),
             name: Some("e2b-host".into()),
-        },
+        }),
         sandbox_ns: NsRef {
             inode: ns_inode("ns-1"),
             name: Some("ns-1".into()),

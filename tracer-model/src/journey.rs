@@ -51,6 +51,14 @@ pub enum JourneyId {
         errno: i32,
         at_ns: u64,
     },
+    /// A probe the tracer did not send: the host side could not be verified, or the route
+    /// read just before (`ReadFacts::probe_route`) led off it.
+    Withheld {
+        netns: u32,
+        dst: Ipv4Addr,
+        port: u16,
+        at_ns: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +117,22 @@ impl Journey {
         }
     }
 
+    /// A journey for a probe that was not sent (see [`JourneyId::Withheld`]).
+    pub fn withheld(netns: u32, dst: Ipv4Addr, port: u16, at_ns: u64) -> Self {
+        let mut j = Self::new(
+            JourneyId::Withheld {
+                netns,
+                dst,
+                port,
+                at_ns,
+            },
+            at_ns,
+        );
+        j.target = Some((dst, port));
+        j.decide(at_ns);
+        j
+    }
+
     /// Hops of one leg.
     pub fn leg(&self, leg: Leg) -> impl Iterator<Item = &Hop> {
         self.hops.iter().filter(move |(l, _)| *l == leg).map(|(_, h)| h)
@@ -117,7 +141,7 @@ impl Journey {
     pub fn client(&self) -> Option<(Ipv4Addr, u16)> {
         match self.id {
             JourneyId::Conn(k) => Some((k.client, k.client_port)),
-            JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } => None,
+            JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } | JourneyId::Withheld { .. } => None,
         }
     }
 }

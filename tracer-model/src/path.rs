@@ -25,8 +25,10 @@ impl NsRef {
 pub struct ExpectedPath {
     pub sandbox_id: Option<String>,
     pub vmm_pid: Option<u32>,
-    /// Where the orchestrator runs (root namespace in production, e2b-host in the lab).
-    pub host_ns: NsRef,
+    /// Where the orchestrator runs (root namespace in production, e2b-host in the lab): the
+    /// namespace holding the peer of the sandbox's veth, as discovery verified it. None when
+    /// it could not be verified; it is never guessed.
+    pub host_ns: Option<NsRef>,
     pub sandbox_ns: NsRef,
     pub host_veth: String,
     pub ns_veth: String,
@@ -40,6 +42,16 @@ pub struct ExpectedPath {
 }
 
 impl ExpectedPath {
+    /// The host side's namespace inode, when it is known.
+    pub fn host_inode(&self) -> Option<u32> {
+        self.host_ns.as_ref().map(|n| n.inode)
+    }
+
+    /// True when `netns` is the verified host side.
+    pub fn is_host(&self, netns: u32) -> bool {
+        self.host_inode() == Some(netns)
+    }
+
     /// The addresses the kernel filter follows.
     pub fn addresses(&self) -> Vec<Ipv4Addr> {
         let mut v = vec![self.host_ip, self.guest_ip];

@@ -2,10 +2,19 @@
 //! 50 ms timeout, 5 ms apart), from the host side of the path: `trace --probe`, the doctor
 //! and `--nft-trace` make them. Each attempt binds its port first, so the journey of a failed
 //! attempt is known by its client port.
+//!
+//! This is the one place the tracer opens sockets toward a sandbox (a test holds it), and a
+//! probe is a packet on a production network: before every connect, [`ProbeSite`] checks in
+//! the very thread and namespace that will connect that the sandbox's veth pair is still what
+//! discovery found, and asks the kernel where this connection would go (a route get with the
+//! socket's uid, mark and ports). Only a route out of the sandbox's own host-side veth (or
+//! the bridge that holds it) is taken, and the socket is then bound to that device, so nothing
+//! it sends can leave by another one. Anything else is [`Withheld`], with what was read.
 use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU64, Ordering},
     sync::mpsc::Sender,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -13,7 +22,10 @@ use std::{
 
 use anyhow::Result;
 
-use crate::netns::Netns;
+use crate::{
+    netns::Netns,
+    netstate::{Link, RouteGot, RouteQuery, Rtnl},
+};
 
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
 pub const RETRY_DELAY: Duration = Duration::from_millis(5);
@@ -48,69 +60,283 @@ pub enum AttemptEvent {
     /// known as ours however fast it ends).
     Bound(u16),
     Done(Attempt),
+    /// The next attempt was not made, and none after it: what the check read.
+    Withheld(Withheld),
 }
 
-/// Starts `attempts` attempts on a thread inside `ns` (None: this namespace). Stops early when
-/// `stop` is set.
-pub fn spawn(
-    ns: Option<Netns>,
-    target: SocketAddrV4,
-    attempts: u32,
-    timeout: Duration,
-    tx: Sender<AttemptEvent>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> JoinHandle<Result<()>> {
-    std::thread::spawn(move || {
-        // The thread ends in that namespace; nothing else runs on it.
-        let _inside = ns.as_ref().map(Netns::enter).transpose()?;
-        for i in 0..attempts {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            if i > 0 {
-                std::thread::sleep(RETRY_DELAY);
-            }
-            let report = |port| tx.send(AttemptEvent::Bound(port)).is_ok();
-            if tx
-                .send(AttemptEvent::Done(attempt_reporting(target, timeout, report)))
-                .is_err()
-            {
-                break;
+/// The verified host side of a sandbox: the namespace probes are sent from, and the one
+/// device they may leave by (the peer of the sandbox namespace's veth, found by its link
+/// namespace and peer index, never by name).
+#[derive(Debug, Clone)]
+pub struct ProbeSite {
+    pub host_ns: Netns,
+    pub sandbox_ns: Netns,
+    pub host_veth: String,
+    pub host_veth_ifindex: u32,
+    pub ns_veth: String,
+    pub ns_veth_ifindex: u32,
+    pub target: SocketAddrV4,
+}
+
+/// Why a probe was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withheld {
+    /// The veth pair is not what discovery found any more (plain words).
+    HostSide(String),
+    /// The kernel's route lookup failed with this errno: nothing could be sent.
+    NoRoute { netns: String, errno: i32 },
+    /// The route leads elsewhere than the sandbox's veth.
+    Elsewhere(Box<Elsewhere>),
+}
+
+/// A route off the sandbox's veth, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    pub netns: String,
+    pub route: RouteGot,
+    /// The route's device, by name.
+    pub device: Option<String>,
+    /// Where that device leads when it is a veth into another namespace: (its namespace, the
+    /// peer's name there).
+    pub leads_to: Option<(Netns, Option<String>)>,
+}
+
+impl std::fmt::Display for Withheld {
+    /// One plain sentence: what was read, and that nothing was sent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::HostSide(why) => write!(f, "{why}; nothing was sent"),
+            Self::NoRoute { netns, errno } => write!(
+                f,
+                "in {netns} the kernel has no usable route ({}); nothing was sent",
+                io::Error::from_raw_os_error(*errno)
+            ),
+            Self::Elsewhere(e) => {
+                let Elsewhere {
+                    netns,
+                    route,
+                    device,
+                    leads_to,
+                } = e.as_ref();
+                write!(f, "in {netns} the route is {}", route.kind)?;
+                if let Some(via) = route.gateway {
+                    write!(f, " via {via}")?;
+                }
+                if let Some(d) = device {
+                    write!(f, " dev {d}")?;
+                }
+                if let Some((ns, peer)) = leads_to {
+                    write!(f, ", which leads into {}", ns.label())?;
+                    if let Some(p) = peer {
+                        write!(f, " ({p})")?;
+                    }
+                }
+                write!(f, ", not the sandbox's veth; nothing was sent")
             }
         }
-        Ok(())
-    })
-}
-
-/// One attempt: bind, connect (50 ms), GET /health, read the status line.
-pub fn attempt(target: SocketAddrV4) -> Attempt {
-    attempt_reporting(target, ATTEMPT_TIMEOUT, |_| true)
-}
-
-/// Like [`attempt`], waiting up to `timeout`.
-pub fn attempt_waiting(target: SocketAddrV4, timeout: Duration) -> Attempt {
-    attempt_reporting(target, timeout, |_| true)
-}
-
-/// Like [`attempt`], telling `bound` the local port before connecting.
-fn attempt_reporting(target: SocketAddrV4, timeout: Duration, bound: impl FnOnce(u16) -> bool) -> Attempt {
-    let mut start = Instant::now();
-    let (local_port, result) = match Conn::bind(timeout) {
-        Err(e) => (0, AttemptResult::Error(e.to_string())),
-        Ok(c) => {
-            let port = c.port;
-            bound(port);
-            // The timeout counts from the connect, as a dialer's does.
-            start = Instant::now();
-            (port, c.run(target, start))
-        }
-    };
-    Attempt {
-        local_port,
-        result,
-        latency: start.elapsed(),
-        timeout,
     }
+}
+
+/// Probes withheld by this process, by why (`host_side`, `no_route`, `elsewhere`): the
+/// watcher's metrics show them.
+pub static WITHHELD_HOST_SIDE: AtomicU64 = AtomicU64::new(0);
+pub static WITHHELD_NO_ROUTE: AtomicU64 = AtomicU64::new(0);
+pub static WITHHELD_ELSEWHERE: AtomicU64 = AtomicU64::new(0);
+
+impl Withheld {
+    fn count(&self) {
+        let counter = match self {
+            Self::HostSide(_) => &WITHHELD_HOST_SIDE,
+            Self::NoRoute { .. } => &WITHHELD_NO_ROUTE,
+            Self::Elsewhere(_) => &WITHHELD_ELSEWHERE,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A route's device checked against the probe site: the host veth, or the bridge it is a
+/// port of.
+fn allowed_device(site: &ProbeSite, host_veth: &Link, oif: u32) -> bool {
+    oif == site.host_veth_ifindex || host_veth.master == Some(oif)
+}
+
+impl ProbeSite {
+    /// Checks, in this thread's namespace (which must be `host_ns`), that a connection from
+    /// local port `sport` may be made: the veth pair is intact and the kernel routes the
+    /// target out of it. Returns the device to bind the socket to.
+    fn clear(&self, rtnl: &mut Rtnl, sport: u16) -> Result<u32, Withheld> {
+        let veth = self.verify_pair(rtnl)?;
+        let query = RouteQuery {
+            dst: *self.target.ip(),
+            sport,
+            dport: self.target.port(),
+            // SAFETY: trivial syscall.
+            uid: unsafe { libc::geteuid() },
+            mark: 0,
+        };
+        let host = self.host_ns.label();
+        let got = match rtnl.route_get(&query) {
+            Ok(Ok(got)) => got,
+            Ok(Err(errno)) => return Err(Withheld::NoRoute { netns: host, errno }),
+            Err(e) => {
+                return Err(Withheld::HostSide(format!(
+                    "cannot ask {host} for its route: {e:#}"
+                )));
+            }
+        };
+        match got.oif {
+            Some(oif) if got.kind == "unicast" && allowed_device(self, &veth, oif) => Ok(oif),
+            oif => Err(self.elsewhere(rtnl, got, oif)),
+        }
+    }
+
+    /// The host veth as it is now, if it is still the peer of the sandbox's veth.
+    fn verify_pair(&self, rtnl: &mut Rtnl) -> Result<Link, Withheld> {
+        let host = self.host_ns.label();
+        let gone = |what: String| Withheld::HostSide(what);
+        let link = rtnl
+            .link(self.host_veth_ifindex)
+            .map_err(|e| gone(format!("cannot read {} in {host}: {e:#}", self.host_veth)))?
+            .ok_or_else(|| {
+                gone(format!(
+                    "{} (ifindex {}) is gone from {host}",
+                    self.host_veth, self.host_veth_ifindex
+                ))
+            })?;
+        let nsid = rtnl.nsid_of(&self.sandbox_ns).ok().flatten();
+        let paired = link.kind.as_deref() == Some("veth")
+            && link.peer_ifindex == Some(self.ns_veth_ifindex)
+            && nsid.is_some()
+            && link.link_netnsid == nsid;
+        if !paired {
+            return Err(gone(format!(
+                "{} (ifindex {}) in {host} is no longer the peer of {} in {}",
+                link.name,
+                link.ifindex,
+                self.ns_veth,
+                self.sandbox_ns.label()
+            )));
+        }
+        Ok(link)
+    }
+
+    /// What a route off the host veth leads to: its device, and where that device's peer is.
+    fn elsewhere(&self, rtnl: &mut Rtnl, route: RouteGot, oif: Option<u32>) -> Withheld {
+        let link = oif.and_then(|i| rtnl.link(i).ok().flatten());
+        let leads_to = link.as_ref().and_then(|l| peer_of(rtnl, l));
+        Withheld::Elsewhere(Box::new(Elsewhere {
+            netns: self.host_ns.label(),
+            device: link.map(|l| l.name),
+            route,
+            leads_to,
+        }))
+    }
+
+    /// Makes `attempts` attempts on a thread inside the host side, each cleared first; the
+    /// first that is withheld ends them. Stops early when `stop` is set.
+    pub fn spawn(
+        self,
+        attempts: u32,
+        timeout: Duration,
+        tx: Sender<AttemptEvent>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> JoinHandle<Result<()>> {
+        std::thread::spawn(move || {
+            // The thread ends in that namespace; nothing else runs on it.
+            let _inside = self.host_ns.enter()?;
+            let mut rtnl = Rtnl::open(&self.host_ns)?;
+            for i in 0..attempts {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if i > 0 {
+                    std::thread::sleep(RETRY_DELAY);
+                }
+                let report = |port| tx.send(AttemptEvent::Bound(port)).is_ok();
+                let event = match self.attempt_in(&mut rtnl, timeout, report) {
+                    Ok(a) => AttemptEvent::Done(a),
+                    Err(w) => AttemptEvent::Withheld(w),
+                };
+                let last = matches!(event, AttemptEvent::Withheld(_));
+                if tx.send(event).is_err() || last {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// One attempt from the host side (this thread is moved there for it and back).
+    pub fn attempt(&self, timeout: Duration) -> Result<Attempt, Withheld> {
+        let _inside = self
+            .host_ns
+            .enter()
+            .map_err(|e| Withheld::HostSide(format!("cannot enter {}: {e:#}", self.host_ns.label())))?;
+        let mut rtnl = Rtnl::open(&self.host_ns)
+            .map_err(|e| Withheld::HostSide(format!("cannot ask {}: {e:#}", self.host_ns.label())))?;
+        self.attempt_in(&mut rtnl, timeout, |_| true)
+    }
+
+    /// An attempt from this thread (inside the host side): bind, clear, bind to the cleared
+    /// device, connect.
+    fn attempt_in(
+        &self,
+        rtnl: &mut Rtnl,
+        timeout: Duration,
+        bound: impl FnOnce(u16) -> bool,
+    ) -> Result<Attempt, Withheld> {
+        let conn = match Conn::bind(timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Attempt {
+                    local_port: 0,
+                    result: AttemptResult::Error(e.to_string()),
+                    latency: Duration::ZERO,
+                    timeout,
+                });
+            }
+        };
+        let dev = self.clear(rtnl, conn.port).inspect_err(Withheld::count)?;
+        let port = conn.port;
+        let result = match conn.bind_device(dev) {
+            Ok(()) => {
+                bound(port);
+                // The timeout counts from the connect, as a dialer's does.
+                let start = Instant::now();
+                let result = conn.run(self.target, start);
+                return Ok(Attempt {
+                    local_port: port,
+                    result,
+                    latency: start.elapsed(),
+                    timeout,
+                });
+            }
+            Err(e) => AttemptResult::Error(format!("bind to the cleared device: {e}")),
+        };
+        Ok(Attempt {
+            local_port: port,
+            result,
+            latency: Duration::ZERO,
+            timeout,
+        })
+    }
+}
+
+/// The namespace a veth's peer is in (one named under /var/run/netns, or the root one), and
+/// the peer's name there.
+fn peer_of(rtnl: &mut Rtnl, link: &Link) -> Option<(Netns, Option<String>)> {
+    let nsid = link.link_netnsid?;
+    let candidates = crate::netns::all_named().into_iter().chain(crate::netns::root());
+    for ns in candidates {
+        if rtnl.nsid_of(&ns).ok().flatten() == Some(nsid) {
+            let name = link
+                .peer_ifindex
+                .and_then(|i| Rtnl::open(&ns).ok()?.link(i).ok().flatten())
+                .map(|l| l.name);
+            return Some((ns, name));
+        }
+    }
+    None
 }
 
 struct Conn {
@@ -150,6 +376,26 @@ impl Conn {
                 timeout,
             })
         }
+    }
+
+    /// Binds the socket to one device (SO_BINDTOIFINDEX): whatever the routes do after the
+    /// check, nothing this socket sends leaves by another device.
+    fn bind_device(&self, ifindex: u32) -> io::Result<()> {
+        let index = ifindex as libc::c_int;
+        // SAFETY: setsockopt on a valid fd with a pointer to a live int of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTOIFINDEX,
+                (&index as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn run(self, target: SocketAddrV4, start: Instant) -> AttemptResult {

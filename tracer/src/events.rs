@@ -252,7 +252,12 @@ impl Names {
             self.netns = netns::names();
             self.netns_read = std::time::Instant::now();
         }
-        self.netns.get(&inode).cloned()
+        match self.netns.get(&inode) {
+            Some(name) => Some(name.clone()),
+            // The node's root namespace has no name under /var/run/netns.
+            None if netns::root_inode() == Some(inode) => Some(netns::ROOT_LABEL.to_string()),
+            None => None,
+        }
     }
 }
 

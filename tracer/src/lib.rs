@@ -184,6 +184,50 @@ mod walls {
         assert!(offenders.is_empty(), "outside firewall/: {offenders:?}");
     }
 
+    /// A probe is a packet on a production network: only `connect.rs`, where every
+    /// connection is cleared by the route check first, opens an IP socket. (Netlink sockets
+    /// and the metrics listener are not IP clients.)
+    #[test]
+    fn only_connect_rs_opens_ip_sockets() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let needles = [
+            "libc::connect",
+            "libc::sendto",
+            "libc::sendmsg",
+            "TcpStream::connect",
+            "UdpSocket",
+            "AF_INET",
+            "SOCK_STREAM",
+            "SOCK_RAW",
+            "AF_PACKET",
+        ];
+        let mut offenders = Vec::new();
+        let mut stack = vec![src.clone()];
+        let mut seen_guard = false;
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let text = fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let hits: Vec<&&str> = needles.iter().filter(|n| code.contains(**n)).collect();
+                if path.ends_with("connect.rs") {
+                    seen_guard = hits.iter().any(|n| **n == "libc::connect") && code.contains("fn clear(");
+                } else if !hits.is_empty() {
+                    offenders.push(format!("{}: {hits:?}", path.display()));
+                }
+            }
+        }
+        assert!(seen_guard, "connect.rs connects, behind its route check");
+        assert!(
+            offenders.is_empty(),
+            "IP sockets outside connect.rs: {offenders:?}"
+        );
+    }
+
     /// Test hooks never reach the binary operators run: every one sits behind the
     /// `test-hooks` feature, which only `cargo xtask test` enables.
     #[test]

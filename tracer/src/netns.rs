@@ -81,11 +81,15 @@ impl Netns {
             .with_context(|| format!("network namespace {name} does not exist ({})", path.display()))
     }
 
-    /// A display name: the netns name, else `netns:<inode>`.
+    /// A display name: the netns name, `root` for the node's init namespace when it has
+    /// no name, else `netns:<inode>`.
     pub fn label(&self) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("netns:{}", self.inode))
+        label_of(self.inode, self.name.as_deref())
+    }
+
+    /// True for the node's root (init) namespace: commands there need no `ip netns exec`.
+    pub fn is_root(&self) -> bool {
+        root_inode() == Some(self.inode)
     }
 
     /// The fd that holds the namespace, opened at first use.
@@ -146,6 +150,30 @@ fn fs_inode(file: &File) -> io::Result<u32> {
 pub fn inode_of(path: &Path) -> Result<u32> {
     let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     Ok(meta.ino() as u32)
+}
+
+/// The name a namespace is shown by: its name under /var/run/netns, `root` for the init
+/// namespace (pid 1's), else `netns:<inode>`.
+pub fn label_of(inode: u32, name: Option<&str>) -> String {
+    match name {
+        Some(n) => n.to_string(),
+        None if root_inode() == Some(inode) => ROOT_LABEL.to_string(),
+        None => format!("netns:{inode}"),
+    }
+}
+
+/// How the node's root namespace is named in output and accepted on the command line.
+pub const ROOT_LABEL: &str = "root";
+
+/// The inode of the node's root network namespace (pid 1's), read once.
+pub fn root_inode() -> Option<u32> {
+    static ROOT: OnceLock<Option<u32>> = OnceLock::new();
+    *ROOT.get_or_init(|| inode_of(Path::new("/proc/1/ns/net")).ok())
+}
+
+/// The node's root namespace, held open (None when /proc/1 cannot be read).
+pub fn root() -> Option<Netns> {
+    Netns::from_path(Path::new("/proc/1/ns/net"), None).ok()
 }
 
 /// Inode → name for every namespace under /var/run/netns.

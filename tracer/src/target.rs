@@ -1,5 +1,5 @@
 //! From what the operator typed (--vm, --netns, --pid) to a sandbox and its expected path.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::Result;
 use tracer_model::path::{ExpectedPath, NsRef};
@@ -7,6 +7,7 @@ use tracer_model::path::{ExpectedPath, NsRef};
 use crate::{
     cache,
     cli::TraceArgs,
+    connect::ProbeSite,
     error::EnvError,
     netns::Netns,
     sandbox::{self, Sandbox},
@@ -109,21 +110,15 @@ pub fn path_of(sb: &Sandbox, port: u16) -> Result<(ExpectedPath, Vec<String>)> {
         }
     };
     let guest_ip = sb.guest_ip.unwrap_or(DEFAULT_GUEST_IP);
-    let own = Netns::current()?;
-    let host_ns = sb.host_ns.clone().unwrap_or_else(|| {
-        warnings.push(format!(
-            "the host side of {}'s veth was not found; assuming this namespace",
-            sb.netns.label()
-        ));
-        own
-    });
+    // The host side is what discovery verified, or unknown: never this process's namespace
+    // by default (a probe from there would go wherever its routes lead).
+    if let Some(problem) = &sb.host_side_problem {
+        warnings.push(format!("the host side is not known: {problem}"));
+    }
     let path = ExpectedPath {
         sandbox_id: sb.id.clone(),
         vmm_pid: sb.pid,
-        host_ns: NsRef {
-            inode: host_ns.inode,
-            name: host_ns.name.clone(),
-        },
+        host_ns: sb.host_ns.as_ref().map(ns_ref),
         sandbox_ns: NsRef {
             inode: sb.netns.inode,
             name: sb.netns.name.clone(),
@@ -139,6 +134,45 @@ pub fn path_of(sb: &Sandbox, port: u16) -> Result<(ExpectedPath, Vec<String>)> {
         port,
     };
     Ok((path, warnings))
+}
+
+/// A namespace as the model names it (the root namespace as `root`).
+pub fn ns_ref(ns: &Netns) -> NsRef {
+    NsRef {
+        inode: ns.inode,
+        name: ns.name.clone().or_else(|| ns.is_root().then(|| ns.label())),
+    }
+}
+
+/// Where probes of `sb` may be sent from: its verified host side. Err(why, in plain words)
+/// when that side is not known; then nothing may be sent.
+pub fn probe_site(sb: &Sandbox, target: SocketAddrV4) -> Result<ProbeSite, String> {
+    let unknown = || {
+        sb.host_side_problem.clone().unwrap_or_else(|| {
+            format!(
+                "the peer of {}'s veth was not found in any namespace",
+                sb.netns.label()
+            )
+        })
+    };
+    let (Some(host_ns), Some(host_veth), Some(host_veth_ifindex), Some(ns_veth), Some(ns_veth_ifindex)) = (
+        sb.host_ns.clone(),
+        sb.host_veth.clone(),
+        sb.host_veth_ifindex,
+        sb.ns_veth.clone(),
+        sb.ns_veth_ifindex,
+    ) else {
+        return Err(unknown());
+    };
+    Ok(ProbeSite {
+        host_ns,
+        sandbox_ns: sb.netns.clone(),
+        host_veth,
+        host_veth_ifindex,
+        ns_veth,
+        ns_veth_ifindex,
+        target,
+    })
 }
 
 /// Watches, on a thread of its own, whether the slot of `sb` passes to another sandbox (E2B

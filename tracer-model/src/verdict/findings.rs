@@ -4,7 +4,7 @@ use crate::{
     hook::Hook,
     hop::{Hop, HopKind},
     journey::{Journey, Leg},
-    path::ExpectedPath,
+    path::{ExpectedPath, NsRef},
 };
 
 /// Path-aware observations: slot mix-ups, missing DNAT, routing loops.
@@ -26,12 +26,12 @@ pub(super) fn findings(j: &Journey, path: Option<&ExpectedPath>) -> Vec<Finding>
 /// Left the host through another sandbox's veth.
 fn wrong_route(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
     let h = req.iter().find(|h| {
-        h.netns == p.host_ns.inode
+        p.is_host(h.netns)
             && matches!(h.kind, HopKind::Xmit | HopKind::Tcx { ingress: false })
             && h.device.as_deref().is_some_and(|d| d != p.host_veth)
     })?;
     let mut f = Finding::new(FindingKind::WrongRoute);
-    f.netns = Some(p.host_ns.label());
+    f.netns = p.host_ns.as_ref().map(NsRef::label);
     f.device = h.device.clone();
     f.address = Some(p.host_ip);
     Some(f)
@@ -41,7 +41,7 @@ fn wrong_route(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
 fn other_namespace(req: &[&Hop], p: &ExpectedPath) -> Option<Finding> {
     let h = req
         .iter()
-        .find(|h| h.netns != 0 && h.netns != p.host_ns.inode && h.netns != p.sandbox_ns.inode)?;
+        .find(|h| h.netns != 0 && !p.is_host(h.netns) && h.netns != p.sandbox_ns.inode)?;
     let mut f = Finding::new(FindingKind::OtherNamespace);
     f.netns = Some(h.ns_label());
     f.device = h.device.clone();

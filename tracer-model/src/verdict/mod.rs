@@ -35,6 +35,9 @@ pub enum Outcome {
     Late,
     /// No route, or the neighbour (ARP) was never resolved.
     Unreachable,
+    /// The attempt went to another sandbox (its namespace, devices or VMM), not the one asked
+    /// about: never `connected`, even when that other sandbox answered.
+    Misdirected,
     /// The events do not decide it (e.g. the packet vanished where no probe sees it).
     Unknown,
 }
@@ -49,6 +52,7 @@ impl Outcome {
             Self::Queued => "queued",
             Self::Late => "late",
             Self::Unreachable => "unreachable",
+            Self::Misdirected => "misdirected",
             Self::Unknown => "unknown",
         }
     }
@@ -109,6 +113,12 @@ pub enum UnreachableKind {
     Prohibited,
     /// A blackhole route or rule (EINVAL).
     Blackhole,
+    /// The route leads off the sandbox's host side (another device, a local address): a
+    /// probe was not sent.
+    RoutedElsewhere,
+    /// The sandbox's host side could not be verified (no veth leading out, its peer gone or
+    /// moved): nothing was sent or attached there.
+    HostSideUnknown,
 }
 
 impl UnreachableKind {
@@ -201,6 +211,31 @@ impl Finding {
     }
 }
 
+/// What sent the attempt to another sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MisdirectedBy {
+    /// The host side's route (read with a route get before a probe; nothing was sent).
+    Route,
+    /// The attempt's packets were seen there.
+    Events,
+}
+
+/// Where an attempt went instead of its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MisdirectedInfo {
+    pub by: MisdirectedBy,
+    /// The namespace it went to, and the device it entered by (or would have).
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    /// The device it left the host side by.
+    pub out_device: Option<String>,
+    /// The sandbox that runs there, when known.
+    pub sandbox_id: Option<String>,
+    /// It was answered there (the other sandbox's envd connected it).
+    pub answered: bool,
+}
+
 /// Where a packet waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -263,6 +298,7 @@ pub struct Verdict {
     pub unreachable: Option<UnreachableInfo>,
     pub queued: Option<QueuedInfo>,
     pub late: Option<LateInfo>,
+    pub misdirected: Option<MisdirectedInfo>,
     /// From the SYN to the first reply seen (connected, reset and late attempts).
     pub reply_ms: Option<f64>,
     /// Facts read at decision time that the verdict rests on.
@@ -284,6 +320,7 @@ impl Verdict {
             unreachable: None,
             queued: None,
             late: None,
+            misdirected: None,
             reply_ms: None,
             facts: Vec::new(),
             findings: Vec::new(),
@@ -575,6 +612,7 @@ mod tests {
             ],
             reader: None,
             route_blocks: Vec::new(),
+            ..Default::default()
         };
         let v = decide(&j, Some(&path()), &facts);
         assert_eq!(v.outcome, Outcome::Unreachable);

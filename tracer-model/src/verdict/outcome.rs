@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    Direction, DropInfo, LateFate, LateInfo, Outcome, QueueKind, QueuedInfo, ReplyKind, ResetBy, ResetInfo,
-    UnreachableInfo, UnreachableKind, Verdict, errno_name,
+    Direction, DropInfo, LateFate, LateInfo, MisdirectedBy, MisdirectedInfo, Outcome, QueueKind, QueuedInfo,
+    ReplyKind, ResetBy, ResetInfo, UnreachableInfo, UnreachableKind, Verdict, errno_name,
 };
 use crate::{
     facts::{FactUsed, ReadFacts},
@@ -29,6 +29,7 @@ pub(super) fn outcome(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFact
         JourneyId::NotSent {
             netns, dst, errno, ..
         } => return not_sent(j, netns, dst, errno, path, facts),
+        JourneyId::Withheld { netns, dst, .. } => return withheld(netns, dst, path, facts),
         JourneyId::Conn(_) => {}
     }
     connected(j)
@@ -359,8 +360,8 @@ fn not_sent(
 ) -> Verdict {
     let mut v = Verdict::new(Outcome::Unreachable);
     let label = path
-        .filter(|p| p.host_ns.inode == netns)
-        .map(|p| p.host_ns.label())
+        .and_then(|p| p.host_ns.as_ref().filter(|h| h.inode == netns))
+        .map(|h| h.label())
         .unwrap_or_else(|| format!("netns:{netns}"));
     v.unreachable = Some(UnreachableInfo {
         kind: UnreachableKind::from_errno(errno),
@@ -372,6 +373,65 @@ fn not_sent(
     });
     v.failing_hop = route_error(j).map(|(i, _)| i);
     v.facts.extend(blocker(facts, netns, dst));
+    v
+}
+
+/// A probe that was not sent: the host side could not be verified, or the route read in it
+/// just before led elsewhere (another sandbox's veth: misdirected; anything else, or no route:
+/// unreachable). Rests only on those reads.
+fn withheld(netns: u32, dst: Ipv4Addr, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Verdict {
+    let sandbox_label = path.map(|p| p.sandbox_ns.label());
+    if let Some(problem) = &facts.host_side_problem {
+        let mut v = Verdict::new(Outcome::Unreachable);
+        v.unreachable = Some(UnreachableInfo {
+            kind: UnreachableKind::HostSideUnknown,
+            address: dst,
+            netns: sandbox_label,
+            device: None,
+            state: None,
+            errno: None,
+        });
+        v.facts.push(FactUsed::HostSideProblem(problem.clone()));
+        return v;
+    }
+    let Some(route) = facts.probe_route.as_ref() else {
+        return Verdict::new(Outcome::Unknown);
+    };
+    let mut v = match (&route.answer, &route.leads_to) {
+        (Err(errno), _) => {
+            let mut v = unreachable_no_route(dst, None, None, -errno.saturating_abs());
+            if let Some(u) = v.unreachable.as_mut() {
+                u.netns = Some(route.netns_label.clone());
+            }
+            v.facts.extend(blocker(facts, netns, dst));
+            v
+        }
+        (Ok(answer), Some(peer)) if peer.sandbox => {
+            let mut v = Verdict::new(Outcome::Misdirected);
+            v.misdirected = Some(MisdirectedInfo {
+                by: MisdirectedBy::Route,
+                netns: Some(peer.netns_label.clone()),
+                device: peer.device.clone(),
+                out_device: answer.device.clone(),
+                sandbox_id: peer.sandbox_id.clone(),
+                answered: false,
+            });
+            v
+        }
+        (Ok(answer), _) => {
+            let mut v = Verdict::new(Outcome::Unreachable);
+            v.unreachable = Some(UnreachableInfo {
+                kind: UnreachableKind::RoutedElsewhere,
+                address: dst,
+                netns: Some(route.netns_label.clone()),
+                device: answer.device.clone(),
+                state: None,
+                errno: None,
+            });
+            v
+        }
+    };
+    v.facts.push(FactUsed::ProbeRoute(route.clone()));
     v
 }
 
@@ -425,10 +485,10 @@ fn facts_at(s: &Stop, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Vec<Fac
 
 /// The other end of a path veth: (namespace inode, device).
 fn veth_peer(p: &ExpectedPath, netns: u32, dev: &str) -> Option<(u32, String)> {
-    if netns == p.host_ns.inode && dev == p.host_veth {
+    if p.is_host(netns) && dev == p.host_veth {
         Some((p.sandbox_ns.inode, p.ns_veth.clone()))
     } else if netns == p.sandbox_ns.inode && dev == p.ns_veth {
-        Some((p.host_ns.inode, p.host_veth.clone()))
+        Some((p.host_inode()?, p.host_veth.clone()))
     } else {
         None
     }
@@ -447,7 +507,7 @@ fn neighbour_failure(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFacts
     let prefer = path.and_then(|p| {
         if s.netns == p.sandbox_ns.inode {
             Some(p.guest_ip)
-        } else if s.netns == p.host_ns.inode {
+        } else if p.is_host(s.netns) {
             p.ns_veth_ip
         } else {
             None

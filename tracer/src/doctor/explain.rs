@@ -116,6 +116,7 @@ fn by_outcome(v: &Verdict) -> Vec<&'static str> {
             _ => vec!["envd"],
         },
         Outcome::NoReply => vec!["envd"],
+        Outcome::Misdirected => ROUTES.to_vec(),
         Outcome::Connected | Outcome::Unknown => Vec::new(),
     }
 }

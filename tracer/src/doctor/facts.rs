@@ -211,7 +211,7 @@ pub fn gather(sb: &Sandbox, connect: bool, shared: &Shared) -> Facts {
     let host_ip = choose_host_ip(sb, host.as_deref());
     let own = shared.own().cloned();
     let envd = match (connect, host_ip) {
-        (true, Some(ip)) => Some(envd_attempt(sb.host_ns.as_ref(), own.as_ref(), ip)),
+        (true, Some(ip)) => Some(envd_attempt(sb, ip)),
         _ => None,
     };
     let qdiscs = [Some(&sb.netns), sb.host_ns.as_ref()]
@@ -308,23 +308,22 @@ fn choose_guest_ip(sb: &Sandbox, ns: Option<&NsFacts>) -> Ipv4Addr {
 }
 
 /// Attempts like the orchestrator's first ones (a new connection each, 50 ms timeout, 5 ms
-/// apart), from the host side of the path, on a thread of its own moved into that namespace
-/// when it is not ours. Stops at the first answer: one on a fast guest, three at most. A
-/// timeout followed by an answer is what the orchestrator itself shrugs off by retrying.
-fn envd_attempt(host_ns: Option<&Netns>, own: Option<&Netns>, ip: Ipv4Addr) -> Result<Vec<Attempt>, String> {
-    let target = SocketAddrV4::new(ip, ENVD_PORT);
-    let enter = host_ns
-        .filter(|h| own.is_none_or(|o| o.inode != h.inode))
-        .cloned();
+/// apart), from the verified host side of the path only (each cleared by the probe guard),
+/// on a thread of its own moved into that namespace. Stops at the first answer: one on a fast
+/// guest, three at most. A timeout followed by an answer is what the orchestrator itself
+/// shrugs off by retrying. Err(why) when no attempt could be made.
+fn envd_attempt(sb: &Sandbox, ip: Ipv4Addr) -> Result<Vec<Attempt>, String> {
+    let site = crate::target::probe_site(sb, SocketAddrV4::new(ip, ENVD_PORT))
+        .map_err(|why| format!("no attempt was made: the host side is not known ({why})"))?;
     std::thread::scope(|s| {
-        s.spawn(move || -> Result<Vec<Attempt>> {
-            let _inside = enter.as_ref().map(Netns::enter).transpose()?;
+        s.spawn(move || -> Result<Vec<Attempt>, String> {
+            let withheld = |w: connect::Withheld| format!("no attempt was made: {w}");
             let mut attempts = Vec::new();
             for i in 0..ENVD_ATTEMPTS {
                 if i > 0 {
                     std::thread::sleep(connect::RETRY_DELAY);
                 }
-                let a = connect::attempt(target);
+                let a = site.attempt(connect::ATTEMPT_TIMEOUT).map_err(withheld)?;
                 let done = matches!(a.result, AttemptResult::Status(_) | AttemptResult::Refused);
                 attempts.push(a);
                 if done {
@@ -332,14 +331,13 @@ fn envd_attempt(host_ns: Option<&Netns>, own: Option<&Netns>, ip: Ipv4Addr) -> R
                 }
             }
             if attempts.iter().all(|a| a.result == AttemptResult::Timeout) {
-                attempts.push(connect::attempt_waiting(target, PATIENT_TIMEOUT));
+                attempts.push(site.attempt(PATIENT_TIMEOUT).map_err(withheld)?);
             }
             Ok(attempts)
         })
         .join()
     })
     .map_err(|_| "the connection attempt panicked".to_string())?
-    .map_err(|e| format!("{e:#}"))
 }
 
 fn ns_sysctls(sb: &Sandbox) -> Vec<String> {

@@ -9,7 +9,6 @@
 //! (normal exit, SIGINT, SIGTERM, SIGHUP, SIGQUIT); a run killed with SIGKILL leaves it, and
 //! the next run removes what dead runs left ([`remove_stale`]).
 use std::{
-    net::SocketAddrV4,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -22,7 +21,7 @@ use tracer_model::{
 };
 
 use super::{Rulesets, nft::NftChain};
-use crate::{cmd, netns::Netns};
+use crate::{cmd, connect::ProbeSite, netns::Netns};
 
 /// Prefix of the tables the tracer adds; the owning process's pid follows.
 pub const TABLE_PREFIX: &str = "tracer-nftrace-";
@@ -148,9 +147,10 @@ fn is_live_tracer(pid: u32) -> bool {
 }
 
 /// The nft rule (or chain policy) that dropped envd packets in `ns`, from the trace of one
-/// attempt made from `host`. None when no trace showed a drop.
-pub fn resolve(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Option<RuleName> {
-    match trace_once(ns, host, path) {
+/// attempt made from the probe site. None when no trace showed a drop (or the attempt was
+/// withheld: it is made only where probes may go).
+pub fn resolve(ns: &Netns, site: &ProbeSite, path: &ExpectedPath) -> Option<RuleName> {
+    match trace_once(ns, site, path) {
         Ok(found) => found,
         Err(e) => {
             eprintln!("tracer: --nft-trace failed: {e:#}");
@@ -159,17 +159,13 @@ pub fn resolve(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Option<RuleName
     }
 }
 
-fn trace_once(ns: &Netns, host: &Netns, path: &ExpectedPath) -> Result<Option<RuleName>> {
+fn trace_once(ns: &Netns, site: &ProbeSite, path: &ExpectedPath) -> Result<Option<RuleName>> {
     remove_stale(ns, &Rulesets::read(ns));
     // Subscribed before anything is traced: no event of the attempt can be missed.
     let socket = subscribe(ns)?;
     let _table = TraceTable::add(ns, path)?;
-    let host = host.clone();
-    let target = SocketAddrV4::new(path.host_ip, path.port);
-    let attempt = std::thread::spawn(move || {
-        let _inside = host.enter();
-        crate::connect::attempt(target)
-    });
+    let site = site.clone();
+    let attempt = std::thread::spawn(move || site.attempt(crate::connect::ATTEMPT_TIMEOUT));
     let deadline = Instant::now() + TRACE_WAIT;
     let mut buf = vec![0u8; 64 * 1024];
     let drop = loop {

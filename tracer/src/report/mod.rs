@@ -150,6 +150,7 @@ impl Reporter {
             unreachable: parts.unreachable,
             queued: parts.queued,
             late: parts.late,
+            misdirected: parts.misdirected,
             reply_ms: j.verdict.reply_ms,
             findings: parts.findings,
             cause: parts.cause,

@@ -12,7 +12,8 @@ use tracer_model::{
     rule::RuleName,
     tcp::nud_name,
     verdict::{
-        Direction, FindingKind, LateFate, Outcome, QueueKind, ReplyKind, ResetBy, UnreachableKind, Verdict,
+        Direction, FindingKind, LateFate, MisdirectedBy, Outcome, QueueKind, ReplyKind, ResetBy,
+        UnreachableKind, Verdict,
     },
 };
 
@@ -99,6 +100,19 @@ pub struct UnreachableRecord {
     /// The error the client or the route lookup got (EACCES, ENETUNREACH ...).
     #[serde(default)]
     pub errno: Option<String>,
+}
+
+/// Where an attempt went instead of its sandbox (`misdirected`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MisdirectedRecord {
+    /// `route` (the host side's route, read before a probe that was then not sent) or
+    /// `events` (its packets were seen there).
+    pub by: MisdirectedBy,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    pub out_device: Option<String>,
+    pub sandbox_id: Option<String>,
+    pub answered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,6 +218,9 @@ pub struct JourneyRecord {
     /// For `late`: when the reply came and what became of it.
     #[serde(default)]
     pub late: Option<LateRecord>,
+    /// For `misdirected`: where the attempt went instead.
+    #[serde(default)]
+    pub misdirected: Option<MisdirectedRecord>,
     /// ms from the SYN to the first reply (connected, reset, late).
     #[serde(default)]
     pub reply_ms: Option<f64>,
@@ -275,6 +292,7 @@ pub struct VerdictParts {
     pub unreachable: Option<UnreachableRecord>,
     pub queued: Option<QueuedRecord>,
     pub late: Option<LateRecord>,
+    pub misdirected: Option<MisdirectedRecord>,
     pub findings: Vec<FindingRecord>,
     pub cause: Option<FindingRecord>,
     pub evidence: Vec<String>,
@@ -351,6 +369,14 @@ impl VerdictParts {
                     },
                 }),
             }),
+            misdirected: v.misdirected.as_ref().map(|m| MisdirectedRecord {
+                by: m.by,
+                netns: m.netns.clone(),
+                device: m.device.clone(),
+                out_device: m.out_device.clone(),
+                sandbox_id: m.sandbox_id.clone(),
+                answered: m.answered,
+            }),
             findings: v.findings.iter().map(finding).collect(),
             cause: v.cause.as_ref().map(finding),
             evidence: evidence(j, path),
@@ -368,6 +394,7 @@ impl VerdictParts {
             &self.unreachable,
             &self.queued,
             late,
+            &self.misdirected,
             &self.findings,
         ))
         .unwrap_or_default()
@@ -465,7 +492,10 @@ fn evidence(j: &Judged<'_>, path: Option<&ExpectedPath>) -> Vec<String> {
         ));
     }
     let label = |inode: u32| match path {
-        Some(p) if p.host_ns.inode == inode => p.host_ns.label(),
+        Some(p) if p.is_host(inode) => p
+            .host_ns
+            .as_ref()
+            .map_or_else(|| format!("netns:{inode}"), |h| h.label()),
         Some(p) if p.sandbox_ns.inode == inode => p.sandbox_ns.label(),
         _ => format!("netns:{inode}"),
     };
@@ -510,6 +540,16 @@ fn evidence(j: &Judged<'_>, path: Option<&ExpectedPath>) -> Vec<String> {
                 label(b.netns),
                 b.dst
             ),
+            FactUsed::ProbeRoute(r) => format!(
+                "read (route get in {}, before the probe): {} → {}",
+                r.netns_label,
+                r.dst,
+                match &r.answer {
+                    Ok(a) => a.text(),
+                    Err(e) => format!("error {}", tracer_model::verdict::errno_name(*e)),
+                }
+            ),
+            FactUsed::HostSideProblem(p) => format!("read (netlink, discovery): {p}"),
         });
     }
     out

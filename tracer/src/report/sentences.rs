@@ -9,8 +9,8 @@ use tracer_model::{
     rule::{RuleName, RuleNote, RuleText},
     tcp::nud_name,
     verdict::{
-        Direction, Finding, FindingKind, LateFate, Outcome, QueueKind, ReplyKind, ResetBy, UnreachableKind,
-        Verdict,
+        Direction, Finding, FindingKind, LateFate, MisdirectedBy, Outcome, QueueKind, ReplyKind, ResetBy,
+        UnreachableKind, Verdict,
     },
 };
 
@@ -34,6 +34,8 @@ impl Facts<'_> {
 
 /// One plain sentence (or two) for people.
 pub fn summary(f: Facts<'_>) -> String {
+    let clean = without_empty_names(f.verdict);
+    let f = Facts { verdict: &clean, ..f };
     let v = f.verdict;
     let target = f
         .journey
@@ -48,6 +50,7 @@ pub fn summary(f: Facts<'_>) -> String {
         Outcome::Unreachable => unreachable(v),
         Outcome::Queued => queued(v, &target),
         Outcome::Late => late(v, &target),
+        Outcome::Misdirected => misdirected(f, &target),
         Outcome::Unknown => {
             let last = v.failing_hop.and_then(|i| f.journey.hops.get(i)).map(|(_, h)| h);
             match last {
@@ -134,7 +137,7 @@ fn reset(v: &Verdict, target: &str) -> String {
         ),
         ResetBy::Stack => format!(
             "the SYN to {target} was answered with RST by the kernel of {}: it was delivered locally there, where nothing listens",
-            r.netns.as_deref().unwrap_or("?")
+            known(r.netns.as_deref(), "a namespace")
         ),
         ResetBy::Peer => format!("a RST came back from {}", place(&r.netns, &r.device)),
     }
@@ -145,15 +148,21 @@ fn unreachable(v: &Verdict) -> String {
         return "the destination was unreachable".into();
     };
     match u.kind {
+        UnreachableKind::RoutedElsewhere => routed_elsewhere(v, u.address),
+        UnreachableKind::HostSideUnknown => format!(
+            "the host side of {} is not known: {}; no probe was sent",
+            known(u.netns.as_deref(), "the sandbox's namespace"),
+            host_side_problem(v)
+        ),
         UnreachableKind::Neighbour => format!(
             "ARP for {} on {} was never answered (neighbour {}): {}",
             u.address,
             place(&u.netns, &u.device),
-            u.state.as_deref().unwrap_or("?"),
+            known(u.state.as_deref(), "state"),
             why_unanswered(v)
         ),
         UnreachableKind::NoRoute | UnreachableKind::Prohibited | UnreachableKind::Blackhole => {
-            let ns = u.netns.as_deref().unwrap_or("?");
+            let ns = known(u.netns.as_deref(), "a namespace");
             let what = match u.kind {
                 UnreachableKind::Prohibited => format!("routing to {} is forbidden in {ns}", u.address),
                 UnreachableKind::Blackhole => {
@@ -259,7 +268,7 @@ fn late(v: &Verdict, target: &str) -> String {
         ),
         Some(LateFate::ResetBy { netns }) => format!(
             "; the stack of {} answered it with RST (the client's socket was gone)",
-            netns.as_deref().unwrap_or("?")
+            known(netns.as_deref(), "a namespace")
         ),
         None => String::new(),
     };
@@ -296,11 +305,160 @@ fn checked_after(v: &Verdict, device: Option<&str>) -> String {
 }
 
 fn place(netns: &Option<String>, device: &Option<String>) -> String {
+    let netns = netns.as_deref().filter(|n| !n.is_empty());
+    let device = device.as_deref().filter(|d| !d.is_empty());
     match (netns, device) {
         (Some(n), Some(d)) => format!("{n}, device {d}"),
-        (Some(n), None) => n.clone(),
+        (Some(n), None) => n.to_string(),
         (None, Some(d)) => format!("device {d}"),
         (None, None) => "an unknown place".into(),
+    }
+}
+
+/// The verdict with every empty name made unknown (None): an empty name is a fact that was
+/// not read, and every clause says so instead of printing a hole.
+fn without_empty_names(v: &Verdict) -> Verdict {
+    fn clear(o: &mut Option<String>) {
+        if o.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            *o = None;
+        }
+    }
+    let mut v = v.clone();
+    if let Some(d) = v.drop.as_mut() {
+        [
+            &mut d.netns,
+            &mut d.device,
+            &mut d.out_device,
+            &mut d.table,
+            &mut d.function,
+            &mut d.location,
+        ]
+        .into_iter()
+        .for_each(clear);
+    }
+    if let Some(r) = v.reset.as_mut() {
+        [&mut r.netns, &mut r.device].into_iter().for_each(clear);
+    }
+    if let Some(u) = v.unreachable.as_mut() {
+        [&mut u.netns, &mut u.device, &mut u.state, &mut u.errno]
+            .into_iter()
+            .for_each(clear);
+    }
+    if let Some(q) = v.queued.as_mut() {
+        [&mut q.netns, &mut q.device].into_iter().for_each(clear);
+    }
+    if let Some(m) = v.misdirected.as_mut() {
+        [&mut m.netns, &mut m.device, &mut m.out_device, &mut m.sandbox_id]
+            .into_iter()
+            .for_each(clear);
+    }
+    for f in v.findings.iter_mut().chain(v.cause.as_mut()) {
+        [&mut f.netns, &mut f.device, &mut f.table]
+            .into_iter()
+            .for_each(clear);
+    }
+    if let Some(LateFate::Dropped { netns, device, .. }) = v.late.as_mut().and_then(|l| l.fate.as_mut()) {
+        [netns, device].into_iter().for_each(clear);
+    }
+    if let Some(LateFate::ResetBy { netns }) = v.late.as_mut().and_then(|l| l.fate.as_mut()) {
+        clear(netns);
+    }
+    v
+}
+
+/// A name in a sentence, or what is unknown about it: a clause never shows an empty name.
+fn known(name: Option<&str>, unknown: &str) -> String {
+    match name.filter(|n| !n.trim().is_empty()) {
+        Some(n) => n.to_string(),
+        None => format!("{unknown} (unknown)"),
+    }
+}
+
+/// The route a withheld probe read, in `ip route get` words.
+fn probe_route(v: &Verdict) -> Option<&tracer_model::facts::ProbeRoute> {
+    v.facts.iter().find_map(|f| match f {
+        FactUsed::ProbeRoute(r) => Some(r),
+        _ => None,
+    })
+}
+
+fn host_side_problem(v: &Verdict) -> String {
+    let problem = v.facts.iter().find_map(|f| match f {
+        FactUsed::HostSideProblem(p) => Some(p.as_str()),
+        _ => None,
+    });
+    known(problem, "why")
+}
+
+/// "in root 10.11.0.1 is routed via 192.0.2.1 dev eth0 (table main), not to the sandbox's
+/// veth-1: no probe was sent"
+fn routed_elsewhere(v: &Verdict, address: std::net::Ipv4Addr) -> String {
+    let Some(r) = probe_route(v) else {
+        return format!("{address} is routed off the sandbox's host side; no probe was sent");
+    };
+    let route = match &r.answer {
+        Ok(a) => a.text(),
+        Err(e) => format!("nowhere ({})", tracer_model::verdict::errno_name(*e)),
+    };
+    let into = r
+        .leads_to
+        .as_ref()
+        .map(|p| format!(", which leads into {}", p.netns_label))
+        .unwrap_or_default();
+    format!(
+        "in {} {address} is routed {route}{into}, not to the sandbox's {}: no probe was sent",
+        known(Some(&r.netns_label), "the host side"),
+        known(Some(&r.expected_device), "veth"),
+    )
+}
+
+fn misdirected(f: Facts<'_>, target: &str) -> String {
+    let Some(m) = f.verdict.misdirected.as_ref() else {
+        return format!("the attempt to {target} went to another sandbox");
+    };
+    let other = match &m.sandbox_id {
+        Some(id) => format!("the namespace of sandbox {id}"),
+        None => "another sandbox's namespace".into(),
+    };
+    let to = place(&m.netns, &m.device);
+    match m.by {
+        MisdirectedBy::Route => {
+            let read = probe_route(f.verdict);
+            let host = known(read.map(|r| r.netns_label.as_str()), "the host side");
+            let route = match read.and_then(|r| r.answer.as_ref().ok()) {
+                Some(a) => a.text(),
+                None => format!("out {}", known(m.out_device.as_deref(), "a device")),
+            };
+            let expected = f.path.map(|p| p.host_veth.as_str());
+            format!(
+                "{host} routes {target} {route} into {to}, {other}, not out this sandbox's {}: no probe was sent there",
+                known(expected, "veth")
+            )
+        }
+        MisdirectedBy::Events => format!(
+            "the SYN to {target} went to {to}, {other}, not to this sandbox{}",
+            if m.answered { "; it was answered there" } else { "" }
+        ),
+    }
+}
+
+/// Put the host route back through the sandbox's own veth (every part known, or said not to
+/// be).
+fn host_route_fix(path: Option<&ExpectedPath>) -> String {
+    match path {
+        Some(p) if !p.host_veth.is_empty() && p.ns_veth_ip.is_some() => format!(
+            "fix the host route: ip route replace {}/32 via {} dev {}",
+            p.host_ip,
+            p.ns_veth_ip.map(|a| a.to_string()).unwrap_or_default(),
+            p.host_veth
+        ),
+        Some(p) => format!(
+            "fix the host route for {} so that it leads out the sandbox's own veth (tracer doctor shows it)",
+            p.host_ip
+        ),
+        None => {
+            "fix the host route so that it leads out the sandbox's own veth (tracer doctor shows it)".into()
+        }
     }
 }
 
@@ -313,26 +471,22 @@ fn capitalize(s: &str) -> String {
 
 /// What a finding shows, in one clause.
 pub fn finding_detail(f: &Finding, path: Option<&ExpectedPath>) -> String {
-    let (host_ip, host_veth, sandbox_ns, guest_ip, ns_veth, guest_dev) = match path {
-        Some(p) => (
-            p.host_ip.to_string(),
-            p.host_veth.clone(),
-            p.sandbox_ns.label(),
-            p.guest_ip.to_string(),
-            p.ns_veth.clone(),
-            p.guest_side_dev().to_string(),
-        ),
-        None => Default::default(),
-    };
-    let addr = f.address.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+    let from_path = |get: fn(&ExpectedPath) -> String, what: &str| known(path.map(get).as_deref(), what);
+    let host_ip = from_path(|p| p.host_ip.to_string(), "the host IP");
+    let host_veth = from_path(|p| p.host_veth.clone(), "the sandbox's veth");
+    let sandbox_ns = from_path(|p| p.sandbox_ns.label(), "the sandbox's namespace");
+    let guest_ip = from_path(|p| p.guest_ip.to_string(), "the guest IP");
+    let ns_veth = from_path(|p| p.ns_veth.clone(), "the namespace's veth");
+    let guest_dev = from_path(|p| p.guest_side_dev().to_string(), "the tap");
+    let addr = known(f.address.map(|a| a.to_string()).as_deref(), "the address");
     match f.kind {
         FindingKind::WrongRoute => format!(
             "the host sent the SYN for {host_ip} out {}, not {host_veth} (the route points at another sandbox's veth)",
-            f.device.as_deref().unwrap_or("?")
+            known(f.device.as_deref(), "a device")
         ),
         FindingKind::OtherNamespace => format!(
             "the SYN landed in {}, not in the sandbox's {sandbox_ns}",
-            f.netns.as_deref().unwrap_or("?")
+            known(f.netns.as_deref(), "a namespace")
         ),
         FindingKind::NoDnat => format!(
             "the SYN to {host_ip} left the nat table of {sandbox_ns} unchanged: no DNAT to {guest_ip}"
@@ -364,6 +518,8 @@ pub fn rule_note(n: &RuleNote) -> String {
 
 /// The likely fix, in one line.
 pub fn fix(f: Facts<'_>) -> Option<String> {
+    let clean = without_empty_names(f.verdict);
+    let f = Facts { verdict: &clean, ..f };
     let v = f.verdict;
     if v.outcome == Outcome::Connected {
         return None;
@@ -396,7 +552,13 @@ pub fn fix(f: Facts<'_>) -> Option<String> {
                 "remove the rule or route that blocks the host IP (ip rule; ip route show table all), or the local firewall rule that refuses it"
                     .into()
             }
+            UnreachableKind::RoutedElsewhere => host_route_fix(f.path),
+            UnreachableKind::HostSideUnknown => format!(
+                "restore the veth pair between the host and {} (the slot's network setup); tracer doctor shows what is left",
+                known(f.path.map(|p| p.sandbox_ns.label()).as_deref(), "the sandbox's namespace")
+            ),
         }),
+        Outcome::Misdirected => Some(host_route_fix(f.path)),
         Outcome::Queued => Some(queued_fix(v)),
         Outcome::Late => {
             let l = v.late.as_ref()?;
@@ -411,7 +573,7 @@ pub fn fix(f: Facts<'_>) -> Option<String> {
 
 fn neighbour_fix(v: &Verdict, path: Option<&ExpectedPath>) -> String {
     let ns = |inode: u32| match path {
-        Some(p) if p.host_ns.inode == inode => p.host_ns.name.clone(),
+        Some(p) if p.is_host(inode) => p.host_ns.as_ref().and_then(|h| h.name.clone()),
         Some(p) if p.sandbox_ns.inode == inode => p.sandbox_ns.name.clone(),
         _ => None,
     };
@@ -461,12 +623,7 @@ fn queued_fix(v: &Verdict) -> String {
 fn finding_fix(f: &Finding, path: Option<&ExpectedPath>) -> Option<String> {
     let p = path?;
     match f.kind {
-        FindingKind::WrongRoute => Some(format!(
-            "fix the host route: ip route replace {}/32 via {} dev {}",
-            p.host_ip,
-            p.ns_veth_ip.map(|a| a.to_string()).unwrap_or_default(),
-            p.host_veth
-        )),
+        FindingKind::WrongRoute => Some(host_route_fix(Some(p))),
         FindingKind::NoDnat => Some(format!(
             "restore the DNAT: ip netns exec {} iptables -t nat -A PREROUTING -d {}/32 -i {} -j DNAT --to-destination {}",
             p.sandbox_ns.label(),
@@ -555,6 +712,246 @@ mod tests {
         d.function = Some("nft_do_chain".into());
         c.push(d);
         c.take_all().remove(0)
+    }
+
+    /// A clause whose fact is missing says what is unknown; it never shows an empty name
+    /// ("not  (the route", "via  dev").
+    fn assert_no_hole(text: &str, ctx: &str) {
+        let holes = [
+            "  ", " ,", " ;", " :", " )", "( ", "``", "netns:0", " .", "dev )", "via )",
+        ];
+        for h in holes {
+            assert!(!text.contains(h), "{h:?} in {text:?} ({ctx})");
+        }
+        assert_eq!(text, text.trim(), "{ctx}");
+        assert!(!text.is_empty(), "{ctx}");
+    }
+
+    /// Every outcome's verdict, then again with each of its optional facts missing in turn.
+    fn verdicts_with_holes() -> Vec<Verdict> {
+        use tracer_model::{
+            facts::{PeerSide, ProbeRoute, ReaderFact, RouteAnswer},
+            verdict::{DropInfo, LateInfo, MisdirectedInfo, QueuedInfo, ResetInfo, UnreachableInfo},
+        };
+        let mut out = Vec::new();
+        let some = |s: &str| Some(s.to_string());
+        let drop = DropInfo {
+            direction: Direction::Request,
+            netns: some("ns-1"),
+            device: some("eth0"),
+            out_device: some("tap0"),
+            hook: Some(Hook::Forward),
+            table: some("filter"),
+            reason: DropReason::new("NETFILTER_DROP"),
+            function: some("nft_do_chain"),
+            location: some("nft_do_chain+0x3e8"),
+            priority_window: Some((1, 51)),
+        };
+        let drops = [
+            drop.clone(),
+            DropInfo {
+                netns: None,
+                ..drop.clone()
+            },
+            DropInfo {
+                device: None,
+                out_device: None,
+                ..drop.clone()
+            },
+            DropInfo {
+                device: some(""),
+                ..drop.clone()
+            },
+            DropInfo {
+                hook: None,
+                table: None,
+                function: None,
+                ..drop.clone()
+            },
+        ];
+        for d in drops {
+            let mut v = Verdict::new(Outcome::Dropped);
+            v.drop = Some(d);
+            out.push(v);
+        }
+        for by in [ResetBy::Guest, ResetBy::Stack, ResetBy::Peer] {
+            for (netns, device) in [(some("ns-1"), some("tap0")), (None, None), (some(""), some(""))] {
+                let mut v = Verdict::new(Outcome::Reset);
+                v.reset = Some(ResetInfo { by, netns, device });
+                out.push(v);
+            }
+        }
+        let route = ProbeRoute {
+            netns: 1,
+            netns_label: "root".into(),
+            dst: "10.11.0.1".parse().unwrap(),
+            answer: Ok(RouteAnswer {
+                kind: "unicast".into(),
+                table: 254,
+                device: some("eth0"),
+                via: Some("192.0.2.1".parse().unwrap()),
+            }),
+            expected_device: "veth-1".into(),
+            leads_to: None,
+        };
+        let routes = [
+            route.clone(),
+            ProbeRoute {
+                answer: Ok(RouteAnswer {
+                    kind: "unicast".into(),
+                    table: 254,
+                    device: None,
+                    via: None,
+                }),
+                expected_device: String::new(),
+                ..route.clone()
+            },
+            ProbeRoute {
+                answer: Err(101),
+                ..route.clone()
+            },
+        ];
+        for kind in [
+            UnreachableKind::NoRoute,
+            UnreachableKind::Neighbour,
+            UnreachableKind::Prohibited,
+            UnreachableKind::Blackhole,
+            UnreachableKind::RoutedElsewhere,
+            UnreachableKind::HostSideUnknown,
+        ] {
+            for (netns, device, state) in [(some("ns-1"), some("tap0"), some("FAILED")), (None, None, None)] {
+                for r in [None, Some(&routes[0]), Some(&routes[1]), Some(&routes[2])] {
+                    let mut v = Verdict::new(Outcome::Unreachable);
+                    v.unreachable = Some(UnreachableInfo {
+                        kind,
+                        address: "10.11.0.1".parse().unwrap(),
+                        netns: netns.clone(),
+                        device: device.clone(),
+                        state: state.clone(),
+                        errno: None,
+                    });
+                    v.facts.extend(r.cloned().map(FactUsed::ProbeRoute));
+                    v.facts.push(FactUsed::HostSideProblem(String::new()));
+                    out.push(v);
+                }
+            }
+        }
+        for queue in [QueueKind::Tap, QueueKind::Qdisc] {
+            for (netns, device) in [(some("ns-1"), some("tap0")), (None, None)] {
+                for reader in [
+                    None,
+                    Some(ReaderFact {
+                        pid: 42,
+                        comm: "firecracker".into(),
+                        state: 'T',
+                        holds_tap: true,
+                    }),
+                ] {
+                    let mut v = Verdict::new(Outcome::Queued);
+                    v.queued = Some(QueuedInfo {
+                        queue,
+                        netns: netns.clone(),
+                        device: device.clone(),
+                        reader,
+                    });
+                    out.push(v);
+                }
+            }
+        }
+        for fate in [
+            None,
+            Some(LateFate::Dropped {
+                reason: DropReason::new("NO_SOCKET"),
+                netns: None,
+                device: None,
+            }),
+            Some(LateFate::ResetBy { netns: None }),
+        ] {
+            let mut v = Verdict::new(Outcome::Late);
+            v.late = Some(LateInfo {
+                reply: ReplyKind::SynAck,
+                reply_ms: 80.0,
+                timeout_ms: 50.0,
+                after_timeout_ms: 30.0,
+                fate,
+            });
+            out.push(v);
+        }
+        for by in [MisdirectedBy::Route, MisdirectedBy::Events] {
+            for (netns, device, out_device, sandbox_id) in [
+                (
+                    some("ns-2"),
+                    some("eth0"),
+                    some("veth-2"),
+                    some("iv1l2qtd2bqsqgy22oduj"),
+                ),
+                (None, None, None, None),
+                (some(""), some(""), some(""), None),
+            ] {
+                for r in [None, Some(&routes[0]), Some(&routes[1])] {
+                    let mut v = Verdict::new(Outcome::Misdirected);
+                    v.misdirected = Some(MisdirectedInfo {
+                        by,
+                        netns: netns.clone(),
+                        device: device.clone(),
+                        out_device: out_device.clone(),
+                        sandbox_id: sandbox_id.clone(),
+                        answered: by == MisdirectedBy::Events,
+                    });
+                    v.facts.extend(r.cloned().map(FactUsed::ProbeRoute));
+                    out.push(v);
+                }
+            }
+        }
+        let _ = PeerSide {
+            netns: 0,
+            netns_label: String::new(),
+            device: None,
+            sandbox: false,
+            sandbox_id: None,
+        };
+        // Outcomes without their info (an engine that decided less than usual).
+        for outcome in [
+            Outcome::Dropped,
+            Outcome::Reset,
+            Outcome::NoReply,
+            Outcome::Unreachable,
+            Outcome::Queued,
+            Outcome::Late,
+            Outcome::Misdirected,
+            Outcome::Unknown,
+        ] {
+            out.push(Verdict::new(outcome));
+        }
+        out
+    }
+
+    #[test]
+    fn no_sentence_has_a_hole_whatever_fact_is_missing() {
+        let j = forward_drop();
+        let full = path();
+        let mut bare = path();
+        bare.host_ns = None;
+        bare.host_veth = String::new();
+        bare.ns_veth_ip = None;
+        let mut checked = 0;
+        for v in verdicts_with_holes() {
+            for p in [Some(&full), Some(&bare), None] {
+                let f = Facts {
+                    journey: &j,
+                    verdict: &v,
+                    rule: None,
+                    path: p,
+                };
+                let ctx = format!("{:?} with path {:?}", v, p.map(|p| &p.host_veth));
+                assert_no_hole(&summary(f), &ctx);
+                if let Some(fix) = fix(f) {
+                    assert_no_hole(&fix, &ctx);
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 250, "{checked}");
     }
 
     #[test]

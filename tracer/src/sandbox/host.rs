@@ -37,11 +37,15 @@ impl Shared {
     pub(super) fn new(vmms: Option<&[Vmm]>) -> Self {
         let names = netns::names();
         let own = own_netns(&names);
-        let own_inode = own.as_ref().map(|o| o.inode);
-        let named = named_netns(&names).filter(|n| Some(n.inode) != own_inode && !looks_like_slot(n));
+        // The node's root namespace holds the host side in production, also when the tracer
+        // itself runs in another namespace (a container, a test's namespace).
+        let root = netns::root().filter(|r| own.as_ref().is_none_or(|o| o.inode != r.inode));
+        let first: Vec<Netns> = root.into_iter().chain(own).collect();
+        let named =
+            named_netns(&names).filter(|n| !first.iter().any(|f| f.inode == n.inode) && !looks_like_slot(n));
         let mut named: Vec<Netns> = named.collect();
         named.sort_by(|a, b| a.name.cmp(&b.name));
-        let likely = own.into_iter().chain(named).collect();
+        let likely = first.into_iter().chain(named).collect();
         let vmm_pids = vmms.map(|v| v.iter().map(|v| v.pid).collect());
         Self {
             names,
@@ -154,26 +158,50 @@ pub(super) fn set_host_side(
     cache: &mut HostCache,
 ) -> Result<()> {
     let (Some(nsid), Some(peer)) = (veth.link_netnsid, veth.peer_ifindex) else {
-        return Ok(());
-    };
-    let Some(host) = host_ns_for(nsid, &sb.netns, rtnl, shared, cache)? else {
-        sb.warnings.push(format!(
-            "the peer of {} is in a namespace that is neither this process's nor a named one",
-            veth.name
+        sb.host_side_problem = Some(format!(
+            "{} in {} names no peer in another namespace",
+            veth.name,
+            sb.netns.label()
         ));
         return Ok(());
     };
-    sb.host_ns = Some(host.ns.clone());
+    let Some(host) = host_ns_for(nsid, &sb.netns, rtnl, shared, cache)? else {
+        let problem = format!(
+            "the peer of {} (ifindex {peer}) is in a namespace that is neither the root namespace, this process's, nor one named under /var/run/netns",
+            veth.name
+        );
+        sb.warnings.push(problem.clone());
+        sb.host_side_problem = Some(problem);
+        return Ok(());
+    };
     match host.peer(peer)? {
-        Some((link, ip)) => {
+        // Only a peer that names the ns veth back is the host side.
+        Some((link, ip)) if link.peer_ifindex == Some(veth.ifindex) => {
+            sb.host_ns = Some(host.ns.clone());
             sb.host_veth = Some(link.name);
             sb.host_veth_ip = ip;
+            sb.host_veth_ifindex = Some(link.ifindex);
         }
-        None => sb.warnings.push(format!(
-            "{} has no link {peer} (the peer of {})",
-            host.ns.label(),
-            veth.name
-        )),
+        Some((link, _)) => {
+            let problem = format!(
+                "{} in {} is not the peer of {} (ifindex {}) any more",
+                link.name,
+                host.ns.label(),
+                veth.name,
+                veth.ifindex
+            );
+            sb.warnings.push(problem.clone());
+            sb.host_side_problem = Some(problem);
+        }
+        None => {
+            let problem = format!(
+                "{} has no link {peer} (the peer of {})",
+                host.ns.label(),
+                veth.name
+            );
+            sb.warnings.push(problem.clone());
+            sb.host_side_problem = Some(problem);
+        }
     }
     Ok(())
 }

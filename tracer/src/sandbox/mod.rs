@@ -66,6 +66,13 @@ pub struct Sandbox {
     /// The peer (E2B: veth-N).
     pub host_veth: Option<String>,
     pub host_veth_ip: Option<Ipv4Addr>,
+    /// The peer's ifindex in `host_ns`, and the ns veth's in `netns`: what a probe checks
+    /// again before it sends (the pair must still be each other's peer).
+    pub host_veth_ifindex: Option<u32>,
+    pub ns_veth_ifindex: Option<u32>,
+    /// Why the host side is not known, in plain words (None when it is): the tracer never
+    /// guesses it, so nothing is sent or attached there.
+    pub host_side_problem: Option<String>,
     /// E2B's datapath, as the namespace's NAT rules say.
     pub datapath: Option<crate::firewall::nat::Datapath>,
     /// Inconsistencies found on the way, one sentence each.
@@ -93,6 +100,9 @@ impl Sandbox {
             host_ns: None,
             host_veth: None,
             host_veth_ip: None,
+            host_veth_ifindex: None,
+            ns_veth_ifindex: None,
+            host_side_problem: None,
             datapath: None,
             warnings: Vec::new(),
             rules: None,

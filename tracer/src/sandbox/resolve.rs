@@ -39,12 +39,13 @@ pub(super) fn resolve_in(
     set_tap(&mut sb, &held, &links);
     set_ns_veth(&mut sb, &links, &addrs);
     set_nat(&mut sb);
-    if let Some(veth) = sb
+    match sb
         .ns_veth
         .as_deref()
         .and_then(|n| links.iter().find(|l| l.name == n))
     {
-        set_host_side(&mut sb, veth, &mut rtnl, shared, cache)?;
+        Some(veth) => set_host_side(&mut sb, veth, &mut rtnl, shared, cache)?,
+        None => sb.host_side_problem = Some(no_veth_problem(&sb, &links)),
     }
     check_slot(&mut sb);
     Ok(sb)
@@ -121,9 +122,31 @@ fn set_ns_veth(sb: &mut Sandbox, links: &[Link], addrs: &[Addr]) {
         ));
     }
     sb.ns_veth = veth.map(|l| l.name.clone());
+    sb.ns_veth_ifindex = veth.map(|l| l.ifindex);
     sb.ns_veth_ip = veth
         .and_then(|l| addrs.iter().find(|a| a.ifindex == l.ifindex))
         .map(|a| a.addr);
+}
+
+/// Why the host side cannot be found when no veth leads out: the namespace's devices, and
+/// what was looked for.
+fn no_veth_problem(sb: &Sandbox, links: &[Link]) -> String {
+    let devices: Vec<String> = links
+        .iter()
+        .map(|l| match &l.kind {
+            Some(k) => format!("{} ({k})", l.name),
+            None => l.name.clone(),
+        })
+        .collect();
+    format!(
+        "{} has no veth whose peer is in another namespace (its devices: {}); the host side is the namespace that holds that peer",
+        sb.netns.label(),
+        if devices.is_empty() {
+            "none".to_string()
+        } else {
+            devices.join(", ")
+        }
+    )
 }
 
 /// Guest and host IP from the namespace's DNAT (iptables on network v1, nft on v2). The

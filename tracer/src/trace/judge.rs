@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 use tracer_model::{
-    facts::{LinkFact, NeighFact, ReadFacts, ReaderFact, RouteBlock},
+    facts::{LinkFact, NeighFact, ProbeRoute, ReadFacts, ReaderFact, RouteBlock},
     hook::Hook,
     journey::Journey,
     path::ExpectedPath,
@@ -21,6 +21,7 @@ use tracer_model::{
 };
 
 use crate::{
+    connect::ProbeSite,
     conntrack::CtTuple,
     doctor::Check,
     firewall::{
@@ -50,6 +51,12 @@ pub enum Work {
         guest_neigh: Option<u32>,
         lost_events: u64,
     },
+    /// A probe that was not sent, with what the guard read.
+    Withheld {
+        journey: Box<Journey>,
+        probe_route: Option<Box<ProbeRoute>>,
+        host_side_problem: Option<String>,
+    },
     /// Print how often each failure repeated.
     Repeats,
 }
@@ -66,8 +73,11 @@ type DropPlace = (u32, Hook, Option<(i32, i32)>);
 pub struct Judge {
     pub path: ExpectedPath,
     pub sandbox: Sandbox,
-    pub host_ns: Netns,
+    /// The verified host side (None: not known, nothing read there).
+    pub host_ns: Option<Netns>,
     pub sandbox_ns: Netns,
+    /// Where `--nft-trace` may make its attempt from (None: nowhere).
+    pub site: Option<ProbeSite>,
     pub reporter: Reporter,
     pub baseline: RuleBaseline,
     pub nft_trace: bool,
@@ -90,7 +100,8 @@ impl Judge {
     pub fn new(
         path: ExpectedPath,
         sandbox: Sandbox,
-        (host_ns, sandbox_ns): (Netns, Netns),
+        (host_ns, sandbox_ns): (Option<Netns>, Netns),
+        site: Option<ProbeSite>,
         reporter: Reporter,
         baseline: RuleBaseline,
         nft_trace: bool,
@@ -100,6 +111,7 @@ impl Judge {
             sandbox,
             host_ns,
             sandbox_ns,
+            site,
             reporter,
             baseline,
             nft_trace,
@@ -127,7 +139,20 @@ impl Judge {
                     guest_neigh,
                     lost_events,
                 } => {
-                    let outcome = self.judge(&journey, guest_neigh, lost_events)?;
+                    let outcome = self.judge(&journey, guest_neigh, lost_events, ReadFacts::default())?;
+                    let _ = decided.send(Decided { outcome });
+                }
+                Work::Withheld {
+                    journey,
+                    probe_route,
+                    host_side_problem,
+                } => {
+                    let given = ReadFacts {
+                        probe_route: probe_route.map(|r| *r),
+                        host_side_problem,
+                        ..Default::default()
+                    };
+                    let outcome = self.judge(&journey, None, 0, given)?;
                     let _ = decided.send(Decided { outcome });
                 }
                 Work::Repeats => self.reporter.print_repeats()?,
@@ -148,9 +173,15 @@ impl Judge {
         Ok(())
     }
 
-    fn judge(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> Result<Outcome> {
+    fn judge(
+        &mut self,
+        j: &Journey,
+        guest_neigh: Option<u32>,
+        lost_events: u64,
+        given: ReadFacts,
+    ) -> Result<Outcome> {
         let mut capture = self.capture.take();
-        let r = self.with_judged(j, guest_neigh, lost_events, |reporter, judged| {
+        let r = self.with_judged(j, guest_neigh, lost_events, given, |reporter, judged| {
             // The capture comes first, so that the record printed says what it holds.
             let mut context = judged.context.cloned();
             if let (Some(c), Some(ctx)) = (capture.as_mut(), context.as_mut()) {
@@ -177,9 +208,13 @@ impl Judge {
 
     /// The record of one journey, printed by nobody (the watcher prints incidents).
     pub fn record(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> JourneyRecord {
-        self.with_judged(j, guest_neigh, lost_events, |reporter, judged| {
-            Ok(reporter.record(judged).1)
-        })
+        self.with_judged(
+            j,
+            guest_neigh,
+            lost_events,
+            ReadFacts::default(),
+            |reporter, judged| Ok(reporter.record(judged).1),
+        )
         .expect("recording does no I/O")
     }
 
@@ -189,12 +224,13 @@ impl Judge {
         j: &Journey,
         guest_neigh: Option<u32>,
         lost_events: u64,
+        given: ReadFacts,
         f: impl FnOnce(&mut Reporter, Judged<'_>) -> Result<T>,
     ) -> Result<T> {
         // Both namespaces' links, addresses, routes and neighbours, read once per journey: the
         // facts a failure rests on and deep mode's routing points come from the same read.
         let snaps = (!verdict::is_connected(j) || self.deep).then(|| self.snapshots());
-        let v = self.decide(j, guest_neigh, snaps.as_ref());
+        let v = self.decide(j, guest_neigh, snaps.as_ref(), given);
         let rule = self.name_rule(j, &v);
         let explained_by = match v.outcome {
             Outcome::Connected => Vec::new(),
@@ -218,16 +254,25 @@ impl Judge {
     /// The host side's and the sandbox's network state, read now (None where unreadable).
     fn snapshots(&self) -> Snapshots {
         Snapshots {
-            host: netstate::snapshot(&self.host_ns).ok(),
+            host: self.host_ns.as_ref().and_then(|h| netstate::snapshot(h).ok()),
             sandbox: netstate::snapshot(&self.sandbox_ns).ok(),
         }
     }
 
-    fn decide(&self, j: &Journey, guest_neigh: Option<u32>, snaps: Option<&Snapshots>) -> Verdict {
+    /// `given`: facts read before the journey reached the judge (a withheld probe's route).
+    fn decide(
+        &self,
+        j: &Journey,
+        guest_neigh: Option<u32>,
+        snaps: Option<&Snapshots>,
+        given: ReadFacts,
+    ) -> Verdict {
         let Some(snaps) = snaps.filter(|_| !verdict::is_connected(j)) else {
-            return verdict::decide(j, Some(&self.path), &ReadFacts::default());
+            return verdict::decide(j, Some(&self.path), &given);
         };
         let mut facts = self.read_facts(j, snaps);
+        facts.probe_route = given.probe_route;
+        facts.host_side_problem = given.host_side_problem;
         // The last neighbour change the events showed, when the table has no entry any more.
         if let Some(state) = guest_neigh
             && facts
@@ -256,10 +301,14 @@ impl Judge {
         let guest = Some(self.path.guest_ip);
         let host_routes = [(Some(self.path.host_ip), client)];
         let sandbox_routes = [(guest, client), (client, guest)];
-        for (ns, snap, routes) in [
-            (&self.host_ns, &snaps.host, host_routes.as_slice()),
-            (&self.sandbox_ns, &snaps.sandbox, sandbox_routes.as_slice()),
-        ] {
+        let host = self
+            .host_ns
+            .as_ref()
+            .map(|h| (h, &snaps.host, host_routes.as_slice()));
+        let sides = host
+            .into_iter()
+            .chain([(&self.sandbox_ns, &snaps.sandbox, sandbox_routes.as_slice())]);
+        for (ns, snap, routes) in sides {
             let Some(snap) = snap else {
                 continue;
             };
@@ -334,7 +383,8 @@ impl Judge {
         let mut rule = self.baseline.name(inode, &now, place);
         if self.nft_trace
             && rule.rule.is_none()
-            && let Some(traced) = crate::firewall::nftrace::resolve(&ns, &self.host_ns, &self.path)
+            && let Some(site) = &self.site
+            && let Some(traced) = crate::firewall::nftrace::resolve(&ns, site, &self.path)
         {
             rule = traced;
         }
@@ -368,8 +418,11 @@ impl Judge {
             }
         }
         let client = j.client().map(|(a, _)| a);
+        let host = self
+            .host_ns
+            .as_ref()
+            .map(|h| (h, &snaps.host, "request", Some(self.path.host_ip)));
         let points = [
-            (&self.host_ns, &snaps.host, "request", Some(self.path.host_ip)),
             (
                 &self.sandbox_ns,
                 &snaps.sandbox,
@@ -378,7 +431,7 @@ impl Judge {
             ),
             (&self.sandbox_ns, &snaps.sandbox, "reply", client),
         ];
-        for (ns, snap, direction, dst) in points {
+        for (ns, snap, direction, dst) in host.into_iter().chain(points) {
             let (Some(dst), Some(snap)) = (dst, snap) else {
                 continue;
             };
@@ -388,8 +441,9 @@ impl Judge {
     }
 
     fn netns_by_inode(&self, inode: u32) -> Option<Netns> {
-        [&self.host_ns, &self.sandbox_ns]
-            .into_iter()
+        self.host_ns
+            .iter()
+            .chain([&self.sandbox_ns])
             .find(|n| n.inode == inode)
             .cloned()
     }

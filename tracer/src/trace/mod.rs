@@ -3,6 +3,7 @@
 pub mod droplog;
 pub mod judge;
 pub mod session;
+pub mod withheld;
 
 use anyhow::Result;
 

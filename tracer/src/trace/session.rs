@@ -62,7 +62,16 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let port = args.ports.first().copied().unwrap_or(49983);
     let (path, mut warnings) = crate::target::path_of(&sb, port)?;
     warnings.extend(sb.warnings.iter().cloned());
-    let host_ns = sb.host_ns.clone().unwrap_or(Netns::current()?);
+    // Probes go only from the verified host side; without one, nothing is sent at all.
+    let site = crate::target::probe_site(&sb, SocketAddrV4::new(path.host_ip, port));
+    if args.probe
+        && let Err(why) = &site
+    {
+        return super::withheld::host_side_unknown(&args, &path, why);
+    }
+    let site = site.ok();
+    // Passive mode without a verified host side attaches to the sandbox's namespace only.
+    let host_ns = sb.host_ns.clone();
     let sandbox_ns = sb.netns.clone();
     // A capture file that cannot be written is said before anything attaches.
     let capture = match &args.pcapng {
@@ -84,10 +93,9 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     };
     // The counter baseline: the sandbox namespace's rules as discovery just read them, the
     // host side's read while the programs attach (both take tens of milliseconds).
-    let host_rules = {
-        let ns = host_ns.clone();
-        std::thread::spawn(move || Rulesets::read(&ns))
-    };
+    let host_rules = host_ns
+        .clone()
+        .map(|ns| std::thread::spawn(move || Rulesets::read(&ns)));
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "sandbox found");
     // Kernel symbols, struct offsets and reason names are read while the programs attach:
     // the programs stay silent until the configuration is written.
@@ -100,7 +108,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         Ok((btf.offsets()?, ReasonNames::load(&btf)?))
     });
     let attach_start = Instant::now();
-    let (mut attached, filter) = match attach(&path, &host_ns, &sandbox_ns, &args) {
+    let (mut attached, filter) = match attach(&path, host_ns.as_ref(), &sandbox_ns, &args) {
         Ok(a) => a,
         // The kernel's own answer when it lacks a feature is an errno: say which feature.
         Err(e) => return Err(btf_facts.join().ok().and_then(Result::err).unwrap_or(e)),
@@ -111,18 +119,20 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| Arc::new(Rulesets::read(&sandbox_ns)));
     baseline.insert(sandbox_ns.inode, sandbox_rules);
-    let host_rules = host_rules
-        .join()
-        .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;
-    if host_ns.inode != sandbox_ns.inode {
-        baseline.insert(host_ns.inode, Arc::new(host_rules));
+    if let (Some(ns), Some(reader)) = (&host_ns, host_rules) {
+        let rules = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("ruleset reader panicked"))?;
+        if ns.inode != sandbox_ns.inode {
+            baseline.insert(ns.inode, Arc::new(rules));
+        }
     }
-    // Each namespace gets the hooks envd.s packets cross there (one
-    // namespace for both, when a setup has no host side of its own: every hook, once).
-    let namespaces = if host_ns.inode == sandbox_ns.inode {
-        vec![(&sandbox_ns, ALL_PLAN)]
-    } else {
-        vec![(&host_ns, HOST_PLAN), (&sandbox_ns, SANDBOX_PLAN)]
+    // Each namespace gets the hooks envd's packets cross there (one namespace for both, when
+    // a setup has no host side of its own: every hook, once).
+    let namespaces = match &host_ns {
+        Some(h) if h.inode == sandbox_ns.inode => vec![(&sandbox_ns, ALL_PLAN)],
+        Some(h) => vec![(h, HOST_PLAN), (&sandbox_ns, SANDBOX_PLAN)],
+        None => vec![(&sandbox_ns, SANDBOX_PLAN)],
     };
     for (ns, plan) in namespaces {
         let present = baseline
@@ -161,6 +171,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         path.clone(),
         sb.clone(),
         (host_ns.clone(), sandbox_ns.clone()),
+        site.clone(),
         Reporter::new(out, args.all_hops || args.deep(), Some(&path))
             .with_blind_spots(attached.blind_spots.clone()),
         baseline,
@@ -191,8 +202,8 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
             },
         ),
         path,
-        host_ns_inode: host_ns.inode,
-        host_netns: host_ns,
+        host_ns_inode: host_ns.as_ref().map(|h| h.inode),
+        site,
         names,
         probe_ports: HashSet::new(),
         probing: args.probe,
@@ -217,24 +228,24 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
 
 /// The one stderr line that says what is attached (tests and scripts wait for "attached").
 fn announce(path: &ExpectedPath, devices: usize, attach_time: Duration, probe: bool) {
-    let host_veth = if path.host_veth.is_empty() {
-        "?"
-    } else {
-        &path.host_veth
-    };
     let mode = if probe {
         "probing"
     } else {
         "watching (Ctrl-C to stop)"
     };
+    let (host, namespaces) = match &path.host_ns {
+        Some(h) if !path.host_veth.is_empty() => (format!("{} {}", h.label(), path.host_veth), 2),
+        Some(h) => (h.label(), 2),
+        None => ("host side not known".to_string(), 1),
+    };
     eprintln!(
-        "tracer: sandbox {} — {} {host_veth} → {} {} ({} → {}); attached to {devices} devices, 2 namespaces in {} ms; {mode}",
+        "tracer: sandbox {} — {host} → {} {} ({} → {}); attached to {devices} devices, {namespaces} namespace{} in {} ms; {mode}",
         path.sandbox_id.as_deref().unwrap_or("-"),
-        path.host_ns.label(),
         path.sandbox_ns.label(),
         path.tap,
         path.host_ip,
         path.guest_ip,
+        if namespaces == 1 { "" } else { "s" },
         attach_time.as_millis(),
     );
 }
@@ -242,7 +253,7 @@ fn announce(path: &ExpectedPath, devices: usize, attach_time: Duration, probe: b
 /// Loads the programs and attaches them to the path's devices and namespaces only.
 fn attach(
     path: &ExpectedPath,
-    host_ns: &Netns,
+    host_ns: Option<&Netns>,
     sandbox_ns: &Netns,
     args: &TraceArgs,
 ) -> Result<(Attached, Filter)> {
@@ -250,7 +261,11 @@ fn attach(
     addrs.extend(&args.addrs);
     let filter = Filter {
         ports: args.ports.clone(),
-        netns: vec![host_ns.inode, sandbox_ns.inode],
+        netns: host_ns
+            .iter()
+            .map(|h| h.inode)
+            .chain([sandbox_ns.inode])
+            .collect(),
         addrs,
         ring_bytes: args.ring_size,
         detect_any_addr: false,
@@ -267,7 +282,8 @@ fn attach(
         path.tap.as_str(),
         path.bridge.as_deref().unwrap_or(""),
     ];
-    for (ns, devs) in [(host_ns, &host_devs[..]), (sandbox_ns, &sandbox_devs[..])] {
+    let sides = host_ns.map(|h| (h, &host_devs[..])).into_iter();
+    for (ns, devs) in sides.chain([(sandbox_ns, &sandbox_devs[..])]) {
         let snap = netstate::snapshot(ns).with_context(|| format!("read the links of {}", ns.label()))?;
         for dev in devs.iter().filter(|d| !d.is_empty()) {
             // A missing device (tap-missing, ...) is a finding of the trace, not an error.
@@ -328,9 +344,10 @@ struct Session {
     places: Places,
     correlator: Correlator,
     path: ExpectedPath,
-    host_ns_inode: u32,
-    /// Where probe attempts are made from.
-    host_netns: Netns,
+    /// The verified host side's namespace (None: not known, not attached).
+    host_ns_inode: Option<u32>,
+    /// Where probe attempts are made from (None: nowhere, nothing is sent).
+    site: Option<connect::ProbeSite>,
     names: Names,
     probe_ports: HashSet<u16>,
     /// --probe: only our own attempts are reported, and the first verdict ends the run.
@@ -444,6 +461,8 @@ impl Session {
                                     self.not_sent.push((Clock::now_mono_ns(), errno));
                                 }
                             }
+                            // Not sent: judged from what the check read, at once.
+                            AttemptEvent::Withheld(w) => self.withheld(&w, &judge),
                         }
                     }
                     self.settle_not_sent();
@@ -530,8 +549,13 @@ impl Session {
             .partition(|(at, _)| now >= at + NOT_SENT_SETTLE_NS);
         self.not_sent = wait;
         for (at, errno) in ready {
-            self.correlator
-                .connect_failed(self.host_ns_inode, self.path.host_ip, self.path.port, errno, at);
+            self.correlator.connect_failed(
+                self.host_ns_inode.unwrap_or(0),
+                self.path.host_ip,
+                self.path.port,
+                errno,
+                at,
+            );
         }
     }
 
@@ -631,11 +655,26 @@ impl Session {
         tx: mpsc::Sender<AttemptEvent>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<Result<()>> {
-        let target = SocketAddrV4::new(self.path.host_ip, self.path.port);
-        let own = Netns::current().ok().map(|n| n.inode);
-        let host = self.host_ns_inode;
-        let ns = (own != Some(host)).then(|| self.host_netns.clone());
-        connect::spawn(ns, target, attempts, timeout, tx, stop)
+        match self.site.clone() {
+            Some(site) => site.spawn(attempts, timeout, tx, stop),
+            // Unreachable: run() answers --probe without a site before attaching.
+            None => std::thread::spawn(|| Ok(())),
+        }
+    }
+
+    /// A probe the guard withheld: its verdict rests on what the guard read.
+    fn withheld(&mut self, w: &connect::Withheld, judge: &JudgeHandle) {
+        let host = self.host_ns_inode.unwrap_or(0);
+        let (probe_route, host_side_problem) = super::withheld::facts(w, &self.path, host);
+        let journey = Journey::withheld(host, self.path.host_ip, self.path.port, Clock::now_mono_ns());
+        let work = Work::Withheld {
+            journey: Box::new(journey),
+            probe_route: probe_route.map(Box::new),
+            host_side_problem,
+        };
+        if judge.work.send(work).is_ok() {
+            self.in_judgement += 1;
+        }
     }
 
     fn exit_code(&self, probe: bool) -> i32 {
@@ -650,7 +689,9 @@ impl Session {
     /// Journeys of this sandbox: to its host IP, or through its namespace.
     fn relevant(&self, j: &Journey) -> bool {
         match j.id {
-            JourneyId::NoRoute { dst, .. } | JourneyId::NotSent { dst, .. } => dst == self.path.host_ip,
+            JourneyId::NoRoute { dst, .. }
+            | JourneyId::NotSent { dst, .. }
+            | JourneyId::Withheld { dst, .. } => dst == self.path.host_ip,
             JourneyId::Conn(_) => {
                 j.target.is_some_and(|(ip, _)| ip == self.path.host_ip)
                     || j.hops.iter().any(|(_, h)| h.netns == self.path.sandbox_ns.inode)
@@ -661,7 +702,7 @@ impl Session {
     fn is_probe(&self, j: &Journey) -> bool {
         match j.id {
             JourneyId::Conn(k) => self.probe_ports.contains(&k.client_port),
-            JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } => true,
+            JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } | JourneyId::Withheld { .. } => true,
         }
     }
 }

@@ -31,6 +31,13 @@ pub struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `host_side` (the veth pair changed), `no_route`, `elsewhere` (the route led off the
+    /// sandbox's host side).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabels {
     pub program: String,
 }
@@ -48,6 +55,8 @@ pub struct Metrics {
     pub events_lost: Counter,
     pub decode_errors: Counter,
     pub attach_failures: Counter,
+    pub probes_refused: Family<ReasonLabels, Counter>,
+    pub host_side_unverified: Counter,
     pub program_runs: Family<ProgramLabels, Counter>,
     pub program_run_seconds: Family<ProgramLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -67,6 +76,8 @@ impl Metrics {
             events_lost: Counter::default(),
             decode_errors: Counter::default(),
             attach_failures: Counter::default(),
+            probes_refused: Family::default(),
+            host_side_unverified: Counter::default(),
             program_runs: Family::default(),
             program_run_seconds: Family::default(),
             registry: Registry::default(),
@@ -123,6 +134,16 @@ impl Metrics {
             m.attach_failures.clone(),
         );
         registry.register(
+            "tracer_probes_refused",
+            "probes not sent because the route led off the sandbox's verified host side, by reason",
+            m.probes_refused.clone(),
+        );
+        registry.register(
+            "tracer_host_side_unverified",
+            "zoom-ins on a sandbox whose host side could not be verified (only its namespace was attached)",
+            m.host_side_unverified.clone(),
+        );
+        registry.register(
             "tracer_bpf_program_runs",
             "runs of the tracer's kernel programs (kernel.bpf_stats_enabled=1)",
             m.program_runs.clone(),
@@ -137,9 +158,25 @@ impl Metrics {
 
     /// The OpenMetrics exposition.
     pub fn render(&self) -> String {
+        self.catch_up_refused();
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The probe guard's counts of this process (it keeps them; the metrics mirror them).
+    fn catch_up_refused(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (reason, total) in [
+            ("host_side", &crate::connect::WITHHELD_HOST_SIDE),
+            ("no_route", &crate::connect::WITHHELD_NO_ROUTE),
+            ("elsewhere", &crate::connect::WITHHELD_ELSEWHERE),
+        ] {
+            let labels = ReasonLabels {
+                reason: reason.into(),
+            };
+            catch_up(&self.probes_refused.get_or_create(&labels), total.load(Relaxed));
+        }
     }
 
     /// The classic Prometheus text format (what `promtool check metrics` and older scrapers

@@ -44,7 +44,7 @@ use crate::{
     },
     cli::WatchArgs,
     error::{EXIT_OK, EnvError, is_root},
-    events::{Clock, Names, Places, decode, hop_from_event},
+    events::{Clock, Names, Places, decode, decode_deep, hop_from_event},
     firewall::naming::RuleBaseline,
     netns::Netns,
     output::{Format, Output},
@@ -304,8 +304,10 @@ impl Watcher {
                 }
                 continue;
             };
+            let facts = decode_deep(&item, &self.names, |_| Vec::new());
             drop(item);
-            if let Some(hop) = hop_from_event(&ev, &mut self.names) {
+            if let Some(mut hop) = hop_from_event(&ev, &mut self.names) {
+                hop.deep = facts;
                 let hop = self.places.name(hop);
                 self.hop(hop)?;
             }
@@ -559,12 +561,20 @@ impl Watcher {
                 if let Some(r) = &sb.rules {
                     baseline.insert(sb.netns.inode, r.clone());
                 }
-                baseline.insert(path.host_ns.inode, host_rules);
-                let host_ns = sb.host_ns.clone().unwrap_or(Netns::current()?);
+                if let (Some(h), Some(rules)) = (path.host_inode(), host_rules) {
+                    baseline.insert(h, rules);
+                }
+                if sb.host_ns.is_none()
+                    && let Some(m) = self.metrics()
+                {
+                    m.host_side_unverified.inc();
+                }
+                let host_ns = sb.host_ns.clone();
                 let out = Output::to_writer(Format::Json, Box::new(std::io::sink()));
                 let reporter = Reporter::new(out, false, Some(&path)).with_blind_spots(blind_spots);
                 let ns = sb.netns.clone();
-                let judge = Judge::new(*path, sb, (host_ns, ns), reporter, baseline, false);
+                // The watcher follows the orchestrator's own attempts: it never probes.
+                let judge = Judge::new(*path, sb, (host_ns, ns), None, reporter, baseline, false);
                 let _ = self.to_judge.send(JudgeWork::Add {
                     key,
                     judge: Box::new(judge),
@@ -773,7 +783,9 @@ impl Watcher {
     fn hand_over(&mut self, j: Journey) {
         let target = match j.id {
             JourneyId::Conn(_) => j.target.map(|(ip, _)| ip),
-            JourneyId::NoRoute { dst, .. } | JourneyId::NotSent { dst, .. } => Some(dst),
+            JourneyId::NoRoute { dst, .. }
+            | JourneyId::NotSent { dst, .. }
+            | JourneyId::Withheld { dst, .. } => Some(dst),
         };
         // Only attempts followed from their start: one that began while the programs were
         // being attached lacks its first hops (its late reply alone would read as a drop).
@@ -815,7 +827,7 @@ fn starts_here(j: &Journey) -> bool {
                     }
                 )
         }),
-        JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } => true,
+        JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } | JourneyId::Withheld { .. } => true,
     }
 }
 

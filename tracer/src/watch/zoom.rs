@@ -46,7 +46,8 @@ pub enum Reply {
         /// ifindex → name, for both namespaces of the path.
         ifnames: Vec<(u32, HashMap<u32, String>)>,
         /// The host side's rulesets (the baseline for naming a rule there by its counters).
-        host_rules: Arc<Rulesets>,
+        /// The host side's rulesets (None: the host side is not known, nothing attached there).
+        host_rules: Option<Arc<Rulesets>>,
         blind_spots: Vec<String>,
         took: Duration,
     },
@@ -63,7 +64,8 @@ pub enum Reply {
 
 struct Zoomed {
     ns: u32,
-    host_ns: u32,
+    /// The verified host side (None: not known, nothing attached there).
+    host_ns: Option<u32>,
     devices: Vec<(u32, u32)>,
     addrs: Vec<Ipv4Addr>,
 }
@@ -163,19 +165,20 @@ impl Attacher {
     ) -> Result<(
         ExpectedPath,
         Vec<(u32, HashMap<u32, String>)>,
-        Arc<Rulesets>,
+        Option<Arc<Rulesets>>,
         Vec<String>,
     )> {
         let (path, _) = crate::target::path_of(sb, self.port)?;
-        let host_ns = match &sb.host_ns {
-            Some(h) => h.clone(),
-            None => Netns::current()?,
+        // Only a verified host side is attached; it is never guessed.
+        let host_ns = sb.host_ns.clone();
+        let host_links = match &host_ns {
+            Some(h) => Rtnl::open(h)?.links()?,
+            None => Vec::new(),
         };
-        let host_links = Rtnl::open(&host_ns)?.links()?;
         let ns_links = Rtnl::open(&sb.netns)?.links()?;
         let mut z = Zoomed {
             ns: sb.netns.inode,
-            host_ns: host_ns.inode,
+            host_ns: host_ns.as_ref().map(|h| h.inode),
             devices: Vec::new(),
             addrs: Vec::new(),
         };
@@ -186,10 +189,8 @@ impl Attacher {
             path.tap.as_str(),
             path.bridge.as_deref().unwrap_or(""),
         ];
-        for (ns, links, devs) in [
-            (&host_ns, &host_links, &host_devs[..]),
-            (&sb.netns, &ns_links, &ns_devs[..]),
-        ] {
+        let host = host_ns.as_ref().map(|h| (h, &host_links, &host_devs[..]));
+        for (ns, links, devs) in host.into_iter().chain([(&sb.netns, &ns_links, &ns_devs[..])]) {
             for dev in devs.iter().filter(|d| !d.is_empty()) {
                 let Some(l) = links.iter().find(|l| l.name == *dev) else {
                     continue;
@@ -209,11 +210,13 @@ impl Attacher {
         self.zooms.insert(key, z);
         self.programs
             .attach_netfilter(&sb.netns, &present, SANDBOX_PLAN)?;
-        let host_rules = self.host_rules(&host_ns);
-        if !self.host_nf.contains_key(&host_ns.inode) {
+        let host_rules = host_ns.as_ref().map(|h| self.host_rules(h));
+        if let (Some(h), Some(rules)) = (&host_ns, &host_rules)
+            && !self.host_nf.contains_key(&h.inode)
+        {
             self.programs
-                .attach_netfilter(&host_ns, &host_rules.hook_priorities(), HOST_PLAN)?;
-            self.host_nf.insert(host_ns.inode, ());
+                .attach_netfilter(h, &rules.hook_priorities(), HOST_PLAN)?;
+            self.host_nf.insert(h.inode, ());
         }
         self.programs.attach_tracepoints(PATH_TRACEPOINTS)?;
         let addrs: Vec<Ipv4Addr> = [Some(path.host_ip), path.host_veth_ip, path.ns_veth_ip]
@@ -228,10 +231,10 @@ impl Attacher {
         }
         let names =
             |links: &[crate::netstate::Link]| links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
-        let ifnames = vec![
-            (host_ns.inode, names(&host_links)),
-            (sb.netns.inode, names(&ns_links)),
-        ];
+        let mut ifnames = vec![(sb.netns.inode, names(&ns_links))];
+        if let Some(h) = &host_ns {
+            ifnames.push((h.inode, names(&host_links)));
+        }
         if self.zooms.get(&key).is_none_or(|z| z.devices.is_empty()) && !blind.is_empty() {
             return Err(anyhow!(
                 "no device of the path could be attached: {}",
@@ -251,8 +254,11 @@ impl Attacher {
         if !self.zooms.values().any(|o| o.ns == z.ns) && !self.host_nf.contains_key(&z.ns) {
             self.programs.detach_netfilter(z.ns);
         }
-        if !self.zooms.values().any(|o| o.host_ns == z.host_ns) && self.host_nf.remove(&z.host_ns).is_some() {
-            self.programs.detach_netfilter(z.host_ns);
+        if let Some(host) = z.host_ns
+            && !self.zooms.values().any(|o| o.host_ns == Some(host))
+            && self.host_nf.remove(&host).is_some()
+        {
+            self.programs.detach_netfilter(host);
         }
         for a in z.addrs {
             if !self.zooms.values().any(|o| o.addrs.contains(&a)) {

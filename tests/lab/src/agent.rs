@@ -23,7 +23,7 @@
 //! ```
 pub mod asm;
 pub mod run;
-mod sys;
+pub mod sys;
 mod tc;
 
 use std::{

@@ -69,9 +69,12 @@ fn ensure_clsact(dev: &str, direction: &str) -> Result<bool> {
         }
         bail!("{dev} has an ingress qdisc: an egress filter needs clsact instead");
     }
-    tc(None, &["qdisc", "add", "dev", dev, "clsact"])
-        .context("clsact qdisc (is sch_ingress in this kernel?)")?;
-    Ok(true)
+    match tc(None, &["qdisc", "add", "dev", dev, "clsact"]) {
+        Ok(_) => Ok(true),
+        // Another agent on this device added it meanwhile: it is theirs to delete.
+        Err(_) if tc(None, &["qdisc", "show", "dev", dev])?.contains("qdisc clsact ") => Ok(false),
+        Err(e) => Err(e.context("clsact qdisc (is sch_ingress in this kernel?)")),
+    }
 }
 
 /// The first preference from [`FIRST_PREF`] that no filter of this direction has.

@@ -145,6 +145,7 @@ pub struct Spec {
 
 pub const USAGE: &str = "usage: lab-agent --kind xdp|tcx-ingress|tcx-egress|tc-ingress|tc-egress|cgroup-connect4 \
      [--netns NAME] --dev DEV | --cgroup PATH --port P [--inert]\n\
+     Device kinds act in namespace NAME (/var/run/netns/NAME), or in the caller's.\n\
      Loads and attaches one program, prints one JSON line ({\"ready\":true,...}), then holds it \
      until SIGTERM/SIGINT/SIGHUP, stdin closing or its parent dying, and detaches on the way out.";
 
@@ -196,9 +197,10 @@ impl Spec {
         let kind = kind.context("--kind is required")?;
         let target = match (kind.on_device(), dev, cgroup) {
             (true, Some(dev), None) => Target::Device { netns, dev },
-            (false, None, Some(path)) if netns.is_none() => Target::Cgroup(path),
+            // A cgroup is no namespace's: --netns is ignored.
+            (false, None, Some(path)) => Target::Cgroup(path),
             (true, ..) => bail!("{} needs --dev (and no --cgroup)", kind.name()),
-            (false, ..) => bail!("{} needs --cgroup (and no --dev or --netns)", kind.name()),
+            (false, ..) => bail!("{} needs --cgroup (and no --dev)", kind.name()),
         };
         let port = port.context("--port is required")?;
         Ok(Self {
@@ -269,7 +271,8 @@ impl Agent {
         let line = match read_line_within(stdout, READY_TIMEOUT) {
             Ok(line) => line,
             Err(e) => {
-                let status = proc.stop(Duration::ZERO);
+                // A slow agent still attaches, then sees the signal and detaches.
+                let status = proc.stop(STOP_TIMEOUT);
                 return Err(e.context(format!("{what} (exit: {status:?})")));
             }
         };
@@ -446,6 +449,29 @@ pub fn binary() -> Result<PathBuf> {
                 exe.display()
             )
         })
+}
+
+/// Held by whoever checks that an agent's program name is gone: the names are fixed by kind
+/// and variant, so two users of one kind on this machine (tests of this crate, a campaign)
+/// would see each other's. A file lock: it serializes threads and processes alike.
+pub struct NamesLock {
+    _file: fs::File,
+}
+
+/// Waits for [`NamesLock`].
+pub fn lock_names() -> Result<NamesLock> {
+    let path = std::env::temp_dir().join("lab-agent-names.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on a valid fd; blocks until granted, released when the file closes.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error()).context("flock");
+    }
+    Ok(NamesLock { _file: file })
 }
 
 /// A TCP port no test traffic uses, for the probes' inert programs.
@@ -632,6 +658,8 @@ mod tests {
     fn spec_refuses_a_target_of_the_wrong_kind() {
         assert!(Spec::parse(args("--kind xdp --cgroup /x --port 1")).is_err());
         assert!(Spec::parse(args("--kind cgroup-connect4 --dev eth0 --port 1")).is_err());
+        let cg = Spec::parse(args("--netns ns-1 --kind cgroup-connect4 --cgroup /x --port 1")).unwrap();
+        assert_eq!(cg.target, Target::Cgroup("/x".into()));
         assert!(Spec::parse(args("--kind xdp --dev eth0")).is_err());
         assert!(Spec::parse(args("--kind xdp --dev eth0 --port 70000")).is_err());
         assert!(Spec::parse(args("--kind nope --dev eth0 --port 1")).is_err());

@@ -2,8 +2,8 @@
 //! everything in its inert variant, and is gone (program, link, tc filter, qdisc) once its
 //! agent exits. Traffic runs only between two namespaces each test makes and deletes.
 //!
-//! Needs root. The tests take one lock: a program's name must be absent after its agent
-//! exits, and the probes load the inert programs' names too.
+//! Needs root. The tests take [`agent::lock_names`]: a program's name must be absent after
+//! its agent exits, and the probes load the inert programs' names too.
 use std::{
     fs::{File, OpenOptions},
     io::{self, BufRead as _, BufReader},
@@ -11,7 +11,6 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -34,10 +33,9 @@ const DROPPED_AFTER: Duration = Duration::from_millis(300);
 /// A released program leaves the kernel's table within an RCU grace period or so.
 const GONE_WITHIN: Duration = Duration::from_secs(5);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// One test at a time, threads (cargo test) and processes (nextest) alike.
+fn serial() -> agent::NamesLock {
+    agent::lock_names().unwrap()
 }
 
 /// Server namespace `a` (veth `va`, 192.0.2.1) and client namespace `b` (`vb`, 192.0.2.2):

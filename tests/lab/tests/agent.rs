@@ -493,3 +493,44 @@ fn the_binary_is_found_next_to_the_tests() {
         Path::new(env!("CARGO_BIN_EXE_lab-agent")).canonicalize().unwrap()
     );
 }
+
+/// A device that already has an ingress qdisc (someone else's): an ingress filter goes on
+/// it and the qdisc stays after; an egress filter, which needs clsact, is refused cleanly.
+#[test]
+fn tc_uses_an_existing_ingress_qdisc_and_refuses_egress_on_it() {
+    if !require_root("tc_uses_an_existing_ingress_qdisc_and_refuses_egress_on_it") {
+        return;
+    }
+    let _serial = serial();
+    let net = Pair::new();
+    let _listeners = net.listen();
+    let qdisc = |verb| run_in(Some(net.a.name()), "tc", &["qdisc", verb, "dev", "va", "ingress"]);
+    qdisc("add").unwrap();
+    let on_va = Target::Device {
+        netns: Some(net.a.name().to_string()),
+        dev: "va".to_string(),
+    };
+    let e = Agent::start(&spec(Kind::TcEgress, on_va.clone(), false)).err();
+    let e = format!("{:#}", e.expect("egress on an ingress qdisc"));
+    assert!(e.contains("needs clsact"), "{e}");
+    assert_prog_gone(0, Kind::TcEgress.prog_name(false));
+
+    let agent = Agent::start(&spec(Kind::TcIngress, on_va, false)).unwrap();
+    assert!(!agent.ready().tc.as_ref().unwrap().created_qdisc);
+    assert_dropped(net.connect(PORT, DROPPED_AFTER), "on the ingress qdisc");
+    stop_and_gone(agent);
+    let shown = run_in(Some(net.a.name()), "tc", &["qdisc", "show", "dev", "va"]).unwrap();
+    assert!(
+        shown.contains("qdisc ingress"),
+        "the ingress qdisc was not ours: {shown}"
+    );
+    let filters = run_in(
+        Some(net.a.name()),
+        "tc",
+        &["filter", "show", "dev", "va", "ingress"],
+    )
+    .unwrap();
+    assert!(filters.trim().is_empty(), "{filters}");
+    qdisc("del").unwrap();
+    net.assert_no_tc_left();
+}

@@ -5,6 +5,8 @@
 /// One loaded program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
+    /// The kernel's id: unique while loaded, and not handed out again soon after.
+    pub id: u32,
     /// As the kernel keeps it: cut at 15 characters.
     pub name: String,
     /// Runs and total run time (counted while `kernel.bpf_stats_enabled=1`).
@@ -47,6 +49,7 @@ pub fn loaded() -> Vec<Program> {
         let end = name.iter().position(|b| *b == 0).unwrap_or(16);
         let u64_at = |o: usize| u64::from_ne_bytes(info[o..o + 8].try_into().unwrap_or([0; 8]));
         out.push(Program {
+            id,
             name: String::from_utf8_lossy(&name[..end]).into_owned(),
             run_time_ns: u64_at(192),
             run_cnt: u64_at(200),

@@ -8,6 +8,7 @@
 //!
 //! [`Lab`] owns what it creates and tears it down on drop, unless [`Lab::keep`] hands it over
 //! to the state file (the `cargo xtask lab` commands).
+pub mod agent;
 pub mod bpf;
 pub mod connect;
 pub mod faults;

@@ -5,6 +5,17 @@
 #
 #   nomad job run deploy/tracer-watch.nomad.hcl
 #
+# The rest of deploy/ wires it into E2B's observability (`cargo xtask deploy-check` keeps these
+# files consistent with each other and with the metrics the watcher registers):
+#   vector-tracer.toml           records → Loki: a Vector source on 127.0.0.1:30007 for
+#                                --log-http (below), labels service/type/node, sandboxID in the line
+#   otel-collector-tracer.yaml   metrics → E2B's backend: scrapes --metrics 127.0.0.1:9464
+#                                (keep the two addresses in step) as job "tracer-watch"
+#   tracer-alerts.yml            alerting rules (with tracer-alerts.test.yml, promtool's tests);
+#                                each points to the Loki query by sandboxID and to
+#                                `tracer trace --vm <sandboxID> --probe`
+#   tracer-dashboard.json        Grafana dashboard (import; pick the Prometheus datasource)
+#
 # raw_exec runs the task as root in the host's namespaces: what loading BPF programs and
 # entering the sandboxes' namespaces need. The binary is the single file `cargo build
 # --release -p tracer` makes; install it at /usr/local/bin/tracer (or use an artifact).
@@ -32,6 +43,8 @@ job "tracer-watch" {
           "--metrics", "127.0.0.1:9464",
           "--report-dir", "/var/lib/tracer/reports",
           "--max-zoom", "8",
+          # Post the records to the node's Vector as NDJSON batches too (vector-tracer.toml):
+          # "--log-http", "http://127.0.0.1:30007/",
         ]
       }
 

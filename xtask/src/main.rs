@@ -6,6 +6,7 @@ mod bench;
 mod bench_watch;
 mod bpfstats;
 mod demo;
+mod deploy_check;
 mod fuzz;
 mod kernel_matrix;
 mod kernel_selftest;
@@ -34,8 +35,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// cargo fmt --check and clippy -D warnings, host crates and the eBPF crate for its target.
+    /// cargo fmt --check and clippy -D warnings, host crates and the eBPF crate for its target;
+    /// then deploy-check.
     Lint,
+    /// Check deploy/ (alert rules and their promtool tests, the Grafana dashboard, the Vector
+    /// and otel-collector snippets) against each other and the metrics the watcher registers.
+    DeployCheck,
     /// Run every test: unit tests, then end-to-end tests on the lab (those need root).
     Test {
         /// Passed to cargo nextest as test filters.
@@ -80,6 +85,7 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build { release } => tasks::build(release).map(|_| ()),
         Task::Lint => tasks::lint(),
+        Task::DeployCheck => deploy_check::run(),
         Task::Test {
             filters,
             kernel,

@@ -52,6 +52,7 @@ pub fn lint() -> Result<()> {
         ])
         .env("PATH", path_with_linker(&pins.nightly)))?;
     crate::fuzz::check()?;
+    crate::deploy_check::run()?;
     eprintln!("lint: clean");
     Ok(())
 }

@@ -2,8 +2,12 @@
 //! records. Repeated failures are shown once, with a count and a time range.
 pub mod deep;
 pub mod format;
+pub mod html;
+pub mod mermaid;
+pub mod places;
 pub mod record;
 pub mod sentences;
+pub mod svg;
 pub mod text;
 
 use std::collections::HashMap;
@@ -173,6 +177,8 @@ impl Reporter {
                 .collect(),
             failing_hop: j.verdict.failing_hop,
             deep: j.context.cloned(),
+            actors: Vec::new(),
+            divergence: None,
         };
         (sig, record)
     }

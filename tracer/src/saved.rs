@@ -14,7 +14,7 @@ use crate::{
     cli::ReportFormat,
     error::EnvError,
     output::{Format, Output},
-    report::{JourneyRecord, html, text},
+    report::{JourneyRecord, html, mermaid, places, text},
     watch::reports,
 };
 
@@ -151,6 +151,7 @@ pub fn journey_markdown(out: &Output, r: &JourneyRecord) -> String {
             md.push('\n');
         }
     }
+    let _ = writeln!(md, "## The path\n\n{}", mermaid::render(&places::places(r)));
     let _ = writeln!(
         md,
         "## The attempt, hop by hop\n\n```\n{}```\n",

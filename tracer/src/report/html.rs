@@ -353,6 +353,8 @@ section.repeats { color: #475569; }
 .hop.failed.unsure circle { fill: #d97706; }
 .hop.failed .cross { stroke: #fff; stroke-width: 2.6; stroke-linecap: round; fill: none; }
 .leader { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 4 3; fill: none; }
+.leader.unsure { stroke: #d97706; }
+.node.failed.unsure rect { fill: #fffbeb; stroke: #d97706; }
 .callout rect { fill: #fff5f5; stroke: var(--bad); stroke-width: 1.5; }
 .callout.unsure rect { fill: #fffbeb; stroke: #d97706; }
 .callout text { font-family: "DejaVu Sans Mono", ui-monospace, monospace; }

@@ -18,6 +18,7 @@ pub fn render(p: &Places) -> String {
         links(&mut s, p, lane, &mut styles);
     }
     if let Some(f) = &p.failure {
+        note(&mut s, f);
         let from = match f.spot {
             Spot::Node(i) => i,
             Spot::Mark(m) if f.lane == Lane::Request => p.marks[m].edge,
@@ -72,12 +73,15 @@ fn subgraph(s: &mut String, p: &Places, z: usize) {
             .collect();
         let _ = writeln!(s, "    n{i}[\"{}{sub}\"]", esc(&n.label));
     }
-    if let Some(f) = p.failure.as_ref().filter(|f| f.zone == z) {
-        let mut text = vec![format!("✗ {}", esc(&f.title))];
-        text.extend(f.lines.iter().map(|l| esc(&super::format::cut(l, 90))));
-        let _ = writeln!(s, "    fail[\"{}\"]", text.join("<br/>"));
-    }
     s.push_str("  end\n");
+}
+
+/// The failure's note, outside the subgraphs: inside one it would widen that namespace and
+/// push the others out of line.
+fn note(s: &mut String, f: &super::places::Failure) {
+    let mut text = vec![format!("{} {}", f.severity.symbol(), esc(&f.title))];
+    text.extend(f.lines.iter().map(|l| esc(&super::format::cut(l, 90))));
+    let _ = writeln!(s, "  fail[\"{}\"]", text.join("<br/>"));
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,10 +116,8 @@ fn links(s: &mut String, p: &Places, lane: Lane, styles: &mut Vec<LinkStyle>) {
         pairs.reverse();
     }
     for (a, b) in pairs {
-        let mut marks = p.edge_marks(a, lane);
-        if lane == Lane::Reply {
-            marks.reverse();
-        }
+        // In the order the lane meets them.
+        let marks = p.edge_marks(a, lane);
         let failed_mark = |m: usize| p.failure.as_ref().is_some_and(|f| f.spot == Spot::Mark(m));
         let label: Vec<String> = marks
             .iter()

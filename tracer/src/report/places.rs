@@ -132,6 +132,16 @@ pub enum Severity {
     Unsure,
 }
 
+impl Severity {
+    /// What the callouts put before the title.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Severity::Bad => "✗",
+            Severity::Unsure => "⚠",
+        }
+    }
+}
+
 /// Where and why it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -64,7 +64,7 @@ pub fn layout(p: &Places) -> Layout {
             Spot::Mark(m) => (marks[m].0, marks[m].1 + 22.0),
             Spot::Node(i) => (nodes[i][0] + nodes[i][2] / 2.0, lane_y(f.lane)),
         };
-        let lines = callout_lines(f.title.as_str(), &f.lines, width);
+        let lines = callout_lines(f.severity, f.title.as_str(), &f.lines, width);
         let chars = |l: &String| l.chars().count() as f64;
         let title = lines.first().map_or(0.0, chars) * TITLE_CHAR;
         let body = lines.iter().skip(1).map(chars).fold(0.0, f64::max) * MONO_CHAR;
@@ -140,9 +140,12 @@ fn mark_centre(p: &Places, nodes: &[[f64; 4]], me: usize) -> (f64, f64) {
 }
 
 /// The callout's text, each line cut to the diagram's width.
-fn callout_lines(title: &str, lines: &[String], width: f64) -> Vec<String> {
+fn callout_lines(severity: Severity, title: &str, lines: &[String], width: f64) -> Vec<String> {
     let room = width - 2.0 * MARGIN - 28.0;
-    let title = cut(&format!("✗ {title}"), (room / TITLE_CHAR) as usize);
+    let title = cut(
+        &format!("{} {title}", severity.symbol()),
+        (room / TITLE_CHAR) as usize,
+    );
     let max = (room / MONO_CHAR) as usize;
     std::iter::once(title)
         .chain(lines.iter().map(|l| cut(l, max)))
@@ -178,11 +181,12 @@ pub fn render(p: &Places, prefix: &str) -> String {
     for z in 0..p.zones.len() {
         zone(&mut s, p, &l, z, prefix);
     }
-    if let Some(((x, y), b)) = l.failure {
+    if let (Some(((x, y), b)), Some(f)) = (l.failure, &p.failure) {
         // Drawn before the nodes: its leader then seems to come out from under them.
         let _ = writeln!(
             s,
-            r#"<path class="leader" d="M{x:.1} {:.1} V{:.1}"/>"#,
+            r#"<path class="leader {}" d="M{x:.1} {:.1} V{:.1}"/>"#,
+            severity_class(f.severity),
             y + 12.0,
             b[1]
         );
@@ -222,6 +226,13 @@ fn zone(s: &mut String, p: &Places, l: &Layout, z: usize, prefix: &str) {
     );
 }
 
+fn severity_class(s: Severity) -> &'static str {
+    match s {
+        Severity::Bad => "bad",
+        Severity::Unsure => "unsure",
+    }
+}
+
 fn reach_class(r: Reach) -> &'static str {
     match r {
         Reach::Seen => "seen",
@@ -233,7 +244,10 @@ fn reach_class(r: Reach) -> &'static str {
 fn node(s: &mut String, p: &Places, l: &Layout, i: usize, prefix: &str) {
     let n = &p.nodes[i];
     let [x, y, w, h] = l.nodes[i];
-    let failed = p.failure.as_ref().is_some_and(|f| f.spot == Spot::Node(i));
+    let failed = match &p.failure {
+        Some(f) if f.spot == Spot::Node(i) => format!(" failed {}", severity_class(f.severity)),
+        _ => String::new(),
+    };
     let kind = match n.kind {
         NodeKind::Client => "client",
         NodeKind::Device => "device",
@@ -245,8 +259,7 @@ fn node(s: &mut String, p: &Places, l: &Layout, i: usize, prefix: &str) {
     let cx = x + w / 2.0;
     let _ = write!(
         s,
-        r#"<g class="node {kind} {reach}{}" id="{prefix}node-{}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" rx="8"/>"#,
-        if failed { " failed" } else { "" },
+        r#"<g class="node {kind} {reach}{failed}" id="{prefix}node-{}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" rx="8"/>"#,
         esc(&n.key),
     );
     let label = cut(&n.label, 15);
@@ -373,10 +386,7 @@ fn failure(s: &mut String, p: &Places, l: &Layout, prefix: &str) {
     let (Some(f), Some(((x, y), b))) = (&p.failure, l.failure) else {
         return;
     };
-    let sev = match f.severity {
-        Severity::Bad => "bad",
-        Severity::Unsure => "unsure",
-    };
+    let sev = severity_class(f.severity);
     let spot = match f.spot {
         Spot::Node(i) => format!("node-{}", p.nodes[i].key),
         Spot::Mark(m) => format!("hook-{}", p.marks[m].hook),
@@ -396,7 +406,7 @@ fn failure(s: &mut String, p: &Places, l: &Layout, prefix: &str) {
         x - 5.0,
         y + 5.0,
     );
-    let lines = callout_lines(&f.title, &f.lines, l.width);
+    let lines = callout_lines(f.severity, &f.title, &f.lines, l.width);
     let [bx, by, bw, bh] = b;
     let _ = write!(
         s,

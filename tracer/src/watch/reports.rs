@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     output::{Format, Output},
-    report::{record::JourneyRecord, text},
+    report::{mermaid, places, record::JourneyRecord, text},
 };
 
 /// Where reports go, and how much may stay.
@@ -144,6 +144,7 @@ pub fn markdown(incident: &Value, record: Option<&JourneyRecord>) -> String {
     if let Some(r) = record {
         let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
         let failing = r.hops.iter().position(|h| h.point == "drop");
+        let _ = writeln!(md, "## The path\n\n{}", mermaid::render(&places::places(r)));
         let _ = writeln!(
             md,
             "## The attempt, hop by hop\n\n```\n{}```\n",

@@ -190,6 +190,23 @@ mod tests {
     }
 
     #[test]
+    fn an_html_page_gathers_journeys_incidents_and_repeats() {
+        let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
+        let mut page = Page::default();
+        assert!(page.add(&out, record("journey")));
+        assert!(page.add(&out, record("incident")));
+        assert!(page.add(&out, record("repeat")));
+        assert!(!page.add(&out, json!({"type": "status"})));
+        assert_eq!((page.entries.len(), page.repeats.len()), (2, 1));
+        let html = html::document("t.json", &page.entries, &page.repeats);
+        assert!(
+            html.contains("<dt>incident</dt><dd><code>abc-1</code></dd>"),
+            "{html}"
+        );
+        assert!(html.contains("id=\"j1-fail\""), "{html}");
+    }
+
+    #[test]
     fn saved_records_render_as_live_output_and_markdown() {
         let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
         let text = render(&out, &record("journey"), false).unwrap();
@@ -223,12 +240,17 @@ mod tests {
             md.contains("**Likely fix:** `remove the rule`") && md.contains("- event: drop"),
             "{md}"
         );
+        assert!(
+            md.contains("## The path\n\n```mermaid\nflowchart LR\n") && md.contains("  class n2 failed\n"),
+            "the path, the failing device marked: {md}"
+        );
         // A watcher's incident: its Markdown report, with the hops.
         let md = render(&out, &record("incident"), true).unwrap();
         assert!(
             md.contains("| incident | `abc-1` |") && md.contains("nf_hook_slow"),
             "{md}"
         );
+        assert!(md.contains("```mermaid\nflowchart LR\n"), "{md}");
         // Lines that are not records (the watcher's status) are skipped.
         assert!(render(&out, &json!({"type": "status"}), false).is_none());
     }

@@ -149,9 +149,9 @@ fn verdict(s: &mut String, r: &JourneyRecord) {
     s.push_str("<dl class=\"facts\">\n");
     if let Some(d) = &r.drop {
         if let Some(rule) = &d.rule {
-            fact(s, "rule", &[rule.clone()], true);
+            fact(s, "rule", std::slice::from_ref(rule), true);
         } else if let Some(note) = &d.rule_note {
-            fact(s, "rule", &[note.clone()], false);
+            fact(s, "rule", std::slice::from_ref(note), false);
         }
         let chain = [
             d.table.as_ref().map(|t| format!("table {t}")),
@@ -365,3 +365,114 @@ section.repeats { color: #475569; }
 .legend path { stroke-width: 3; fill: none; }
 .legend-fail { fill: var(--bad); }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures;
+
+    fn page(records: Vec<JourneyRecord>) -> String {
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .map(|record| Entry {
+                record,
+                incident: None,
+            })
+            .collect();
+        document("t.json", &entries, &["↻ 3 attempts ended the same way".into()])
+    }
+
+    #[test]
+    fn one_page_fetches_nothing() {
+        let html = page(vec![
+            fixtures::record("forward-drop"),
+            fixtures::record("reply-drop"),
+        ]);
+        assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
+        assert!(html.contains("content=\"default-src 'none'; style-src 'unsafe-inline'\""));
+        for fetch in [
+            "<script", "src=", "href=", "url(", "@import", "<link", "<img", "<iframe",
+        ] {
+            assert!(!html.contains(fetch), "{fetch}");
+        }
+        // The only URL is the SVG namespace, which no browser fetches.
+        assert_eq!(html.matches("://").count(), 2, "one xmlns per diagram");
+        assert_eq!(html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(), 2);
+        assert_eq!(html.matches("<section class=\"journey").count(), 2);
+        assert!(html.contains("id=\"j0-ns-sandbox\"") && html.contains("id=\"j1-ns-sandbox\""));
+        assert!(html.contains("<li>↻ 3 attempts ended the same way</li>"));
+    }
+
+    #[test]
+    fn the_verdict_and_the_failing_hop_come_after_the_diagram() {
+        let html = page(vec![fixtures::record("forward-drop")]);
+        let diagram = html.find("<figure class=\"diagram\">").unwrap();
+        let verdict = html.find("<div class=\"verdict dropped\">").unwrap();
+        let table = html.find("<table class=\"hops\">").unwrap();
+        assert!(diagram < verdict && verdict < table);
+        assert!(html.contains(
+            "<span class=\"badge dropped\">DROPPED</span> attempt 10.12.0.2:43395 → 10.11.0.1:49983"
+        ));
+        assert!(html.contains("<p class=\"fix\"><b>Likely fix</b> <code>remove or narrow that rule: ip netns exec ns-1 iptables -t filter -D FORWARD"));
+        assert!(html.contains("<dt>kernel reason</dt><dd><code>NETFILTER_DROP in nft_do_chain</code></dd>"));
+        assert!(
+            html.contains(
+                "<tr class=\"hop request failed\" id=\"j0-hop-15\"><td class=\"mark\">✗</td><td>15</td>"
+            ),
+            "{html}"
+        );
+        assert_eq!(html.matches("class=\"hop request failed\"").count(), 1);
+    }
+
+    #[test]
+    fn every_outcome_renders() {
+        for r in [
+            fixtures::record("connected"),
+            fixtures::record("guest-no-listener"),
+            fixtures::record("no-reader"),
+            fixtures::record("vmm-stopped"),
+            fixtures::record("slow-guest"),
+            fixtures::no_reply(),
+            fixtures::old_unknown(),
+        ] {
+            let outcome = r.outcome.name();
+            let html = page(vec![r]);
+            assert!(
+                html.contains(&format!("<section class=\"journey {outcome}\"")),
+                "{outcome}"
+            );
+            assert_eq!(
+                html.contains("id=\"j0-fail\""),
+                !matches!(outcome, "connected" | "unknown"),
+                "{outcome}"
+            );
+        }
+        let html = page(vec![fixtures::old_unknown()]);
+        assert!(html.contains("<p class=\"no-hops\">No hop was observed.</p>"));
+    }
+
+    #[test]
+    fn hostile_text_is_escaped_everywhere() {
+        let html = page(vec![fixtures::hostile()]);
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains('\u{1b}'));
+        assert!(
+            html.contains("dropped by &lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;#`|\\u{1b}[31m"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<dt>actors</dt><dd>rule in ns-1 · &lt;script&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<dt>divergence</dt><dd>diverged at hop #15: device expected tap0, observed &lt;script&gt;"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr class=\"hop request failed diverged\" id=\"j0-hop-15\">"),
+            "{html}"
+        );
+    }
+}

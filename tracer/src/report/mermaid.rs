@@ -193,3 +193,80 @@ fn classes(s: &mut String, p: &Places) {
         let _ = writeln!(s, "  style z{z} fill:{fill},stroke:#94a3b8");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{fixtures, places::places};
+
+    #[test]
+    fn a_forward_drop_as_a_flowchart() {
+        let m = render(&places(&fixtures::record("forward-drop")));
+        assert!(
+            m.starts_with("```mermaid\nflowchart LR\n") && m.ends_with("```\n"),
+            "{m}"
+        );
+        for line in [
+            "  subgraph z0[\"e2b-host · host side\"]",
+            "  subgraph z1[\"ns-1 · sandbox namespace\"]",
+            "    n3[\"DNAT<br/>10.11.0.1<br/>→ 169.254.0.21\"]",
+            "  n3 -->|\"✗ FWD · POST\"| n4",
+            "  n4 -.->|\"PRE · FWD\"| n3",
+            "  n3 -.- fail",
+            "  class n4 unreached",
+            "  class n3 seen",
+            "  linkStyle 3 stroke:#dc2626,stroke-width:3px",
+        ] {
+            assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
+        }
+        assert!(
+            m.contains("  fail[\"✗ DROPPED · NETFILTER_DROP<br/>ns-1 · eth0 → tap0 · FORWARD"),
+            "{m}"
+        );
+        // One linkStyle per link: 5 request, 5 reply, the note.
+        assert_eq!(m.matches("linkStyle").count(), 11, "{m}");
+    }
+
+    #[test]
+    fn each_outcome_styles_its_place() {
+        let m = render(&places(&fixtures::record("guest-no-listener")));
+        assert!(
+            m.contains("  class n5 failed\n") && m.contains("  n5 -.- fail\n"),
+            "{m}"
+        );
+        let m = render(&places(&fixtures::record("slow-guest")));
+        assert!(
+            m.contains("  class n5 unsure\n") && m.contains("fail[\"⚠ LATE"),
+            "{m}"
+        );
+        let m = render(&places(&fixtures::record("connected")));
+        assert!(!m.contains("fail[") && !m.contains(" unreached\n"), "{m}");
+        assert!(
+            m.lines()
+                .filter(|l| l.contains("linkStyle"))
+                .all(|l| !l.contains("#dc2626")),
+            "{m}"
+        );
+        let m = render(&places(&fixtures::old_unknown()));
+        assert!(
+            m.contains("subgraph z0[\"host · host side\"]") && !m.contains("fail["),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_cannot_break_out() {
+        let m = render(&places(&fixtures::hostile()));
+        assert_eq!(m.matches("```").count(), 2, "the fence is ours alone: {m}");
+        assert!(!m.contains("<script") && !m.contains('\u{1b}'), "{m}");
+        for line in m.lines().filter(|l| l.contains('[') && l.contains('"')) {
+            // Inside a label's quotes, no quote, backtick or pipe of the data survives.
+            let label = &line[line.find("[\"").unwrap() + 2..line.rfind("\"]").unwrap()];
+            assert!(!label.contains(['"', '`', '|']), "{line}");
+        }
+        assert!(
+            m.contains("#lt;script#gt;alert(1)#lt;/script#gt;#quot;'#amp;#35;#96;#124;"),
+            "{m}"
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! Reports: text for people and JSON for machines (schema in the README), both from the same
 //! records. Repeated failures are shown once, with a count and a time range.
 pub mod deep;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod format;
 pub mod html;
 pub mod mermaid;

@@ -463,10 +463,10 @@ fn device_node(p: &Places, zone: usize, device: Option<&str>) -> Option<usize> {
 fn spot_of(p: &Places, n: &Names, h: &HopRecord) -> Option<(Lane, Spot)> {
     let zone = zone_of(p, n, &h.netns)?;
     let lane = hop_lane(h);
-    if let Some(hook) = h.point.strip_prefix("nf/") {
-        if let Some(m) = hook_mark(p, zone, lane, hook) {
-            return Some((lane, Spot::Mark(m)));
-        }
+    if let Some(hook) = h.point.strip_prefix("nf/")
+        && let Some(m) = hook_mark(p, zone, lane, hook)
+    {
+        return Some((lane, Spot::Mark(m)));
     }
     if zone == 0 && matches!(h.point.as_str(), "socket" | "recv-reset" | "send-reset") {
         return Some((lane, Spot::Node(0)));
@@ -571,7 +571,7 @@ fn guest_reach(p: &mut Places, r: &JourneyRecord, spots: &[Option<(Lane, Spot)>]
         .position(|n| n.kind == NodeKind::Guest)
         .expect("guest node");
     let tap = p.nodes.iter().position(|n| n.key == "tap").expect("tap node");
-    let from_tap = spots.iter().any(|s| *s == Some((Lane::Reply, Spot::Node(tap))));
+    let from_tap = spots.contains(&Some((Lane::Reply, Spot::Node(tap))));
     let read = r
         .hops
         .iter()
@@ -606,7 +606,7 @@ fn infer_passed(p: &mut Places) {
         let Some(last) = order.iter().rposition(|s| reach(p, *s) > Reach::Unreached) else {
             continue;
         };
-        for s in order[..last].to_vec() {
+        for &s in &order[..last] {
             set_reach(p, (lane, s), Reach::Passed);
         }
     }
@@ -841,4 +841,289 @@ pub fn divergence_line(d: &super::record::DivergenceRecord) -> String {
         v(&d.expected),
         v(&d.observed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixtures;
+
+    fn mark_of(p: &Places, zone: &str, lane: Lane, hook: &str) -> usize {
+        let z = p.zone(zone).unwrap();
+        hook_mark(p, z, lane, hook).unwrap_or_else(|| panic!("no {hook} mark in {zone}"))
+    }
+
+    fn keys(p: &Places) -> Vec<&str> {
+        p.nodes.iter().map(|n| n.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_forward_drop_reaches_forward_and_no_further() {
+        let p = places(&fixtures::record("forward-drop"));
+        let zones: Vec<(&str, &str)> = p
+            .zones
+            .iter()
+            .map(|z| (z.key.as_str(), z.name.as_str()))
+            .collect();
+        assert_eq!(
+            zones,
+            [("host", "e2b-host"), ("sandbox", "ns-1"), ("guest", "microVM")]
+        );
+        assert_eq!(keys(&p), ["client", "veth", "eth0", "nat", "tap", "guest"]);
+        assert_eq!(p.node("veth").unwrap().label, "veth-1");
+        let fwd = mark_of(&p, "sandbox", Lane::Request, "FORWARD");
+        let f = p.failure.as_ref().expect("a failure");
+        assert_eq!(
+            (f.spot, f.lane, f.zone, f.severity),
+            (Spot::Mark(fwd), Lane::Request, 1, Severity::Bad)
+        );
+        assert_eq!(f.title, "DROPPED · NETFILTER_DROP");
+        assert!(
+            f.lines
+                .iter()
+                .any(|l| l == "rule: -A FORWARD -i eth0 -o tap0 -p tcp -m tcp --dport 49983 -j DROP"),
+            "{:?}",
+            f.lines
+        );
+        assert_eq!(p.marks[fwd].reach, Reach::Seen);
+        assert_eq!(
+            p.marks[mark_of(&p, "sandbox", Lane::Request, "PREROUTING")].reach,
+            Reach::Seen
+        );
+        assert_eq!(
+            p.marks[mark_of(&p, "sandbox", Lane::Request, "POSTROUTING")].reach,
+            Reach::Unreached
+        );
+        assert_eq!(
+            p.node("nat").unwrap().request,
+            Reach::Seen,
+            "the DNATed tuple shows the NAT step"
+        );
+        // The route lookup named tap0, but the SYN never got there.
+        assert_eq!(p.node("tap").unwrap().request, Reach::Unreached);
+        assert_eq!(p.node("guest").unwrap().request, Reach::Unreached);
+        assert!(
+            p.nodes.iter().all(|n| n.reply == Reach::Unreached),
+            "no reply: {:?}",
+            p.nodes
+        );
+    }
+
+    #[test]
+    fn a_reply_drop_shows_the_whole_request_and_half_the_reply() {
+        let p = places(&fixtures::record("reply-drop"));
+        let fwd = mark_of(&p, "sandbox", Lane::Reply, "FORWARD");
+        let f = p.failure.as_ref().unwrap();
+        assert_eq!((f.spot, f.lane, f.zone), (Spot::Mark(fwd), Lane::Reply, 1));
+        assert!(
+            p.nodes.iter().all(|n| n.request >= Reach::Passed),
+            "{:?}",
+            p.nodes
+        );
+        assert_eq!(
+            p.node("guest").unwrap().reply,
+            Reach::Passed,
+            "the guest answered"
+        );
+        assert_eq!(p.node("tap").unwrap().reply, Reach::Seen);
+        assert_eq!(
+            p.marks[mark_of(&p, "sandbox", Lane::Reply, "PREROUTING")].reach,
+            Reach::Seen
+        );
+        assert_eq!(
+            p.marks[mark_of(&p, "sandbox", Lane::Reply, "POSTROUTING")].reach,
+            Reach::Unreached
+        );
+        assert_eq!(p.node("eth0").unwrap().reply, Reach::Unreached);
+        assert_eq!(p.node("client").unwrap().reply, Reach::Unreached);
+    }
+
+    #[test]
+    fn every_outcome_has_its_place() {
+        type Case = (
+            &'static str,
+            JourneyRecord,
+            Option<(&'static str, Lane)>,
+            Severity,
+        );
+        let cases: [Case; 11] = [
+            ("connected", fixtures::record("connected"), None, Severity::Bad),
+            (
+                "reset",
+                fixtures::record("guest-no-listener"),
+                Some(("node-guest", Lane::Reply)),
+                Severity::Bad,
+            ),
+            (
+                "unreachable",
+                fixtures::record("no-reader"),
+                Some(("node-tap", Lane::Request)),
+                Severity::Bad,
+            ),
+            (
+                "queued",
+                fixtures::record("vmm-stopped"),
+                Some(("node-tap", Lane::Request)),
+                Severity::Bad,
+            ),
+            (
+                "late",
+                fixtures::record("slow-guest"),
+                Some(("node-guest", Lane::Reply)),
+                Severity::Unsure,
+            ),
+            (
+                "drop at a device",
+                fixtures::record("tap-queue-full"),
+                Some(("node-tap", Lane::Request)),
+                Severity::Bad,
+            ),
+            (
+                "host INPUT",
+                fixtures::record("host-input-drop"),
+                Some(("hook-INPUT", Lane::Reply)),
+                Severity::Bad,
+            ),
+            (
+                "bridge",
+                fixtures::record("bridge-tap-down"),
+                Some(("node-bridge-1", Lane::Request)),
+                Severity::Bad,
+            ),
+            (
+                "wrong slot",
+                fixtures::record("wrong-slot-route"),
+                Some(("node-veth", Lane::Request)),
+                Severity::Bad,
+            ),
+            (
+                "no reply",
+                fixtures::no_reply(),
+                Some(("node-guest", Lane::Reply)),
+                Severity::Bad,
+            ),
+            ("unknown", fixtures::old_unknown(), None, Severity::Bad),
+        ];
+        for (name, r, want, severity) in cases {
+            let p = places(&r);
+            let got = p.failure.as_ref().map(|f| {
+                let spot = match f.spot {
+                    Spot::Node(i) => format!("node-{}", p.nodes[i].key),
+                    Spot::Mark(m) => format!("hook-{}", p.marks[m].hook),
+                };
+                (spot, f.lane)
+            });
+            assert_eq!(got, want.map(|(s, l)| (s.to_string(), l)), "{name}");
+            if let Some(f) = &p.failure {
+                assert_eq!(f.severity, severity, "{name}");
+                assert!(
+                    f.title
+                        .starts_with(&r.outcome.name().replace('_', " ").to_uppercase()),
+                    "{name}: {}",
+                    f.title
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_guest_is_reached_when_the_vmm_read_the_syn() {
+        let p = places(&fixtures::no_reply());
+        let guest = p.node("guest").unwrap();
+        assert_eq!((guest.request, guest.reply), (Reach::Passed, Reach::Unreached));
+        let p = places(&fixtures::record("connected"));
+        assert!(
+            p.nodes
+                .iter()
+                .all(|n| n.request >= Reach::Passed && n.reply >= Reach::Passed),
+            "{:?}",
+            p.nodes
+        );
+        assert!(
+            p.marks.iter().all(|m| m.reach == Reach::Seen),
+            "every hook seen: {:?}",
+            p.marks
+        );
+    }
+
+    #[test]
+    fn a_bridge_and_a_namespace_off_the_path_get_places() {
+        let p = places(&fixtures::record("bridge-tap-down"));
+        assert_eq!(
+            keys(&p),
+            ["client", "veth", "eth0", "nat", "bridge-1", "tap", "guest"]
+        );
+        assert_eq!(p.node("bridge-1").unwrap().label, "br0");
+        let p = places(&fixtures::record("wrong-slot-route"));
+        let other = p.zone("other-1").expect("ns-2 has a box");
+        assert_eq!(
+            (p.zones[other].name.as_str(), p.zones[other].kind),
+            ("ns-2", ZoneKind::Other)
+        );
+        assert_eq!(p.node("other-1-1").unwrap().request, Reach::Seen);
+        assert_eq!(
+            p.node("veth").unwrap().label,
+            "veth-2",
+            "the SYN left by the wrong veth"
+        );
+        assert_eq!(
+            p.node("eth0").unwrap().request,
+            Reach::Unreached,
+            "and never reached ns-1"
+        );
+        assert!(
+            p.marks
+                .iter()
+                .any(|m| !m.expected && m.hook == "PREROUTING" && m.zone == 0 && m.reach == Reach::Seen),
+            "the SYN came back into the host: {:?}",
+            p.marks
+        );
+    }
+
+    #[test]
+    fn old_records_without_newer_fields_still_have_places() {
+        let p = places(&fixtures::old_unknown());
+        assert_eq!(p.zones[0].name, "host");
+        assert_eq!(p.zones[1].name, "sandbox");
+        assert_eq!(p.node("veth").unwrap().label, "veth");
+        assert!(p.failure.is_none());
+        assert!(p.nodes.iter().all(|n| n.request == Reach::Unreached));
+    }
+
+    #[test]
+    fn actors_and_divergence_join_the_failure() {
+        let f = places(&fixtures::hostile()).failure.unwrap();
+        assert!(
+            f.lines.iter().any(|l| l.starts_with("rule in ns-1 · <script>")),
+            "{:?}",
+            f.lines
+        );
+        assert!(
+            f.lines
+                .iter()
+                .any(|l| l.starts_with("diverged at hop #15: device expected tap0, observed <script>")),
+            "{:?}",
+            f.lines
+        );
+        // A malformed newer field is dropped, not the record.
+        let mut v = fixtures::json("forward-drop");
+        v["actors"] = serde_json::json!("not a list");
+        v["divergence"] = serde_json::json!([1, 2]);
+        let r = fixtures::from(v);
+        assert!(r.actors.is_empty() && r.divergence.is_none());
+        // Absent, they are not written either: old readers see the records they know.
+        let out = serde_json::to_value(&r).unwrap();
+        assert!(
+            out.get("actors").is_none() && out.get("divergence").is_none(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn places_are_deterministic() {
+        for name in ["forward-drop", "reply-drop", "wrong-slot-route"] {
+            let r = fixtures::record(name);
+            assert_eq!(places(&r), places(&r), "{name}");
+        }
+    }
 }

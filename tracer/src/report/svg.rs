@@ -456,3 +456,123 @@ fn legend(s: &mut String, l: &Layout) {
     );
     s.push_str("</g>\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{fixtures, places::places};
+
+    fn inside(outer: [f64; 4], (x, y): (f64, f64)) -> bool {
+        x >= outer[0] && x <= outer[0] + outer[2] && y >= outer[1] && y <= outer[1] + outer[3]
+    }
+
+    #[test]
+    fn boxes_run_left_to_right_and_hold_their_places() {
+        for name in [
+            "forward-drop",
+            "reply-drop",
+            "host-input-drop",
+            "bridge-tap-down",
+            "wrong-slot-route",
+        ] {
+            let p = places(&fixtures::record(name));
+            let l = layout(&p);
+            for w in l.zones.windows(2) {
+                assert!(
+                    w[0][0] + w[0][2] < w[1][0],
+                    "{name}: zones overlap: {:?}",
+                    l.zones
+                );
+            }
+            for (i, n) in p.nodes.iter().enumerate() {
+                let [x, y, w, h] = l.nodes[i];
+                let z = l.zones[n.zone];
+                assert!(
+                    inside(z, (x, y)) && inside(z, (x + w, y + h)),
+                    "{name}: {} outside its zone",
+                    n.key
+                );
+            }
+            for (i, m) in p
+                .marks
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.expected || m.reach == Reach::Seen)
+            {
+                assert!(
+                    inside(l.zones[m.zone], l.marks[i]),
+                    "{name}: {} mark outside its zone",
+                    m.hook
+                );
+            }
+            let f = p.failure.as_ref().unwrap();
+            let (at, callout) = l.failure.unwrap();
+            assert!(
+                inside(l.zones[f.zone], at),
+                "{name}: the failure mark is in {}",
+                p.zones[f.zone].key
+            );
+            assert!(
+                callout[0] >= MARGIN && callout[0] + callout[2] <= l.width - MARGIN + 0.01,
+                "{name}: {callout:?}"
+            );
+            assert!(
+                l.legend_y > callout[1] + callout[3] && l.height > l.legend_y,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_svg_names_its_parts_and_is_the_same_every_time() {
+        let p = places(&fixtures::record("forward-drop"));
+        let svg = render(&p, "j0-");
+        assert_eq!(svg, render(&p, "j0-"));
+        for id in [
+            "j0-ns-host",
+            "j0-ns-sandbox",
+            "j0-ns-guest",
+            "j0-node-tap",
+            "j0-fail",
+            "j0-callout",
+        ] {
+            assert_eq!(svg.matches(&format!("id=\"{id}\"")).count(), 1, "{id}");
+        }
+        assert!(svg.contains(r#"<g class="hop failed bad" id="j0-fail" data-zone="sandbox" data-lane="request" data-spot="hook-FORWARD">"#), "{svg}");
+        assert!(
+            svg.contains(r#"<g class="hook request seen failed" data-hook="FORWARD">"#),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"<g class="node device unreached" id="j0-node-tap">"#),
+            "{svg}"
+        );
+        assert!(svg.contains(">✗ DROPPED · NETFILTER_DROP</text>"), "{svg}");
+        // A connected journey: no failure drawn, every lane piece observed or inferred.
+        let svg = render(&places(&fixtures::record("connected")), "j1-");
+        let drawing = svg.split("<g class=\"legend\">").next().unwrap();
+        assert!(
+            !drawing.contains("failed") && !drawing.contains("unreached"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_text() {
+        let svg = render(&places(&fixtures::hostile()), "j0-");
+        assert!(!svg.contains("<script"), "{svg}");
+        assert!(svg.contains("&lt;script&gt;"), "{svg}");
+        assert!(!svg.contains('\u{1b}'), "control characters are made visible");
+        // Every element that opens is one of ours.
+        for tag in svg
+            .split('<')
+            .skip(1)
+            .map(|t| t.split([' ', '>', '/']).next().unwrap_or(""))
+        {
+            assert!(
+                ["", "svg", "g", "rect", "text", "tspan", "path", "circle", "title"].contains(&tag),
+                "unexpected element {tag:?}"
+            );
+        }
+    }
+}

@@ -189,6 +189,25 @@ mod tests {
     }
 
     #[test]
+    fn a_report_draws_the_path_before_the_hops() {
+        let record = crate::report::fixtures::record("reply-drop");
+        let md = markdown(&incident(1), Some(&record));
+        let path = md
+            .find("## The path\n\n```mermaid\nflowchart LR\n")
+            .expect("the diagram");
+        let hops = md.find("## The attempt, hop by hop").expect("the hops");
+        assert!(path < hops, "{md}");
+        assert!(
+            md.contains("  n4 -.->|\"PRE · ✗ FWD\"| n3\n"),
+            "the reply's FORWARD failed: {md}"
+        );
+        assert!(
+            !markdown(&incident(1), None).contains("```mermaid"),
+            "no record, no path"
+        );
+    }
+
+    #[test]
     fn reports_are_named_safely_and_bounded() {
         let dir = std::env::temp_dir().join(format!("tracer-reports-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);

@@ -260,32 +260,8 @@ impl Names {
             .filter(|h| h.netns == host && h.point != "socket")
             .find_map(|h| h.device.clone().filter(|d| d != "lo"))
             .unwrap_or_else(|| default_veth(&sandbox));
-        let mut bridges: Vec<String> = Vec::new();
-        let sandbox_devices = r.hops.iter().filter(in_sandbox).filter_map(|h| h.device.clone());
-        let drop_devices = r
-            .drop
-            .iter()
-            .filter(|d| d.netns.as_deref() == Some(sandbox.as_str()));
-        let drop_devices = drop_devices.flat_map(|d| [d.device.clone(), d.out_device.clone()]);
-        for d in sandbox_devices.chain(drop_devices.flatten()) {
-            if d != ingress && d != tap && d != "lo" && !bridges.contains(&d) {
-                bridges.push(d);
-            }
-        }
-        let mut others: Vec<(String, Vec<String>)> = Vec::new();
-        for h in r.hops.iter().filter(|h| h.netns != host && h.netns != sandbox) {
-            let i = match others.iter().position(|(n, _)| *n == h.netns) {
-                Some(i) => i,
-                None => {
-                    others.push((h.netns.clone(), Vec::new()));
-                    others.len() - 1
-                }
-            };
-            let dev = h.device.clone().unwrap_or_else(|| "-".into());
-            if !others[i].1.contains(&dev) {
-                others[i].1.push(dev);
-            }
-        }
+        let bridges = bridges(r, &sandbox, &[&ingress, &tap]);
+        let others = others(r, &[&host, &sandbox]);
         Self {
             host,
             sandbox,
@@ -296,6 +272,50 @@ impl Names {
             others,
         }
     }
+}
+
+/// A diagram stays readable: at most this many bridges, namespaces off the path, and devices
+/// in each of those (a record from a strange host, or a crafted one, may name many).
+const MAX_EXTRA: usize = 4;
+
+/// Devices of the sandbox's namespace that are neither its veth end nor its tap: bridges.
+fn bridges(r: &JourneyRecord, sandbox: &str, known: &[&str]) -> Vec<String> {
+    let seen = r
+        .hops
+        .iter()
+        .filter(|h| h.netns == sandbox)
+        .filter_map(|h| h.device.clone());
+    let dropped = r.drop.iter().filter(|d| d.netns.as_deref() == Some(sandbox));
+    let dropped = dropped
+        .flat_map(|d| [d.device.clone(), d.out_device.clone()])
+        .flatten();
+    let mut out: Vec<String> = Vec::new();
+    for d in seen.chain(dropped) {
+        if !known.contains(&d.as_str()) && d != "lo" && !out.contains(&d) && out.len() < MAX_EXTRA {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Namespaces other than `known` that hops were seen in, each with its devices.
+fn others(r: &JourneyRecord, known: &[&str]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for h in r.hops.iter().filter(|h| !known.contains(&h.netns.as_str())) {
+        let i = match out.iter().position(|(n, _)| *n == h.netns) {
+            Some(i) => i,
+            None if out.len() < MAX_EXTRA => {
+                out.push((h.netns.clone(), Vec::new()));
+                out.len() - 1
+            }
+            None => continue,
+        };
+        let dev = h.device.clone().unwrap_or_else(|| "-".into());
+        if !out[i].1.contains(&dev) && out[i].1.len() < MAX_EXTRA {
+            out[i].1.push(dev);
+        }
+    }
+    out
 }
 
 /// The host side is where the client's packets start: the namespace of the first hop outside
@@ -1116,6 +1136,29 @@ mod tests {
         assert!(
             out.get("actors").is_none() && out.get("divergence").is_none(),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn many_strange_devices_and_namespaces_are_capped() {
+        let mut v = fixtures::json("forward-drop");
+        let hops = v["hops"].as_array_mut().unwrap();
+        let template = hops[8].clone();
+        for i in 0..10 {
+            let mut h = template.clone();
+            h["device"] = serde_json::json!(format!("br{i}"));
+            hops.push(h.clone());
+            h["netns"] = serde_json::json!(format!("ns-{}", 100 + i));
+            hops.push(h);
+        }
+        let p = places(&fixtures::from(v));
+        assert_eq!(
+            p.nodes.iter().filter(|n| n.kind == NodeKind::Bridge).count(),
+            MAX_EXTRA
+        );
+        assert_eq!(
+            p.zones.iter().filter(|z| z.kind == ZoneKind::Other).count(),
+            MAX_EXTRA
         );
     }
 

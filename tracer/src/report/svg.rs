@@ -104,7 +104,7 @@ fn columns(p: &Places) -> (Vec<[f64; 4]>, Vec<[f64; 4]>) {
             }
         }
         x += ZONE_PAD;
-        let label = p.zones[z].name.chars().count() + p.zones[z].caption.len();
+        let label = zone_name(&p.zones[z]).chars().count() + p.zones[z].caption.len();
         let w = (x - start).max(label as f64 * 7.5 + 40.0);
         zones.push([start, ZONE_TOP, w, ZONE_BOTTOM - ZONE_TOP]);
         x = start + w + ZONE_GAP;
@@ -219,11 +219,16 @@ fn zone(s: &mut String, p: &Places, l: &Layout, z: usize, prefix: &str) {
         s,
         r#"<g class="zone {kind}" id="{prefix}ns-{key}" data-netns="{name}"><rect class="zone-box" x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" rx="10"/><text class="zone-name" x="{tx:.1}" y="{ty:.1}">{name}<tspan class="zone-caption" dx="8">{caption}</tspan></text></g>"#,
         key = esc(&zone.key),
-        name = esc(&zone.name),
+        name = esc(&zone_name(zone)),
         caption = esc(zone.caption),
         tx = x + 14.0,
         ty = y + 24.0,
     );
+}
+
+/// A namespace's name as its box shows it (the full name is in the page's text).
+fn zone_name(z: &super::places::Zone) -> String {
+    cut(&z.name, 24)
 }
 
 fn severity_class(s: Severity) -> &'static str {

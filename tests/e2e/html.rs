@@ -278,6 +278,12 @@ fn the_html_report_renders_the_path_in_a_browser() {
         check_journey(j, lane);
     }
 
+    let scripts = dt.call(
+        "Runtime.evaluate",
+        json!({"expression": "document.scripts.length", "returnByValue": true}),
+    );
+    assert_eq!(scripts["result"]["value"], 0, "the page runs nothing");
+
     // Nothing but the page itself was asked for.
     let requests: Vec<String> = dt
         .events

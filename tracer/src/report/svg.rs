@@ -142,14 +142,20 @@ fn mark_centre(p: &Places, nodes: &[[f64; 4]], me: usize) -> (f64, f64) {
 /// The callout's text, each line cut to the diagram's width.
 fn callout_lines(severity: Severity, title: &str, lines: &[String], width: f64) -> Vec<String> {
     let room = width - 2.0 * MARGIN - 28.0;
-    let title = cut(
+    let title = shown(
         &format!("{} {title}", severity.symbol()),
         (room / TITLE_CHAR) as usize,
     );
     let max = (room / MONO_CHAR) as usize;
     std::iter::once(title)
-        .chain(lines.iter().map(|l| cut(l, max)))
+        .chain(lines.iter().map(|l| shown(l, max)))
         .collect()
+}
+
+/// Text as drawn (control characters made visible, which lengthens it), cut to `max`
+/// characters.
+fn shown(s: &str, max: usize) -> String {
+    cut(&escape(s).replace('\n', " "), max)
 }
 
 /// Text for HTML and SVG: control characters made visible, markup characters escaped.
@@ -228,7 +234,7 @@ fn zone(s: &mut String, p: &Places, l: &Layout, z: usize, prefix: &str) {
 
 /// A namespace's name as its box shows it (the full name is in the page's text).
 fn zone_name(z: &super::places::Zone) -> String {
-    cut(&z.name, 24)
+    shown(&z.name, 24)
 }
 
 fn severity_class(s: Severity) -> &'static str {
@@ -267,7 +273,7 @@ fn node(s: &mut String, p: &Places, l: &Layout, i: usize, prefix: &str) {
         r#"<g class="node {kind} {reach}{failed}" id="{prefix}node-{}"><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" rx="8"/>"#,
         esc(&n.key),
     );
-    let label = cut(&n.label, 15);
+    let label = shown(&n.label, 13);
     let _ = write!(
         s,
         r#"<text class="node-label" x="{cx:.1}" y="{:.1}">{}</text>"#,
@@ -279,7 +285,7 @@ fn node(s: &mut String, p: &Places, l: &Layout, i: usize, prefix: &str) {
             s,
             r#"<text class="node-sub" x="{cx:.1}" y="{:.1}">{}</text>"#,
             y + h / 2.0 + 16.0 + 14.0 * k as f64,
-            esc(&cut(sub, 18))
+            esc(&shown(sub, 18))
         );
     }
     for (lane, reach) in [(Lane::Request, n.request), (Lane::Reply, n.reply)] {

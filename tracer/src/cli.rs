@@ -15,6 +15,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
   tracer trace --vm ix7hj8hustuvlxiqc0g0u         watch the orchestrator's own attempts
   tracer trace --vm ix7hj8 --probe --deep --pcapng t.pcapng   every hop in detail, packets for Wireshark
   tracer report t.json --format md                a saved --json trace as Markdown, for a ticket
+  tracer report t.json --format html > t.html     the same as one page, with the path drawn
   tracer trace --port 49983                       every dropped envd packet, any namespace
   tracer doctor --vm ix7hj8hustuvlxiqc0g0u        read-only check of the sandbox's network
 
@@ -50,7 +51,8 @@ pub struct ReportArgs {
     /// The saved JSON lines (`-` reads standard input).
     #[arg(value_name = "FILE")]
     pub file: std::path::PathBuf,
-    /// `text` (as a live trace prints it) or `md` (Markdown, for a ticket).
+    /// `text` (as a live trace prints it), `md` (Markdown, for a ticket) or `html` (one
+    /// self-contained page with a diagram of each attempt's path; redirect it to a file).
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
 }
@@ -66,6 +68,7 @@ pub enum CaptureOrder {
 pub enum ReportFormat {
     Text,
     Md,
+    Html,
 }
 
 #[derive(Debug, Args)]

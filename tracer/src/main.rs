@@ -15,7 +15,7 @@ fn main() {
         cli::Command::Doctor(args) => tracer::doctor::run(args),
         cli::Command::Watch(args) => tracer::watch::run(args),
         cli::Command::Check(args) => tracer::bpf::features::run(args),
-        cli::Command::Report(args) => tracer::saved::run(&args.file, args.format == cli::ReportFormat::Md),
+        cli::Command::Report(args) => tracer::saved::run(&args.file, args.format),
     };
     // Temporary nft trace tables never outlive the run (also after an error).
     tracer::firewall::nftrace::cleanup();

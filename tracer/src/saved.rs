@@ -11,18 +11,19 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
+    cli::ReportFormat,
     error::EnvError,
     output::{Format, Output},
-    report::{JourneyRecord, text},
+    report::{JourneyRecord, html, mermaid, places, text},
     watch::reports,
 };
 
 /// Lines longer than this are not a record of ours (a record is a few KiB; a deep one tens).
 const MAX_LINE: usize = 4 << 20;
 
-/// Prints `file` (`-`: stdin) as text, or as Markdown when `markdown`. Exit 0; 2 when nothing
-/// in it is a record.
-pub fn run(file: &Path, markdown: bool) -> Result<i32> {
+/// Prints `file` (`-`: stdin) as text, Markdown, or one HTML page. Exit 0; 2 when nothing in
+/// it is a record.
+pub fn run(file: &Path, format: ReportFormat) -> Result<i32> {
     let input: Box<dyn Read> = if file == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
@@ -32,6 +33,7 @@ pub fn run(file: &Path, markdown: bool) -> Result<i32> {
         )
     };
     let mut out = Output::stdout(Format::Text);
+    let mut page = Page::default();
     let mut rendered = 0;
     for (n, line) in BufReader::new(input.take(1 << 30)).lines().enumerate() {
         let line = line.with_context(|| format!("read {}", file.display()))?;
@@ -42,10 +44,22 @@ pub fn run(file: &Path, markdown: bool) -> Result<i32> {
             eprintln!("tracer: {}:{}: not JSON, skipped", file.display(), n + 1);
             continue;
         };
-        if let Some(s) = render(&out, &v, markdown) {
+        if format == ReportFormat::Html {
+            rendered += usize::from(page.add(&out, v));
+        } else if let Some(s) = render(&out, &v, format == ReportFormat::Md) {
             out.text(&s)?;
             rendered += 1;
         }
+    }
+    if format == ReportFormat::Html && rendered > 0 {
+        let source = file
+            .file_name()
+            .map_or("-".into(), |f| f.to_string_lossy().into_owned());
+        // Written as it is: the HTML renderer escapes every value itself.
+        std::io::Write::write_all(
+            &mut std::io::stdout().lock(),
+            html::document(&source, &page.entries, &page.repeats).as_bytes(),
+        )?;
     }
     if rendered == 0 {
         return Err(EnvError::Usage(format!(
@@ -55,6 +69,33 @@ pub fn run(file: &Path, markdown: bool) -> Result<i32> {
         .into());
     }
     Ok(0)
+}
+
+/// The records of one HTML page, gathered before it is written.
+#[derive(Default)]
+struct Page {
+    entries: Vec<html::Entry>,
+    repeats: Vec<String>,
+}
+
+impl Page {
+    /// Takes one saved record; false for lines that are not records.
+    fn add(&mut self, out: &Output, v: Value) -> bool {
+        let record = serde_json::from_value::<JourneyRecord>(v.clone()).ok();
+        match (v["type"].as_str(), record) {
+            (Some("journey"), Some(record)) => self.entries.push(html::Entry {
+                record,
+                incident: None,
+            }),
+            (Some("incident"), Some(record)) => self.entries.push(html::Entry {
+                record,
+                incident: Some(v),
+            }),
+            (Some("repeat"), Some(r)) => self.repeats.push(text::repeat(out, &r)),
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// One saved record, rendered; None for lines that are not records (watcher status lines).
@@ -110,6 +151,7 @@ pub fn journey_markdown(out: &Output, r: &JourneyRecord) -> String {
             md.push('\n');
         }
     }
+    let _ = writeln!(md, "## The path\n\n{}", mermaid::render(&places::places(r)));
     let _ = writeln!(
         md,
         "## The attempt, hop by hop\n\n```\n{}```\n",
@@ -148,6 +190,23 @@ mod tests {
     }
 
     #[test]
+    fn an_html_page_gathers_journeys_incidents_and_repeats() {
+        let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
+        let mut page = Page::default();
+        assert!(page.add(&out, record("journey")));
+        assert!(page.add(&out, record("incident")));
+        assert!(page.add(&out, record("repeat")));
+        assert!(!page.add(&out, json!({"type": "status"})));
+        assert_eq!((page.entries.len(), page.repeats.len()), (2, 1));
+        let html = html::document("t.json", &page.entries, &page.repeats);
+        assert!(
+            html.contains("<dt>incident</dt><dd><code>abc-1</code></dd>"),
+            "{html}"
+        );
+        assert!(html.contains("id=\"j1-fail\""), "{html}");
+    }
+
+    #[test]
     fn saved_records_render_as_live_output_and_markdown() {
         let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
         let text = render(&out, &record("journey"), false).unwrap();
@@ -181,12 +240,17 @@ mod tests {
             md.contains("**Likely fix:** `remove the rule`") && md.contains("- event: drop"),
             "{md}"
         );
+        assert!(
+            md.contains("## The path\n\n```mermaid\nflowchart LR\n") && md.contains("  class n2 failed\n"),
+            "the path, the failing device marked: {md}"
+        );
         // A watcher's incident: its Markdown report, with the hops.
         let md = render(&out, &record("incident"), true).unwrap();
         assert!(
             md.contains("| incident | `abc-1` |") && md.contains("nf_hook_slow"),
             "{md}"
         );
+        assert!(md.contains("```mermaid\nflowchart LR\n"), "{md}");
         // Lines that are not records (the watcher's status) are skipped.
         assert!(render(&out, &json!({"type": "status"}), false).is_none());
     }

@@ -33,6 +33,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // Reads deep mode's pcapng captures back in the tests.
     "tshark",
+    // Renders `tracer report --format html` in the end-to-end test (headless, over DevTools).
+    "chromium",
 ];
 const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
 

@@ -46,6 +46,17 @@ pub fn hms(unix_ns: u64) -> String {
     )
 }
 
+/// At most `max` characters, a cut shown by `…` (for fixed-width places; the full text is
+/// shown elsewhere).
+pub fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a unix time in ns (what log pipelines parse).
 pub fn rfc3339(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;

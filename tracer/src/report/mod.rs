@@ -1,9 +1,15 @@
 //! Reports: text for people and JSON for machines (schema in the README), both from the same
 //! records. Repeated failures are shown once, with a count and a time range.
 pub mod deep;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod format;
+pub mod html;
+pub mod mermaid;
+pub mod places;
 pub mod record;
 pub mod sentences;
+pub mod svg;
 pub mod text;
 
 use std::collections::HashMap;
@@ -174,6 +180,8 @@ impl Reporter {
                 .collect(),
             failing_hop: j.verdict.failing_hop,
             deep: j.context.cloned(),
+            actors: Vec::new(),
+            divergence: None,
         };
         (sig, record)
     }

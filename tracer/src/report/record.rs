@@ -258,6 +258,50 @@ pub struct JourneyRecord {
     /// verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deep: Option<DeepContext>,
+    /// Who acted on the packet where it failed (a rule, a process, a route), when known.
+    /// Newer records carry it; a malformed value reads as none rather than losing the record.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<ActorRecord>,
+    /// Where the journey first differed from the expected path, when known.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub divergence: Option<DivergenceRecord>,
+}
+
+/// One actor on the packet: `kind` (e.g. `rule`, `process`, `route`), where, and a sentence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActorRecord {
+    pub kind: Option<String>,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    pub text: Option<String>,
+}
+
+/// The first hop whose `field` differs from what the expected path predicts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DivergenceRecord {
+    /// Index in `hops`.
+    pub hop: Option<usize>,
+    pub field: Option<String>,
+    /// Strings in practice; any JSON value is kept and shown as JSON.
+    pub expected: serde_json::Value,
+    pub observed: serde_json::Value,
+}
+
+/// Reads an optional part of a record written by another version of the tracer: a value of
+/// another shape becomes the default, so the rest of the record still renders.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 /// A journey with everything known about its outcome: the verdict, the rule naming found for

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     output::{Format, Output},
-    report::{record::JourneyRecord, text},
+    report::{mermaid, places, record::JourneyRecord, text},
 };
 
 /// Where reports go, and how much may stay.
@@ -144,6 +144,7 @@ pub fn markdown(incident: &Value, record: Option<&JourneyRecord>) -> String {
     if let Some(r) = record {
         let out = Output::to_writer(Format::Text, Box::new(std::io::sink()));
         let failing = r.hops.iter().position(|h| h.point == "drop");
+        let _ = writeln!(md, "## The path\n\n{}", mermaid::render(&places::places(r)));
         let _ = writeln!(
             md,
             "## The attempt, hop by hop\n\n```\n{}```\n",
@@ -185,6 +186,25 @@ mod tests {
             "localized_at": format!("2026-11-30T10:00:0{n}.000Z"), "attempts_seen": 2,
             "explained_by": ["ns_iptables"], "evidence": ["event: drop"], "drop": {"rule": "-A FORWARD -j DROP"}
         })
+    }
+
+    #[test]
+    fn a_report_draws_the_path_before_the_hops() {
+        let record = crate::report::fixtures::record("reply-drop");
+        let md = markdown(&incident(1), Some(&record));
+        let path = md
+            .find("## The path\n\n```mermaid\nflowchart LR\n")
+            .expect("the diagram");
+        let hops = md.find("## The attempt, hop by hop").expect("the hops");
+        assert!(path < hops, "{md}");
+        assert!(
+            md.contains("  n4 -.->|\"PRE · ✗ FWD\"| n3\n"),
+            "the reply's FORWARD failed: {md}"
+        );
+        assert!(
+            !markdown(&incident(1), None).contains("```mermaid"),
+            "no record, no path"
+        );
     }
 
     #[test]

@@ -363,6 +363,12 @@ mod tests {
         let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
         let systemd: Vec<String> = exec.split_whitespace().map(String::from).collect();
         let job = std::fs::read_to_string(dir.join("tracer-watch.nomad.hcl")).unwrap();
+        // Commented-out examples are not part of the command.
+        let job: String = job
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let quoted =
             |text: &str| -> Vec<String> { text.split('"').skip(1).step_by(2).map(String::from).collect() };
         let command = job

@@ -715,6 +715,8 @@ fn verdict_spot(p: &Places, n: &Names, r: &JourneyRecord) -> Option<(Lane, Spot)
             at(&q.netns, &q.device, Lane::Request)
         }
         Outcome::NoReply | Outcome::Late => Some((Lane::Reply, Spot::Node(guest))),
+        // It left the host side by another sandbox's veth: the host side is where it went wrong.
+        Outcome::Misdirected => Some((Lane::Request, Spot::Node(0))),
         Outcome::Connected | Outcome::Unknown => None,
     }
 }
@@ -747,6 +749,12 @@ fn title(r: &JourneyRecord) -> String {
                 l.reply_ms, l.after_timeout_ms
             )
         }),
+        Outcome::Misdirected => r.misdirected.as_ref().map(|m| {
+            format!(
+                "went to {} instead",
+                m.netns.as_deref().unwrap_or("another sandbox's namespace")
+            )
+        }),
         Outcome::Connected | Outcome::Unknown => None,
     };
     match why {
@@ -770,6 +778,8 @@ fn unreachable_name(u: &super::record::UnreachableRecord) -> &'static str {
         K::Neighbour => "neighbour",
         K::Prohibited => "prohibited:",
         K::Blackhole => "blackhole route to",
+        K::RoutedElsewhere => "routed off the host side:",
+        K::HostSideUnknown => "host side not known for",
     }
 }
 

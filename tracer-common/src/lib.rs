@@ -135,8 +135,8 @@ pub const CFG_ANY_ADDR: u32 = 2;
 /// followed) match any address; the path programs still use `ADDRS`. The watcher's mode:
 /// every failed envd attempt and drop on the node, the full path only where it zoomed in.
 pub const CFG_DETECT_ANY_ADDR: u32 = 4;
-/// `Config::flags`: deep mode: followed packets are sent as [`DeepEvent`]s (packet bytes,
-/// skb and conntrack facts, the kernel stack at a drop).
+/// `Config::flags`: deep mode: a drop's record carries the kernel stack (`Deep::stack_id`).
+/// Every packet record carries the rest of [`Deep`] (the facts the verdict engine compares).
 pub const CFG_DEEP: u32 = 8;
 
 /// Bytes of each followed packet a deep event carries (from its L2 header when it has one,
@@ -212,7 +212,7 @@ pub struct Offsets {
     pub nf_state_in: u32,
     pub nf_state_out: u32,
     pub nf_state_net: u32,
-    /// Deep mode only (`CFG_DEEP`): `sk_buff.len`, `.mark`, `.mac_header`, `.tail`, `._nfct`,
+    /// The facts of every packet record: `sk_buff.len`, `.mark`, `.mac_header`, `.tail`, `._nfct`,
     /// and `nf_conn.status`, `.zone.id`, `.mark` ([`OFF_NONE`] where this kernel has none).
     pub skb_len: u32,
     pub skb_mark: u32,

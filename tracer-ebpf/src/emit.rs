@@ -2,7 +2,7 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use tracer_common::{
-    CFG_DEEP, CT_NONE, Config, Deep, DeepEvent, Event, LOST_EVENTS, OFF_NONE, Offsets, Packet, SNAP_LEN,
+    CT_NONE, Config, Deep, DeepEvent, Event, LOST_EVENTS, OFF_NONE, Offsets, Packet, SNAP_LEN,
 };
 
 use crate::{
@@ -68,15 +68,13 @@ fn count_lost() {
     }
 }
 
-/// Sends the event of a packet: as is, or in deep mode with the packet's bytes and skb facts
-/// (written straight into the ring, as they do not fit on the BPF stack). `stack_id` is the
-/// kernel stack of a drop, negative when none.
+/// Sends the event of a packet with what the verdict engine compares at every hop: the skb's
+/// mark, its conntrack reference (state, status, zone), and the packet's first bytes (L2
+/// addresses, TTL), written straight into the ring (they do not fit on the BPF stack). Only
+/// packets already matched get here, so packets that are not followed pay nothing for it.
+/// `stack_id` is the kernel stack of a drop (deep mode), negative when none.
 #[inline(always)]
 pub fn send_packet(ev: &Event, skb: u64, cfg: &Config, stack_id: i64) {
-    if cfg.flags & CFG_DEEP == 0 {
-        send(ev);
-        return;
-    }
     let Some(mut entry) = EVENTS.reserve::<DeepEvent>(0) else {
         count_lost();
         return;

@@ -6,8 +6,13 @@ use std::net::Ipv4Addr;
 use crate::tcp::{NUD_FAILED, NUD_INCOMPLETE};
 
 /// What was read about the path's namespaces and its VMM.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ReadFacts {
+    /// Everything that can act on a packet, per namespace of the path (see
+    /// [`crate::engine::inventory`]).
+    pub namespaces: Vec<crate::engine::inventory::NsInventory>,
+    /// What can act on the client's connect() (its cgroup's BPF programs).
+    pub client: Option<crate::engine::inventory::ClientInventory>,
     pub neighbours: Vec<NeighFact>,
     pub links: Vec<LinkFact>,
     /// The VMM that should read the tap; None when no process does.

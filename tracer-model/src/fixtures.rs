@@ -35,7 +35,7 @@ pub fn hop(ts: u64, ns: &str, dev: &str, kind: HopKind, p: Packet) -> Hop {
         ts_ns: ts,
         netns: ns.bytes().map(u32::from).sum(),
         netns_name: Some(ns.into()),
-        ifindex: 2,
+        ifindex: fixture_ifindex(dev),
         device: (!dev.is_empty()).then(|| dev.to_string()),
         kind,
         pkt: p,
@@ -116,5 +116,101 @@ pub fn path() -> ExpectedPath {
         host_veth_ip: Some("10.12.0.2".parse().unwrap()),
         ns_veth_ip: Some("10.12.0.3".parse().unwrap()),
         port: 49983,
+        devices: crate::path::PathDevices {
+            host_veth: Some(dev(HOST_VETH_IFINDEX, "0e:00:00:00:01:02")),
+            host_bridge: None,
+            ns_veth: Some(dev(NS_VETH_IFINDEX, "0e:00:00:00:01:03")),
+            tap: Some(dev(TAP_IFINDEX, "02:fc:00:00:00:06")),
+            bridge: None,
+            guest_mac: Some("02:fc:00:00:00:05".into()),
+            host_ttl: Some(64),
+        },
     }
+}
+
+/// Interface indexes of the fixture path's devices (as `hop` gives them by name).
+pub const HOST_VETH_IFINDEX: u32 = 5;
+pub const NS_VETH_IFINDEX: u32 = 2;
+pub const TAP_IFINDEX: u32 = 3;
+
+fn dev(ifindex: u32, mac: &str) -> crate::path::Dev {
+    crate::path::Dev {
+        ifindex,
+        mac: Some(mac.into()),
+    }
+}
+
+/// The ifindex fixtures give a device name.
+pub fn fixture_ifindex(dev: &str) -> u32 {
+    match dev {
+        "veth-1" => HOST_VETH_IFINDEX,
+        "eth0" => NS_VETH_IFINDEX,
+        "tap0" => TAP_IFINDEX,
+        "" => 0,
+        _ => 9,
+    }
+}
+
+/// The lab's inventory of a namespace: `ns-1` with E2B's nat PREROUTING chain (its DNAT only
+/// when `dnat`), or `e2b-host` with its route to the slot's host IP through `via_dev`.
+pub fn inventory(ns: &str, dnat: bool, via_dev: &str) -> crate::engine::inventory::NsInventory {
+    use crate::{
+        engine::inventory::{NsInventory, Route},
+        firewall::model::{Action, Backend, Chain, Cond, HookPoint, Rule, Source, Table},
+    };
+    let mut inv = NsInventory {
+        netns: ns_inode(ns),
+        label: ns.into(),
+        ..Default::default()
+    };
+    if ns == "e2b-host" {
+        inv.routes.push(Route {
+            table: 254,
+            dst: "10.11.0.1".parse().unwrap(),
+            prefix: 32,
+            kind: "unicast".into(),
+            gateway: Some(
+                if via_dev == "veth-1" {
+                    "10.12.0.3"
+                } else {
+                    "10.12.0.5"
+                }
+                .parse()
+                .unwrap(),
+            ),
+            oif: Some(fixture_ifindex(via_dev)),
+            device: Some(via_dev.into()),
+            metric: 0,
+            prefsrc: None,
+        });
+        return inv;
+    }
+    let rules = if dnat {
+        vec![Rule {
+            conds: vec![
+                Cond::InDev(vec!["eth0".into()]),
+                Cond::Dst(vec![("10.11.0.1".parse().unwrap(), 32)]),
+            ],
+            action: Action::Dnat(Some("169.254.0.21".parse().unwrap())),
+            text: "-A PREROUTING -d 10.11.0.1/32 -i eth0 -j DNAT --to-destination 169.254.0.21".into(),
+            handle: None,
+        }]
+    } else {
+        Vec::new()
+    };
+    inv.tables.push(Table {
+        source: Source::Iptables(Backend::Nft),
+        family: "ip".into(),
+        name: "nat".into(),
+        chains: vec![Chain {
+            name: "PREROUTING".into(),
+            hook: Some(HookPoint::Prerouting),
+            priority: crate::hook::PRIO_NAT_DST,
+            is_nat: true,
+            policy_drop: false,
+            device: None,
+            rules,
+        }],
+    });
+    inv
 }

@@ -8,7 +8,9 @@
 //! Turning a verdict into sentences is the output layer's job.
 pub mod attempts;
 pub mod deep;
+pub mod engine;
 pub mod facts;
+pub mod firewall;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod hook;

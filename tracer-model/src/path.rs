@@ -39,6 +39,34 @@ pub struct ExpectedPath {
     pub host_veth_ip: Option<Ipv4Addr>,
     pub ns_veth_ip: Option<Ipv4Addr>,
     pub port: u16,
+    /// The path's devices by index and MAC, the guest's MAC and the client's TTL: what the
+    /// engine compares each hop with.
+    pub devices: PathDevices,
+}
+
+/// A device of the path as discovery read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Dev {
+    pub ifindex: u32,
+    pub mac: Option<String>,
+}
+
+/// What the path's hops are compared with beyond names: devices by index (names can be
+/// reused), their MACs (the L2 destination each hop should carry), the guest's MAC and the
+/// TTL the client's SYN starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PathDevices {
+    pub host_veth: Option<Dev>,
+    /// A bridge the host veth is a port of (not in E2B).
+    pub host_bridge: Option<Dev>,
+    pub ns_veth: Option<Dev>,
+    pub tap: Option<Dev>,
+    pub bridge: Option<Dev>,
+    /// The guest's MAC: from its own frames on the tap, else a learned neighbour entry; None
+    /// when unknown (then no L2 destination is expected toward the guest).
+    pub guest_mac: Option<String>,
+    /// `net.ipv4.ip_default_ttl` of the host side.
+    pub host_ttl: Option<u8>,
 }
 
 impl ExpectedPath {

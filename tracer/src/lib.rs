@@ -23,6 +23,7 @@ pub mod cmd;
 pub mod connect;
 pub mod conntrack;
 pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod firewall;

@@ -354,6 +354,12 @@ impl Rtnl {
         Ok(id.filter(|id| *id >= 0))
     }
 
+    /// A dump request, its replies as the library parses them (for readers of messages this
+    /// module does not convert: the engine's inventory of rules, queues and filters).
+    pub fn dump_messages(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        self.dump(msg)
+    }
+
     /// A dump request, each reply converted by `convert` (replies it does not take are skipped).
     fn dump_as<T>(
         &mut self,

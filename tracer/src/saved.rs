@@ -139,9 +139,10 @@ pub fn journey_markdown(out: &Output, r: &JourneyRecord) -> String {
     if let Some(rule) = r.drop.as_ref().and_then(|d| d.rule.as_ref()) {
         let _ = writeln!(md, "**Rule:** `{}`\n", rule.replace('`', "'"));
     }
+    let evidence: Vec<String> = r.evidence.iter().map(|e| e.line()).collect();
     for (title, items) in [
         ("Explained by (doctor)", &r.explained_by),
-        ("Evidence", &r.evidence),
+        ("Evidence", &evidence),
     ] {
         if !items.is_empty() {
             let _ = writeln!(md, "## {title}\n");

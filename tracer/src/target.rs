@@ -132,8 +132,20 @@ pub fn path_of(sb: &Sandbox, port: u16) -> Result<(ExpectedPath, Vec<String>)> {
         host_veth_ip: sb.host_veth_ip,
         ns_veth_ip: sb.ns_veth_ip,
         port,
+        devices: path_devices(sb),
     };
     Ok((path, warnings))
+}
+
+/// The path's devices as discovery read them, and the TTL the host side's SYNs start with.
+fn path_devices(sb: &Sandbox) -> tracer_model::path::PathDevices {
+    let mut d = sb.devices.clone();
+    d.host_ttl = sb
+        .host_ns
+        .as_ref()
+        .and_then(|h| crate::netstate::sysctl(h, "net.ipv4.ip_default_ttl").ok())
+        .and_then(|v| v.parse().ok());
+    d
 }
 
 /// A namespace as the model names it (the root namespace as `root`).

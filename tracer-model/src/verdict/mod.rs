@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-mod findings;
 mod outcome;
 
 use crate::{
@@ -197,20 +196,6 @@ pub struct Finding {
     pub ttl: Option<u8>,
 }
 
-impl Finding {
-    fn new(kind: FindingKind) -> Self {
-        Self {
-            kind,
-            netns: None,
-            device: None,
-            hook: None,
-            table: None,
-            address: None,
-            ttl: None,
-        }
-    }
-}
-
 /// What sent the attempt to another sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -309,6 +294,10 @@ pub struct Verdict {
     pub cause: Option<Finding>,
     /// Index into the journey's hops of the hop where it went wrong.
     pub failing_hop: Option<usize>,
+    /// The first hop where the packet differed from its path, and how: the cause's place.
+    pub divergence: Option<crate::engine::Divergence>,
+    /// Who acted there (or at the effect's place when nothing differed before it).
+    pub actors: Vec<crate::engine::Actor>,
 }
 
 impl Verdict {
@@ -326,6 +315,8 @@ impl Verdict {
             findings: Vec::new(),
             cause: None,
             failing_hop: None,
+            divergence: None,
+            actors: Vec::new(),
         }
     }
 }
@@ -334,9 +325,8 @@ impl Verdict {
 pub fn decide(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Verdict {
     let mut v = outcome::outcome(j, path, facts);
     v.reply_ms = outcome::reply_ms(j);
-    if v.outcome != Outcome::Connected {
-        v.findings = findings::findings(j, path);
-        v.cause = v.findings.iter().find(|f| f.kind.is_cause()).cloned();
+    if let Some(p) = path {
+        crate::engine::cause::explain(j, p, facts, &mut v);
     }
     v
 }
@@ -737,7 +727,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_dnat_and_a_loop_are_named() {
+    fn a_missing_dnat_is_the_first_difference_and_its_absence_the_cause() {
         let mut looped = syn();
         looped.ttl = 1;
         let j = journey(vec![
@@ -754,39 +744,69 @@ mod tests {
                 looped,
             ),
         ]);
-        let v = decide(&j, Some(&path()), &none());
+        let facts = ReadFacts {
+            namespaces: vec![crate::fixtures::inventory("ns-1", false, "")],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
         assert_eq!(v.outcome, Outcome::Dropped);
-        let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
+        let d = v.divergence.as_ref().expect("a difference");
         assert_eq!(
-            kinds,
-            vec![
-                FindingKind::NoDnat,
-                FindingKind::RoutedBack,
-                FindingKind::RoutingLoop
-            ]
+            (d.hop, d.field, d.observed.as_str()),
+            (1, crate::engine::Field::Destination, "10.11.0.1:49983")
         );
-        assert_eq!(v.cause.map(|c| c.kind), Some(FindingKind::NoDnat));
+        assert!(
+            matches!(&v.actors[0].id, crate::engine::ActorId::MissingRule { table, .. } if table == "nat"),
+            "{:?}",
+            v.actors
+        );
+        // With the DNAT rule in place the absence is not claimed.
+        let facts = ReadFacts {
+            namespaces: vec![crate::fixtures::inventory("ns-1", true, "")],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert!(
+            !v.actors
+                .iter()
+                .any(|a| matches!(a.id, crate::engine::ActorId::MissingRule { .. })),
+            "{:?}",
+            v.actors
+        );
     }
 
     #[test]
-    fn wrong_slot_route_is_named() {
+    fn an_attempt_seen_in_another_sandbox_is_misdirected_by_the_host_route() {
         let j = journey(vec![
             hop(1, "e2b-host", "veth-2", HopKind::Xmit, syn()),
+            hop(2, "ns-2", "eth0", HopKind::Receive, syn()),
             hop(
-                2,
-                "ns-2",
-                "eth0",
-                HopKind::Drop {
-                    reason: DropReason::new("IP_INHDR"),
-                },
-                syn(),
+                3,
+                "e2b-host",
+                "",
+                sock(TCP_SYN_SENT, crate::tcp::TCP_ESTABLISHED),
+                pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
             ),
         ]);
-        let v = decide(&j, Some(&path()), &none());
-        let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
+        let facts = ReadFacts {
+            namespaces: vec![crate::fixtures::inventory("e2b-host", false, "veth-2")],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert_eq!(
+            v.outcome,
+            Outcome::Misdirected,
+            "answered elsewhere is never connected"
+        );
+        let m = v.misdirected.as_ref().unwrap();
+        assert_eq!(
+            (m.netns.as_deref(), m.by, m.answered),
+            (Some("ns-2"), MisdirectedBy::Events, true)
+        );
         assert!(
-            kinds.contains(&FindingKind::WrongRoute) && kinds.contains(&FindingKind::OtherNamespace),
-            "{kinds:?}"
+            matches!(&v.actors[0].id, crate::engine::ActorId::Route { device, .. } if device.as_deref() == Some("veth-2")),
+            "{:?}",
+            v.actors
         );
     }
 

@@ -8,7 +8,7 @@ use tracer_model::{
     rule::RuleText,
 };
 
-use super::model::{Action, Backend, Chain, Cond, HookPoint, Rule, Source, Table, flag_bit, flags};
+use super::model::{Action, Backend, Chain, Cond, Effect, HookPoint, Rule, Source, Table, flag_bit, flags};
 
 /// One `iptables-save -c` dump.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -321,7 +321,7 @@ pub fn parse_ipt_rule(text: &str) -> Rule {
     }
 }
 
-const KNOWN_MODULES: &[&str] = &["tcp", "udp", "multiport", "conntrack", "state", "comment"];
+const KNOWN_MODULES: &[&str] = &["tcp", "udp", "multiport", "conntrack", "state", "comment", "mark"];
 
 /// Options of the modules the model knows: (condition, words used including the option).
 fn ipt_match_option(opt: &str, arg: &str, rest: &[String]) -> Option<(Cond, usize)> {
@@ -354,6 +354,10 @@ fn ipt_match_option(opt: &str, arg: &str, rest: &[String]) -> Option<(Cond, usiz
             2,
         ),
         "--comment" => (Cond::True, 2),
+        "--mark" => {
+            let (value, mask) = value_mask(arg);
+            (Cond::Mark { value, mask }, 2)
+        }
         _ => return None,
     })
 }
@@ -371,10 +375,38 @@ fn ipt_target(name: &str, goto: bool, opts: &[String]) -> Action {
         "MASQUERADE" => Action::Masquerade,
         "REDIRECT" => Action::Redirect,
         "QUEUE" | "NFQUEUE" | "TPROXY" | "SYNPROXY" => Action::Divert(name.to_string()),
+        "NOTRACK" => Action::Set(Effect::Notrack),
+        "CT" if opts.iter().any(|o| o == "--notrack") => Action::Set(Effect::Notrack),
+        "CT" => match opt("--zone") {
+            Some(z) => Action::Set(Effect::CtZone(z.parse().ok())),
+            None => Action::Set(Effect::Other("CT".into())),
+        },
+        "MARK" => Action::Set(Effect::Mark(
+            opt("--set-mark").or(opt("--set-xmark")).map(|v| value_mask(v).0),
+        )),
+        "TTL" => Action::Set(Effect::Ttl(opt("--ttl-set").and_then(|v| v.parse().ok()))),
+        "CONNMARK" | "TOS" | "DSCP" | "TCPMSS" | "CLASSIFY" | "ECN" | "HL" => {
+            Action::Set(Effect::Other(name.to_string()))
+        }
+        "LOG" | "NFLOG" | "TRACE" | "AUDIT" => Action::Continue,
         // Built-in non-terminal targets are upper case; user chains may be anything, so a
         // name the dump declares as a chain is a jump (decided when the chain is looked up).
         other if goto => Action::Goto(other.to_string()),
         other => Action::Jump(other.to_string()),
+    }
+}
+
+/// `0x77`, `119`, `0x1/0xff` → (value, mask).
+fn value_mask(s: &str) -> (u32, u32) {
+    let num = |t: &str| {
+        t.strip_prefix("0x")
+            .map(|h| u32::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| t.parse().ok())
+            .unwrap_or(0)
+    };
+    match s.split_once('/') {
+        Some((v, m)) => (num(v), num(m)),
+        None => (num(s), u32::MAX),
     }
 }
 

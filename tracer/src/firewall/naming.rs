@@ -158,6 +158,54 @@ fn uncounted_chain(base: &[&NftChain], place: Place<'_>) -> RuleName {
     }
 }
 
+/// Every rule (iptables of each backend, nft rules with a counter) whose counter rose from
+/// `before` to `after`: what acted on packets in between, for the engine to match against
+/// the rules it evaluates.
+pub fn counted(before: &Rulesets, after: &Rulesets) -> Vec<tracer_model::engine::inventory::CountedRule> {
+    use tracer_model::engine::inventory::CountedRule;
+    let mut out = Vec::new();
+    let empty = Default::default();
+    for (backend, now) in &after.ipt {
+        let old = before
+            .ipt
+            .iter()
+            .find(|(b, _)| b == backend)
+            .map_or(&empty, |(_, s)| s);
+        let source = super::model::Source::Iptables(*backend).label().to_string();
+        for table in &now.tables {
+            for hit in ipt_hits(old, now, &table.name) {
+                let text = match &hit.rule {
+                    RuleText::Iptables(t) => t.clone(),
+                    other => other.render(),
+                };
+                out.push(CountedRule {
+                    source: source.clone(),
+                    family: "ip".into(),
+                    table: hit.table,
+                    chain: hit.chain,
+                    handle: None,
+                    text,
+                    packets: hit.delta,
+                });
+            }
+        }
+    }
+    let chains = |r: &Rulesets| r.nft.as_ref().map(|n| n.chains.clone()).unwrap_or_default();
+    let (old, now) = (chains(before), chains(after));
+    for (c, r, delta) in nft_hits(&old, &now) {
+        out.push(CountedRule {
+            source: "nft".into(),
+            family: c.family.clone(),
+            table: c.table.clone(),
+            chain: c.name.clone(),
+            handle: Some(r.handle),
+            text: r.text.clone(),
+            packets: delta,
+        });
+    }
+    out
+}
+
 /// nft rules whose counters grew from `before` to `after` (matched by table, chain, handle).
 fn nft_hits<'a>(before: &[NftChain], after: &'a [NftChain]) -> Vec<(&'a NftChain, &'a NftRule, u64)> {
     let mut hits = Vec::new();

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::model::{Action, Chain, Cond, HookPoint, Rule, Source, Table, flag_bit, flags};
+use super::model::{Action, Chain, Cond, Effect, HookPoint, Rule, Source, Table, flag_bit, flags};
 
 /// One ruleset as `nft -j list ruleset` prints it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -342,6 +342,8 @@ fn model_rule(r: &NftRule) -> Rule {
             "masquerade" => action = Action::Masquerade,
             "redirect" => action = Action::Redirect,
             "queue" | "vmap" | "tproxy" | "synproxy" => action = Action::Divert(k.clone()),
+            "notrack" if action == Action::Continue => action = Action::Set(Effect::Notrack),
+            "mangle" if action == Action::Continue => action = Action::Set(mangle_effect(val)),
             "limit" | "quota" => conds.push(Cond::Unknown(k.clone())),
             "xt" => {
                 let name = str_of(val, "name");
@@ -391,8 +393,8 @@ fn match_left(left: &Value, right: &Value, op: &str) -> Cond {
                     .unwrap_or_default(),
             ),
             "l4proto" => Cond::Tcp(strings_or_numbers(right).iter().any(|p| p == "tcp" || p == "6")),
-            "nfproto" => Cond::from_bool(strings(right).is_some_and(|v| v.iter().any(|p| p == "ipv4"))),
-            "protocol" => Cond::from_bool(strings(right).is_some_and(|v| v.iter().any(|p| p == "ip"))),
+            "nfproto" => Cond::always(strings(right).is_some_and(|v| v.iter().any(|p| p == "ipv4"))),
+            "protocol" => Cond::always(strings(right).is_some_and(|v| v.iter().any(|p| p == "ip"))),
             _ => unknown(),
         };
     }
@@ -432,6 +434,11 @@ fn match_left(left: &Value, right: &Value, op: &str) -> Cond {
             cmp: nft_flags(right),
         };
     }
+    if left["meta"]["key"] == "mark" || left.get("&").is_some_and(|a| a[0]["meta"]["key"] == "mark") {
+        let value = right.as_u64().map(|v| v as u32);
+        let mask = left["&"][1].as_u64().map_or(u32::MAX, |m| m as u32);
+        return value.map_or_else(unknown, |value| Cond::Mark { value, mask });
+    }
     if left["ct"]["key"] == "state" {
         return Cond::CtState(
             strings(right)
@@ -444,13 +451,20 @@ fn match_left(left: &Value, right: &Value, op: &str) -> Cond {
     unknown()
 }
 
-impl Cond {
-    fn from_bool(b: bool) -> Self {
-        if b {
-            Self::True
-        } else {
-            Self::Not(Box::new(Self::True))
-        }
+/// What an nft `mangle` statement changes: `meta mark set`, `ct zone set`, `ip ttl set` ...
+fn mangle_effect(val: &Value) -> Effect {
+    let key = &val["key"];
+    let num = val["value"].as_u64();
+    if key["meta"]["key"] == "mark" {
+        Effect::Mark(num.map(|v| v as u32))
+    } else if key["ct"]["key"] == "zone" {
+        Effect::CtZone(num.and_then(|v| u16::try_from(v).ok()))
+    } else if key["payload"]["field"] == "ttl" {
+        Effect::Ttl(num.and_then(|v| u8::try_from(v).ok()))
+    } else if key["ct"]["key"] == "mark" {
+        Effect::Other("ct mark".into())
+    } else {
+        Effect::Other("mangle".into())
     }
 }
 

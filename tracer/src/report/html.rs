@@ -173,7 +173,8 @@ fn verdict(s: &mut String, r: &JourneyRecord) {
     let divergence: Vec<String> = r.divergence.iter().map(divergence_line).collect();
     fact(s, "divergence", &divergence, false);
     fact(s, "explained by (doctor)", &r.explained_by, false);
-    fact(s, "evidence", &r.evidence, false);
+    let evidence: Vec<String> = r.evidence.iter().map(|e| e.line()).collect();
+    fact(s, "evidence", &evidence, false);
     let mut notes: Vec<String> = r
         .blind_spots
         .iter()

@@ -1,6 +1,8 @@
 //! Reports: text for people and JSON for machines (schema in the README), both from the same
 //! records. Repeated failures are shown once, with a count and a time range.
+pub mod cause;
 pub mod deep;
+pub mod evidence;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod format;
@@ -35,6 +37,8 @@ pub struct Reporter {
     order: Vec<String>,
     /// Where the tracer could not attach (put on every record).
     blind_spots: Vec<String>,
+    /// Deep mode: hops carry the packet and skb facts (`hops[].deep`).
+    deep: bool,
 }
 
 struct Group {
@@ -60,7 +64,14 @@ impl Reporter {
             groups: HashMap::new(),
             order: Vec::new(),
             blind_spots: Vec::new(),
+            deep: false,
         }
+    }
+
+    /// Deep mode: every hop's packet and skb facts go into the records.
+    pub fn with_deep(mut self, deep: bool) -> Self {
+        self.deep = deep;
+        self
     }
 
     /// Places the tracer could not attach to: every verdict says so.
@@ -147,6 +158,7 @@ impl Reporter {
         let t0 = journey.first_ns;
         let record = JourneyRecord {
             kind: "journey".into(),
+            schema_version: record::SCHEMA_VERSION,
             sandbox: self.sandbox.clone(),
             outcome: j.verdict.outcome,
             summary: sentences::summary(facts),
@@ -162,6 +174,8 @@ impl Reporter {
             cause: parts.cause,
             explained_by: j.explained_by.to_vec(),
             evidence: parts.evidence,
+            actors: parts.actors,
+            divergence: parts.divergence,
             client: journey.client().map(|(a, p)| format!("{a}:{p}")),
             target: journey.target.map(|(a, p)| format!("{a}:{p}")),
             count: 1,
@@ -176,12 +190,10 @@ impl Reporter {
             hops: journey
                 .hops
                 .iter()
-                .map(|(leg, h)| hop_record(*leg, h, t0))
+                .map(|(leg, h)| hop_record(*leg, h, t0, self.deep))
                 .collect(),
             failing_hop: j.verdict.failing_hop,
             deep: j.context.cloned(),
-            actors: Vec::new(),
-            divergence: None,
         };
         (sig, record)
     }

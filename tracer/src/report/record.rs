@@ -4,13 +4,13 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use tracer_model::{
-    facts::{FactUsed, ReaderFact},
+    engine::{ActorId, How, Role},
+    facts::ReaderFact,
     hook::Hook,
     hop::{Hop, HopKind},
     journey::{Journey, Leg},
     path::ExpectedPath,
     rule::RuleName,
-    tcp::nud_name,
     verdict::{
         Direction, FindingKind, LateFate, MisdirectedBy, Outcome, QueueKind, ReplyKind, ResetBy,
         UnreachableKind, Verdict,
@@ -19,6 +19,7 @@ use tracer_model::{
 
 use super::{
     deep::{DeepContext, DeepRecord},
+    evidence::{Evidence, EvidenceRecord},
     format::{Tuple, flags_str},
     sentences::{self, Facts},
 };
@@ -205,6 +206,9 @@ impl DelaySummary {
 pub struct JourneyRecord {
     #[serde(rename = "type")]
     pub kind: String,
+    /// The record layout ([`SCHEMA_VERSION`]; 1 when absent: written by an older tracer).
+    #[serde(default = "schema_v1")]
+    pub schema_version: u32,
     pub sandbox: Option<SandboxRef>,
     pub outcome: Outcome,
     pub summary: String,
@@ -227,10 +231,10 @@ pub struct JourneyRecord {
     pub findings: Vec<FindingRecord>,
     pub cause: Option<FindingRecord>,
     pub explained_by: Vec<String>,
-    /// What the verdict rests on: the deciding event(s), and the facts read at decision time
-    /// (and where they were read).
-    #[serde(default)]
-    pub evidence: Vec<String>,
+    /// What the verdict rests on, one typed item each: the deciding event(s) and the facts
+    /// read at decision time (and where they were read).
+    #[serde(default, deserialize_with = "super::evidence::compat")]
+    pub evidence: Vec<EvidenceRecord>,
     pub client: Option<String>,
     pub target: Option<String>,
     /// How many attempts ended this way, and when.
@@ -271,26 +275,58 @@ pub struct JourneyRecord {
     pub divergence: Option<DivergenceRecord>,
 }
 
-/// One actor on the packet: `kind` (e.g. `rule`, `process`, `route`), where, and a sentence.
+/// One actor: who acted on the packet, where, and how the engine singled it out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ActorRecord {
+    /// `cause`, `candidate` (one of several the events cannot tell apart), `effect` (it
+    /// acted on a packet already wrong).
+    pub role: Option<Role>,
+    /// `counter`, `evaluated`, `event`, `state`.
+    pub how: Option<How>,
+    /// The identity's kind: `firewall_rule`, `route`, `policy_rule`, `neighbour`, `sysctl`,
+    /// `bpf_program`, ...
     pub kind: Option<String>,
     pub netns: Option<String>,
     pub device: Option<String>,
+    /// Where it acts on the path.
+    pub place: Option<String>,
+    /// What it does to this packet.
+    pub does: Option<String>,
+    /// Its name, one clause.
     pub text: Option<String>,
+    /// The typed identity (its fields depend on `kind`).
+    pub id: Option<ActorId>,
+    /// The evidence item it rests on.
+    pub evidence: Option<usize>,
 }
 
-/// The first hop whose `field` differs from what the expected path predicts.
+/// The first hop where the packet differed from its expected path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DivergenceRecord {
+    pub leg: Option<Leg>,
     /// Index in `hops`.
     pub hop: Option<usize>,
+    /// The last hop of the same leg before it that matched (index in `hops`).
+    pub last_match: Option<usize>,
+    /// `namespace`, `point`, `device`, `destination`, `source`, `conntrack`, `ttl`, `mark`,
+    /// `l2_destination`.
     pub field: Option<String>,
     /// Strings in practice; any JSON value is kept and shown as JSON.
     pub expected: serde_json::Value,
     pub observed: serde_json::Value,
+    pub netns: Option<String>,
+    pub device: Option<String>,
+    pub point: Option<String>,
+}
+
+/// The version of the record layout: 2 added `divergence`, `actors`, typed `evidence`, and
+/// the `misdirected` outcome. Records without it are version 1.
+pub const SCHEMA_VERSION: u32 = 2;
+
+fn schema_v1() -> u32 {
+    1
 }
 
 /// Reads an optional part of a record written by another version of the tracer: a value of
@@ -339,7 +375,9 @@ pub struct VerdictParts {
     pub misdirected: Option<MisdirectedRecord>,
     pub findings: Vec<FindingRecord>,
     pub cause: Option<FindingRecord>,
-    pub evidence: Vec<String>,
+    pub evidence: Vec<EvidenceRecord>,
+    pub actors: Vec<ActorRecord>,
+    pub divergence: Option<DivergenceRecord>,
 }
 
 impl VerdictParts {
@@ -423,7 +461,9 @@ impl VerdictParts {
             }),
             findings: v.findings.iter().map(finding).collect(),
             cause: v.cause.as_ref().map(finding),
-            evidence: evidence(j, path),
+            evidence: Evidence::of(j.journey, v, path).items,
+            actors: actor_records(v, &Evidence::of(j.journey, v, path)),
+            divergence: v.divergence.as_ref().map(|d| divergence_record(j.journey, d)),
         }
     }
 
@@ -440,8 +480,46 @@ impl VerdictParts {
             late,
             &self.misdirected,
             &self.findings,
+            self.actors.iter().map(|a| (&a.role, &a.id)).collect::<Vec<_>>(),
+            self.divergence.as_ref().map(|d| (&d.field, &d.netns, &d.point)),
         ))
         .unwrap_or_default()
+    }
+}
+
+fn actor_records(v: &Verdict, e: &Evidence) -> Vec<ActorRecord> {
+    v.actors
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ActorRecord {
+            role: Some(a.role),
+            how: Some(a.how),
+            kind: Some(super::evidence::id_kind(&a.id).to_string()),
+            netns: a.netns.clone(),
+            device: a.device.clone(),
+            place: Some(a.place.clone()),
+            does: Some(a.does.clone()),
+            text: Some(a.id.name()),
+            id: Some(a.id.clone()),
+            evidence: e.actors.get(i).copied(),
+        })
+        .collect()
+}
+
+fn divergence_record(j: &Journey, d: &tracer_model::engine::Divergence) -> DivergenceRecord {
+    let h = j.hops.get(d.hop).map(|(_, h)| h);
+    DivergenceRecord {
+        leg: Some(d.leg),
+        hop: Some(d.hop),
+        last_match: d.last_match,
+        field: serde_json::to_value(d.field)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from)),
+        expected: d.expected.clone().into(),
+        observed: d.observed.clone().into(),
+        netns: h.map(Hop::ns_label),
+        device: h.and_then(|h| h.device.clone()),
+        point: h.map(point_name),
     }
 }
 
@@ -507,7 +585,8 @@ pub fn detail(h: &Hop) -> Option<String> {
     }
 }
 
-pub fn hop_record(leg: Leg, h: &Hop, t0: u64) -> HopRecord {
+/// One hop as JSON; `deep`: with deep mode's packet and skb facts.
+pub fn hop_record(leg: Leg, h: &Hop, t0: u64, deep: bool) -> HopRecord {
     HopRecord {
         t_us: (h.ts_ns.saturating_sub(t0)) as f64 / 1000.0,
         leg,
@@ -517,84 +596,6 @@ pub fn hop_record(leg: Leg, h: &Hop, t0: u64) -> HopRecord {
         tuple: h.is_packet().then(|| Tuple(&h.pkt).to_string()),
         flags: h.is_packet().then(|| flags_str(h.pkt.flags)),
         detail: detail(h),
-        deep: h.deep.as_deref().map(DeepRecord::from_hop),
+        deep: h.deep.as_deref().filter(|_| deep).map(DeepRecord::from_hop),
     }
-}
-
-/// The deciding event and the read facts, one line each.
-fn evidence(j: &Judged<'_>, path: Option<&ExpectedPath>) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some((leg, h)) = j.verdict.failing_hop.and_then(|i| j.journey.hops.get(i)) {
-        let r = hop_record(*leg, h, j.journey.first_ns);
-        out.push(format!(
-            "event: {} in {}{} at +{:.1} µs{}",
-            r.point,
-            r.netns,
-            r.device.map(|d| format!(", device {d}")).unwrap_or_default(),
-            r.t_us,
-            r.detail.map(|d| format!(" ({d})")).unwrap_or_default()
-        ));
-    }
-    let label = |inode: u32| match path {
-        Some(p) if p.is_host(inode) => p
-            .host_ns
-            .as_ref()
-            .map_or_else(|| format!("netns:{inode}"), |h| h.label()),
-        Some(p) if p.sandbox_ns.inode == inode => p.sandbox_ns.label(),
-        _ => format!("netns:{inode}"),
-    };
-    for f in &j.verdict.facts {
-        out.push(match f {
-            FactUsed::Neighbour(n) => format!(
-                "read (netlink, at decision time): neighbour {} on {} in {} is {}",
-                n.address,
-                n.device,
-                label(n.netns),
-                nud_name(n.state)
-            ),
-            FactUsed::Link(l) => format!(
-                "read (netlink, at decision time): {} in {} is {}, {}",
-                l.name,
-                label(l.netns),
-                if l.up { "up" } else { "down" },
-                if l.carrier {
-                    "with carrier"
-                } else {
-                    "without carrier"
-                }
-            ),
-            FactUsed::Reader(r) => format!(
-                "read (/proc/{}/stat, at decision time): pid {} ({}) is in state {}{}",
-                r.pid,
-                r.pid,
-                r.comm,
-                r.state,
-                if r.holds_tap {
-                    ", holding the tap"
-                } else {
-                    ", not holding the tap"
-                }
-            ),
-            FactUsed::NoReader => {
-                "read (/proc, at decision time): no process of the sandbox holds the tap".into()
-            }
-            FactUsed::RouteBlocker(b) => format!(
-                "read (netlink rules and routes, at decision time): {} in {} applies to {}",
-                b.what,
-                label(b.netns),
-                b.dst
-            ),
-            FactUsed::ProbeRoute(r) => format!(
-                "read (route get in {}, before the probe): {} → {}",
-                r.netns_label,
-                r.dst,
-                match &r.answer {
-                    Ok(a) => a.text(),
-                    Err(e) => format!("error {}", tracer_model::verdict::errno_name(*e)),
-                }
-            ),
-            FactUsed::HostSideProblem(p) => format!("read (netlink, discovery): {p}"),
-        });
-    }
-    out
 }

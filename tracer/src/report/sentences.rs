@@ -1,6 +1,7 @@
 //! The sentences people read, written from the typed verdict: the summary paragraph, the
 //! likely fix, the detail of each finding and why a rule is not named. Every sentence states
 //! what the verdict's fields (and so the events) show, nothing more.
+use super::evidence::Evidence;
 use tracer_model::{
     facts::{FactUsed, ReaderFact},
     journey::Journey,
@@ -63,15 +64,17 @@ pub fn summary(f: Facts<'_>) -> String {
             }
         }
     };
-    // A cause found on the way (no DNAT, wrong route) leads; what happened to the packet follows.
-    let (causes, rest): (Vec<&Finding>, Vec<&Finding>) = v.findings.iter().partition(|x| x.kind.is_cause());
-    if !causes.is_empty() {
-        let lead: Vec<String> = causes.iter().map(|x| finding_detail(x, f.path)).collect();
-        s = format!("{}; as a result, {s}", capitalize(&lead.join("; ")));
-    }
-    for x in rest {
-        s += "; ";
-        s += &finding_detail(x, f.path);
+    // The cause found on the way (the first difference from the path, and who made it)
+    // leads; what happened to the packet follows. Without one, the actors at the effect's
+    // place complete the effect's sentence.
+    let e = Evidence::of(f.journey, v, f.path);
+    match super::cause::divergence_clause(f, &e) {
+        Some(c) => s = format!("{}; as a result, {s}", capitalize(&c.text)),
+        None => {
+            if let Some(c) = super::cause::effect_actor_clause(f, &e) {
+                s = format!("{s}, {}", c.text);
+            }
+        }
     }
     s
 }
@@ -104,11 +107,19 @@ fn dropped(f: Facts<'_>, target: &str) -> String {
     if let Some(t) = f.table() {
         s += &format!(", {t} table");
     }
-    if let Some(c) = f.rule.and_then(|r| r.chain.as_ref()) {
-        s += &format!(", chain {c}");
-    }
-    if let Some(r) = f.rule.and_then(|r| r.rule.as_ref()) {
-        s += &format!(", by rule `{}`", r.render());
+    // The engine's actors name the rule when it found one (the clause after this one).
+    let named = f.verdict.divergence.is_none()
+        && f.verdict
+            .actors
+            .iter()
+            .any(|a| a.role == tracer_model::engine::Role::Cause);
+    if !named {
+        if let Some(c) = f.rule.and_then(|r| r.chain.as_ref()) {
+            s += &format!(", chain {c}");
+        }
+        if let Some(r) = f.rule.and_then(|r| r.rule.as_ref()) {
+            s += &format!(", by rule `{}`", r.render());
+        }
     }
     s += &format!(" (kernel reason {}", d.reason);
     if let Some(func) = &d.function {
@@ -524,7 +535,7 @@ pub fn fix(f: Facts<'_>) -> Option<String> {
     if v.outcome == Outcome::Connected {
         return None;
     }
-    if let Some(hint) = v.findings.iter().find_map(|x| finding_fix(x, f.path)) {
+    if let Some(hint) = super::cause::actor_fix(f) {
         return Some(hint);
     }
     let sandbox_ns = f
@@ -617,21 +628,6 @@ fn queued_fix(v: &Verdict) -> String {
             q.netns.as_deref().unwrap_or("<netns>"),
             q.device.as_deref().unwrap_or("<dev>")
         ),
-    }
-}
-
-fn finding_fix(f: &Finding, path: Option<&ExpectedPath>) -> Option<String> {
-    let p = path?;
-    match f.kind {
-        FindingKind::WrongRoute => Some(host_route_fix(Some(p))),
-        FindingKind::NoDnat => Some(format!(
-            "restore the DNAT: ip netns exec {} iptables -t nat -A PREROUTING -d {}/32 -i {} -j DNAT --to-destination {}",
-            p.sandbox_ns.label(),
-            p.host_ip,
-            p.ns_veth,
-            p.guest_ip
-        )),
-        _ => None,
     }
 }
 
@@ -995,9 +991,17 @@ mod tests {
     fn a_missing_dnat_leads_and_its_fix_restores_it() {
         let p = path();
         let mut c = Correlator::new(&[49983], Timing::default());
-        c.push(hop(1, "ns-1", "eth0", nf(Hook::Prerouting, 8), syn()));
+        let mut pre = hop(1, "ns-1", "eth0", nf(Hook::Prerouting, 8), syn());
+        if let HopKind::Netfilter { in_dev, .. } = &mut pre.kind {
+            *in_dev = Some("eth0".into());
+        }
+        c.push(pre);
         let j = c.take_all().remove(0);
-        let v = decide(&j, Some(&p), &ReadFacts::default());
+        let facts = ReadFacts {
+            namespaces: vec![tracer_model::fixtures::inventory("ns-1", false, "")],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&p), &facts);
         let f = Facts {
             journey: &j,
             verdict: &v,
@@ -1006,7 +1010,7 @@ mod tests {
         };
         assert!(
             summary(f).starts_with(
-                "The SYN to 10.11.0.1 left the nat table of ns-1 unchanged: no DNAT to 169.254.0.21; as a result,"
+                "In ns-1 at nf/PREROUTING (eth0), the SYN was not rewritten: its destination is still 10.11.0.1:49983 (expected 169.254.0.21:49983): no rule in nat PREROUTING does DNAT 10.11.0.1 → 169.254.0.21; as a result,"
             ),
             "{}",
             summary(f)

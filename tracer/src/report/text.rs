@@ -69,8 +69,8 @@ fn verdict(o: &Output, r: &JourneyRecord, s: &mut String) {
     for e in &r.explained_by {
         let _ = writeln!(s, "  because: {}", o.plain(e));
     }
-    for e in r.evidence.iter().filter(|e| e.starts_with("read ")) {
-        let _ = writeln!(s, "  {}", o.plain(e));
+    for e in r.evidence.iter().filter(|e| e.kind == "read") {
+        let _ = writeln!(s, "  {}", o.plain(&e.line()));
     }
     for line in r.deep.iter().flat_map(|d| d.lines()) {
         let _ = writeln!(s, "  {}", o.plain(&line));

@@ -178,6 +178,10 @@ pub(super) fn set_host_side(
         // Only a peer that names the ns veth back is the host side.
         Some((link, ip)) if link.peer_ifindex == Some(veth.ifindex) => {
             sb.host_ns = Some(host.ns.clone());
+            sb.devices.host_veth = Some(tracer_model::path::Dev {
+                ifindex: link.ifindex,
+                mac: link.mac.clone(),
+            });
             sb.host_veth = Some(link.name);
             sb.host_veth_ip = ip;
             sb.host_veth_ifindex = Some(link.ifindex);

@@ -70,6 +70,8 @@ pub struct Sandbox {
     /// again before it sends (the pair must still be each other's peer).
     pub host_veth_ifindex: Option<u32>,
     pub ns_veth_ifindex: Option<u32>,
+    /// The path's devices by index and MAC (what the verdict engine compares hops with).
+    pub devices: tracer_model::path::PathDevices,
     /// Why the host side is not known, in plain words (None when it is): the tracer never
     /// guesses it, so nothing is sent or attached there.
     pub host_side_problem: Option<String>,
@@ -103,6 +105,7 @@ impl Sandbox {
             host_veth_ifindex: None,
             ns_veth_ifindex: None,
             host_side_problem: None,
+            devices: Default::default(),
             datapath: None,
             warnings: Vec::new(),
             rules: None,

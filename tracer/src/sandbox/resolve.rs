@@ -38,6 +38,7 @@ pub(super) fn resolve_in(
         .with_context(|| format!("addresses of {}", sb.netns.label()))?;
     set_tap(&mut sb, &held, &links);
     set_ns_veth(&mut sb, &links, &addrs);
+    set_devices(&mut sb, &links);
     set_nat(&mut sb);
     match sb
         .ns_veth
@@ -126,6 +127,20 @@ fn set_ns_veth(sb: &mut Sandbox, links: &[Link], addrs: &[Addr]) {
     sb.ns_veth_ip = veth
         .and_then(|l| addrs.iter().find(|a| a.ifindex == l.ifindex))
         .map(|a| a.addr);
+}
+
+/// The sandbox namespace's path devices by index and MAC.
+fn set_devices(sb: &mut Sandbox, links: &[Link]) {
+    let dev = |name: &Option<String>| {
+        let l = links.iter().find(|l| Some(&l.name) == name.as_ref())?;
+        Some(tracer_model::path::Dev {
+            ifindex: l.ifindex,
+            mac: l.mac.clone(),
+        })
+    };
+    sb.devices.ns_veth = dev(&sb.ns_veth);
+    sb.devices.tap = dev(&sb.tap);
+    sb.devices.bridge = dev(&sb.bridge);
 }
 
 /// Why the host side cannot be found when no veth leads out: the namespace's devices, and

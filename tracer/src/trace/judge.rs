@@ -339,7 +339,26 @@ impl Judge {
             }));
         }
         facts.reader = self.sandbox.pid.and_then(|pid| reader(pid, &self.path.tap));
+        self.read_inventory(j, &mut facts);
         facts
+    }
+
+    /// Everything that can act on the journey's packets, in each namespace it crossed (the
+    /// path's, and any other it reached), and on the client's connect().
+    fn read_inventory(&self, j: &Journey, facts: &mut ReadFacts) {
+        let namespaces = self
+            .host_ns
+            .iter()
+            .chain([&self.sandbox_ns])
+            .cloned()
+            .chain(crate::engine::other_namespaces(j, &self.path));
+        for ns in namespaces {
+            let before = self.baseline.get(ns.inode).map(|r| r.as_ref());
+            facts
+                .namespaces
+                .push(crate::engine::read_namespace(&ns, before, None));
+        }
+        facts.client = crate::engine::programs::on_client_cgroup();
     }
 
     /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is

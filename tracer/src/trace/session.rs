@@ -173,6 +173,7 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         (host_ns.clone(), sandbox_ns.clone()),
         site.clone(),
         Reporter::new(out, args.all_hops || args.deep(), Some(&path))
+            .with_deep(args.deep())
             .with_blind_spots(attached.blind_spots.clone()),
         baseline,
         args.nft_trace,

@@ -33,6 +33,7 @@ fn syn_at_ns(c: &Ctx, ct: Ct) -> Packet {
             flags::ACK | flags::PSH
         },
         ct,
+        mark: Some(0),
     }
 }
 
@@ -187,6 +188,7 @@ pub(super) fn snat(c: &Ctx) -> Check {
         dport: Port::Known(443),
         flags: flags::SYN,
         ct: Ct::New,
+        mark: Some(0),
     };
     let hip_s = hip.map_or("<host IP>".into(), |i| i.to_string());
     let fix = format!(
@@ -250,6 +252,7 @@ fn steps(c: &Ctx) -> Vec<(Side, HookPoint, Packet)> {
         dport: Port::Ephemeral,
         flags: flags::SYN | flags::ACK,
         ct: Ct::Established,
+        mark: Some(0),
     };
     v.push((Side::Sandbox, HookPoint::Ingress, reply.clone()));
     v.push((Side::Sandbox, HookPoint::Prerouting, reply.clone()));

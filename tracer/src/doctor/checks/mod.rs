@@ -426,6 +426,7 @@ mod tests {
             host_veth_ifindex: Some(5),
             ns_veth_ifindex: Some(2),
             host_side_problem: None,
+            devices: Default::default(),
             datapath: Some(crate::firewall::nat::Datapath::V1),
             warnings: Vec::new(),
             rules: None,
@@ -568,9 +569,10 @@ mod tests {
         )
         .expect("parse");
         ns_mut(&mut f).tables.extend(filter.tables(Backend::Legacy));
-        let host_filter =
-            IptSave::parse("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m mark --mark 0x1 -j DROP\nCOMMIT\n")
-                .expect("parse");
+        let host_filter = IptSave::parse(
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m addrtype --dst-type LOCAL -j DROP\nCOMMIT\n",
+        )
+        .expect("parse");
         host_mut(&mut f).tables.extend(host_filter.tables(Backend::Nft));
         let bad = not_ok(&f);
         let kinds: Vec<(&str, Status)> = bad.iter().map(|(id, s, _)| (*id, *s)).collect();

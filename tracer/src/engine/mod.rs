@@ -1,0 +1,119 @@
+//! The verdict engine's reads: everything that can act on a packet in the namespaces a
+//! journey crossed, read at decision time, read-only — firewall rules of every family and
+//! their counter differences since the trace started, routes of every table and the policy
+//! rules, addresses, neighbours, links, the sysctls that decide, queue disciplines and tc
+//! filters, BPF programs on the path's devices and on the client's cgroup. The pure engine
+//! (`tracer_model::engine`) compares the journey with its path and picks the actors from
+//! these.
+pub mod netlink;
+pub mod programs;
+
+use std::collections::BTreeSet;
+
+use tracer_model::{engine::inventory::NsInventory, journey::Journey, path::ExpectedPath};
+
+use crate::{
+    firewall::{Rulesets, naming},
+    netns::Netns,
+    netstate::Rtnl,
+};
+
+/// The sysctls that decide forwarding, reverse-path filtering and ARP, per device.
+const CONF_KEYS: &[&str] = &[
+    "forwarding",
+    "rp_filter",
+    "arp_ignore",
+    "arp_filter",
+    "accept_local",
+    "route_localnet",
+];
+
+/// Reads one namespace's inventory. `before`: its rulesets when the trace started (for the
+/// counters); `now`: read now (or read here when None).
+pub fn read_namespace(ns: &Netns, before: Option<&Rulesets>, now: Option<&Rulesets>) -> NsInventory {
+    let mut inv = NsInventory {
+        netns: ns.inode,
+        label: ns.label(),
+        ..Default::default()
+    };
+    let read_now;
+    let now = match now {
+        Some(r) => r,
+        None => {
+            read_now = Rulesets::read(ns);
+            &read_now
+        }
+    };
+    inv.tables = now.tables();
+    if let Some(before) = before {
+        inv.counted = naming::counted(before, now);
+    }
+    let Ok(read) = Rtnl::open(ns).and_then(|mut r| netlink::read(&mut r)) else {
+        return inv;
+    };
+    let devices: Vec<(u32, String)> = read.links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
+    let xdp: Vec<(u32, u32)> = read.xdp.iter().map(|(i, p)| (*i, *p)).collect();
+    let tc_bpf: Vec<(u32, String, u32, bool)> = read
+        .filters
+        .iter()
+        .filter_map(|f| Some((f.ifindex, f.device.clone(), f.program?, f.direction == "ingress")))
+        .collect();
+    inv.programs = programs::on_devices(ns, &devices, &xdp, &tc_bpf);
+    inv.sysctls = sysctls(ns, &devices);
+    inv.links = read.links;
+    inv.addrs = read.addrs;
+    inv.routes = read.routes;
+    inv.rules = read.rules;
+    inv.neighbours = read.neighbours;
+    inv.qdiscs = read.qdiscs;
+    inv.filters = read.filters;
+    inv
+}
+
+/// The deciding sysctls of a namespace, read from inside it (/proc/sys/net follows the
+/// reading thread's namespace). Keys that do not exist are left out.
+fn sysctls(ns: &Netns, devices: &[(u32, String)]) -> Vec<(String, String)> {
+    let mut keys = vec![
+        "net.ipv4.ip_forward".to_string(),
+        "net.ipv4.ip_default_ttl".to_string(),
+    ];
+    let names = ["all", "default"]
+        .into_iter()
+        .map(String::from)
+        .chain(devices.iter().map(|(_, n)| n.clone()));
+    for dev in names {
+        for k in CONF_KEYS {
+            keys.push(format!("net.ipv4.conf.{dev}.{k}"));
+        }
+    }
+    let Ok(_inside) = ns.enter() else {
+        return Vec::new();
+    };
+    keys.into_iter()
+        .filter_map(|k| {
+            let path = crate::netstate::sysctl_path(&k).ok()?;
+            let v = std::fs::read_to_string(path).ok()?;
+            Some((k, v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The namespaces a journey's hops were seen in that are named (other sandboxes' namespaces
+/// a misdirected attempt reached), beyond the path's own.
+pub fn other_namespaces(j: &Journey, path: &ExpectedPath) -> Vec<Netns> {
+    let own: BTreeSet<u32> = path
+        .host_inode()
+        .into_iter()
+        .chain([path.sandbox_ns.inode])
+        .collect();
+    let seen: BTreeSet<u32> = j
+        .hops
+        .iter()
+        .map(|(_, h)| h.netns)
+        .filter(|n| *n != 0 && !own.contains(n))
+        .collect();
+    crate::netns::all_named()
+        .into_iter()
+        .filter(|n| seen.contains(&n.inode))
+        .collect()
+}

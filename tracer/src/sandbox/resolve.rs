@@ -39,6 +39,8 @@ pub(super) fn resolve_in(
     set_tap(&mut sb, &held, &links);
     set_ns_veth(&mut sb, &links, &addrs);
     set_devices(&mut sb, &links);
+    sb.devices.guest_mac =
+        vmm.and_then(|v| super::vmm::guest_mac(v.pid, v.api_sock.as_deref(), sb.tap.as_deref()));
     set_nat(&mut sb);
     match sb
         .ns_veth

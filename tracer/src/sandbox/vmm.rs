@@ -324,6 +324,48 @@ pub(super) fn ns_path_of(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
+/// The guest's MAC as the VMM was configured: `--guest-mac` on its command line (the lab's
+/// VMM), else Firecracker's own API (`GET /vm/config` on its `--api-sock`, read-only, 200 ms
+/// at most). None when neither says.
+pub fn guest_mac(pid: u32, api_sock: Option<&str>, tap: Option<&str>) -> Option<String> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if let Some(w) = args.windows(2).find(|w| w[0] == b"--guest-mac") {
+        return Some(String::from_utf8_lossy(w[1]).to_ascii_lowercase());
+    }
+    firecracker_guest_mac(api_sock?, tap)
+}
+
+/// `GET /vm/config` of Firecracker's API: the network interface on `tap`, its `guest_mac`.
+fn firecracker_guest_mac(sock: &str, tap: Option<&str>) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_millis(200);
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET /vm/config HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.take(256 * 1024).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n")?.1;
+    guest_mac_in_config(body, tap)
+}
+
+/// The `guest_mac` of the network interface on `tap` (or the only one) in Firecracker's
+/// VM configuration JSON.
+pub fn guest_mac_in_config(json: &str, tap: Option<&str>) -> Option<String> {
+    // The JSON object alone: an HTTP body may come chunked, with sizes around it.
+    let json = &json[json.find('{')?..=json.rfind('}')?];
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let ifaces = v["network-interfaces"].as_array()?;
+    let chosen = ifaces
+        .iter()
+        .find(|i| tap.is_some_and(|t| i["host_dev_name"].as_str() == Some(t)))
+        .or((ifaces.len() == 1).then(|| &ifaces[0]))?;
+    chosen["guest_mac"].as_str().map(|m| m.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +380,35 @@ mod tests {
         }];
         merge_cgroups(&mut vmms, &[(ID.to_string(), vec![9, 10])]);
         assert_eq!(vmms[0].id.as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn guest_mac_comes_from_the_interface_on_the_tap() {
+        let two = r#"{"network-interfaces":[
+            {"iface_id":"eth0","host_dev_name":"tap1","guest_mac":"02:FC:00:00:00:01"},
+            {"iface_id":"eth1","host_dev_name":"tap0","guest_mac":"02:fc:00:00:00:05"}]}"#;
+        assert_eq!(
+            guest_mac_in_config(two, Some("tap0")).as_deref(),
+            Some("02:fc:00:00:00:05")
+        );
+        assert_eq!(
+            guest_mac_in_config(two, Some("tap1")).as_deref(),
+            Some("02:fc:00:00:00:01")
+        );
+        // Two interfaces and no tap named: no guess.
+        assert_eq!(guest_mac_in_config(two, None), None);
+        let one = r#"{"network-interfaces":[{"host_dev_name":"x","guest_mac":"AA:BB:CC:DD:EE:FF"}]}"#;
+        assert_eq!(
+            guest_mac_in_config(one, Some("tap0")).as_deref(),
+            Some("aa:bb:cc:dd:ee:ff")
+        );
+        assert_eq!(guest_mac_in_config("{}", Some("tap0")), None);
+        assert_eq!(guest_mac_in_config("not json", None), None);
+        // A chunked or padded HTTP body still carries one JSON object.
+        let chunked = format!("4a\r\n{one}\r\n0\r\n\r\n");
+        assert_eq!(
+            guest_mac_in_config(&chunked, None).as_deref(),
+            Some("aa:bb:cc:dd:ee:ff")
+        );
     }
 }

@@ -59,12 +59,14 @@ fn on_hook(ctx: *mut c_void, slot: u8, by_content: bool) -> i32 {
     let Some(pkt) = skb_packet(skb, off) else {
         return if slot == 0 { pass() } else { NF_ACCEPT };
     };
-    // Cheapest test first (the port), then: followed already, or a handshake packet of ours.
-    if slot == 0 && !port_matches(cfg, pkt.sport, pkt.dport) {
+    // Followed already (whatever its ports now: a rewrite may have changed them), else a
+    // handshake packet of ours: the port first, the cheapest test.
+    let followed = slot != 0 || (any_tracked() && is_tracked(skb));
+    if !followed && !port_matches(cfg, pkt.sport, pkt.dport) {
         return pass();
     }
     let netns = net_inum(read(state, off.nf_state_net).unwrap_or(0), off);
-    if slot == 0 && !is_tracked(skb) && !(is_handshake(pkt.flags) && packet_matches(cfg, &pkt, netns)) {
+    if !followed && !(is_handshake(pkt.flags) && packet_matches(cfg, &pkt, netns)) {
         return pass();
     }
     let mut ev = event(point::NETFILTER);

@@ -25,6 +25,8 @@ pub struct ReadFacts {
     pub probe_route: Option<ProbeRoute>,
     /// Why the host side of the sandbox could not be verified (plain words), when it could not.
     pub host_side_problem: Option<String>,
+    /// The client's request after a completed handshake got no answer (a probe attempt).
+    pub request_unanswered: bool,
 }
 
 /// A route get made before a probe connect, and where its answer leads.
@@ -184,4 +186,7 @@ pub enum FactUsed {
     ProbeRoute(ProbeRoute),
     /// Why the host side could not be verified.
     HostSideProblem(String),
+    /// The handshake completed, the request after it got no answer (the tracer follows
+    /// handshakes only).
+    RequestUnanswered,
 }

@@ -223,6 +223,9 @@ pub struct Correlator {
     neigh: HashMap<(u32, Ipv4Addr), (u32, u64)>,
     /// Journeys finished without a connection (route failures).
     ready: Vec<Journey>,
+    /// The journey and leg of each followed skb: a packet whose tuple a rewrite changed
+    /// (REDIRECT to another port, a DNAT elsewhere) stays in its journey.
+    by_skb: HashMap<u64, (ConnKey, Leg)>,
 }
 
 impl Correlator {
@@ -239,6 +242,7 @@ impl Correlator {
             finished_sock: HashMap::new(),
             neigh: HashMap::new(),
             ready: Vec::new(),
+            by_skb: HashMap::new(),
         }
     }
 
@@ -280,6 +284,7 @@ impl Correlator {
 
     fn push_packet(&mut self, hop: Hop) {
         let Some((client, leg)) = self.classify(&hop) else {
+            self.push_rewritten(hop);
             return;
         };
         let key = match leg {
@@ -324,10 +329,46 @@ impl Correlator {
         if leg == Leg::Request && j.target.is_none() {
             j.target = Some((hop.dst(), hop.pkt.dport));
         }
+        let skb = hop.skb;
+        let freed = matches!(hop.kind, HopKind::Drop { .. } | HopKind::Consumed);
         j.push(leg, hop);
         if is_drop {
             j.decide(ts);
         }
+        self.note_skb(skb, key, leg, freed);
+    }
+
+    /// Remembers which journey an skb belongs to (forgets it once it is freed: its address
+    /// is then reused).
+    fn note_skb(&mut self, skb: u64, key: ConnKey, leg: Leg, freed: bool) {
+        if skb == 0 {
+            return;
+        }
+        if freed {
+            self.by_skb.remove(&skb);
+        } else if self.by_skb.len() < MAX_OPEN * 8 || self.by_skb.contains_key(&skb) {
+            self.by_skb.insert(skb, (key, leg));
+        }
+    }
+
+    /// A followed skb whose ports no longer name the port (rewritten on the way): its hop
+    /// goes to the journey the skb was seen in.
+    fn push_rewritten(&mut self, hop: Hop) {
+        let Some(&(key, leg)) = self.by_skb.get(&hop.skb).filter(|_| hop.skb != 0) else {
+            return;
+        };
+        let freed = matches!(hop.kind, HopKind::Drop { .. } | HopKind::Consumed);
+        let is_drop = matches!(hop.kind, HopKind::Drop { .. });
+        let (skb, ts) = (hop.skb, hop.ts_ns);
+        let Some(j) = self.open.get_mut(&key) else {
+            self.by_skb.remove(&skb);
+            return;
+        };
+        j.push(leg, hop);
+        if is_drop {
+            j.decide(ts);
+        }
+        self.note_skb(skb, key, leg, freed);
     }
 
     /// Ties socket `sk` to journey `key`, with the socket's events that came first.
@@ -388,6 +429,7 @@ impl Correlator {
         if self.by_client.get(&(k.client, k.client_port)) == Some(&k) {
             self.by_client.remove(&(k.client, k.client_port));
         }
+        self.by_skb.retain(|_, (key, _)| *key != k);
         self.ready.push(j);
     }
 

@@ -203,13 +203,25 @@ fn hook_point(h: Hook) -> HookPoint {
     HookPoint::from(h)
 }
 
-/// The priority window between the last hop that matched and the hop that differed, at the
-/// differing hop's hook: what ran in between.
-fn window_before(ctx: &Ctx<'_>, d: &Divergence, h: &Hop) -> Option<(HookPoint, (i32, i32))> {
+/// The hooks a leg crosses in a namespace, in order.
+fn hook_order(side: Side, leg: Leg) -> &'static [Hook] {
+    match (side, leg) {
+        (Side::Host, Leg::Request) => &[Hook::Output, Hook::Postrouting],
+        (Side::Host, _) => &[Hook::Prerouting, Hook::Input],
+        _ => &[Hook::Prerouting, Hook::Forward, Hook::Postrouting],
+    }
+}
+
+/// The priority windows between the last hop that matched and the hop that differed: the
+/// rest of the earlier hook, every hook in between, and this one up to the hop's priority —
+/// what ran in between.
+fn windows_before(ctx: &Ctx<'_>, d: &Divergence, leg: Leg, h: &Hop) -> Vec<(HookPoint, (i32, i32))> {
     let HopKind::Netfilter { hook, priority, .. } = h.kind else {
-        return None;
+        return Vec::new();
     };
-    let lo = d
+    let order = hook_order(ctx.route.side(h.netns), leg);
+    let at = |k: Hook| order.iter().position(|x| *x == k);
+    let (from_hook, lo) = d
         .last_match
         .and_then(|i| ctx.hop(i))
         .and_then(|(_, prev)| match prev.kind {
@@ -217,11 +229,25 @@ fn window_before(ctx: &Ctx<'_>, d: &Divergence, h: &Hop) -> Option<(HookPoint, (
                 hook: ph,
                 priority: pp,
                 ..
-            } if ph == hook && prev.netns == h.netns => Some(pp),
+            } if prev.netns == h.netns => Some((ph, pp)),
             _ => None,
         })
-        .unwrap_or(i32::MIN);
-    Some((hook_point(hook), (lo, priority)))
+        .unwrap_or((order[0], i32::MIN));
+    let (Some(a), Some(b)) = (at(from_hook), at(hook)) else {
+        return vec![(hook_point(hook), (i32::MIN, priority))];
+    };
+    (a..=b)
+        .map(|i| {
+            let lo = if i == a { lo } else { i32::MIN };
+            let hi = if i == b { priority } else { i32::MAX };
+            (hook_point(order[i]), (lo, hi))
+        })
+        .collect()
+}
+
+fn window_before(ctx: &Ctx<'_>, d: &Divergence, h: &Hop) -> Option<(HookPoint, (i32, i32))> {
+    let leg = ctx.hop(d.hop).map_or(Leg::Request, |(l, _)| l);
+    windows_before(ctx, d, leg, h).last().copied()
 }
 
 /// The actors behind the first causal difference, or None when it has none to offer (then
@@ -241,7 +267,14 @@ pub fn for_divergence(ctx: &Ctx<'_>, d: &Divergence) -> Vec<Actor> {
         Field::Conntrack => conntrack(ctx, inv, d, leg, h),
         Field::Ttl => set_by(ctx, inv, d, leg, h, |a| matches!(a, Action::Set(Effect::Ttl(_)))),
         Field::Mark => set_by(ctx, inv, d, leg, h, |a| matches!(a, Action::Set(Effect::Mark(_)))),
-        Field::Device | Field::Point => routing(ctx, inv, leg, h),
+        // At a hook the route lookup chose the device; between devices something redirected
+        // the packet (a tc action, a BPF program).
+        Field::Device | Field::Point
+            if matches!(h.kind, HopKind::Netfilter { .. } | HopKind::SendReset { .. }) =>
+        {
+            routing(ctx, inv, leg, h)
+        }
+        Field::Device | Field::Point => redirected(ctx, d, leg, h),
         Field::Namespace => misdirected_route(ctx, d),
         Field::L2Destination => l2(ctx, inv, leg, h),
     }
@@ -251,10 +284,11 @@ pub fn for_divergence(ctx: &Ctx<'_>, d: &Divergence) -> Vec<Actor> {
 /// hop that matched and this one; for a missing rewrite, the rule that ended the nat chain
 /// first, or the missing NAT rule itself.
 fn rewrite(ctx: &Ctx<'_>, inv: &NsInventory, d: &Divergence, leg: Leg, h: &Hop) -> Vec<Actor> {
-    let Some((hook, window)) = window_before(ctx, d, h) else {
+    let windows = windows_before(ctx, d, leg, h);
+    if windows.is_empty() {
         // Not at a hook: between devices (tc pedit, a BPF program) — name what is there.
         return device_programs(ctx, inv, leg, h);
-    };
+    }
     // The packet as the rules saw it: this hop's devices, the tuple before the rewrite (the
     // last matching hop's, when it is in this namespace).
     let mut before = ctx.packet(leg, h);
@@ -274,20 +308,24 @@ fn rewrite(ctx: &Ctx<'_>, inv: &NsInventory, d: &Divergence, leg: Leg, h: &Hop) 
         Action::Snat(_) | Action::Masquerade => !is_dst,
         _ => false,
     };
-    let done = acting(inv, hook, window, &before, &rewrites);
+    let done: Vec<(HookPoint, i32, Hit)> = windows
+        .iter()
+        .flat_map(|(hook, w)| {
+            acting(inv, *hook, *w, &before, &rewrites)
+                .into_iter()
+                .map(move |(p, hit)| (*hook, p, hit))
+        })
+        .collect();
     let expected_rewrite = (leg == Leg::Request && is_dst && ctx.route.side(h.netns) == Side::Sandbox)
         || (leg == Leg::Reply && !is_dst);
-    if !done.is_empty() && !expected_rewrite {
-        return rank(inv, hook, done);
-    }
-    if !done.is_empty() && d.expected != d.observed && observed_is_rewritten(d, ctx) {
-        // A rewrite to the wrong place.
-        return rank(inv, hook, done);
+    if !done.is_empty() && (!expected_rewrite || observed_is_rewritten(d, ctx)) {
+        return rank_across(inv, done);
     }
     if !expected_rewrite {
         return Vec::new();
     }
     // The path's own rewrite did not happen: who ended the nat chain before it, or no rule.
+    let (hook, window) = *windows.last().expect("not empty");
     let ends = |a: &Action| {
         matches!(
             a,
@@ -308,6 +346,22 @@ fn rewrite(ctx: &Ctx<'_>, inv: &NsInventory, d: &Divergence, leg: Leg, h: &Hop) 
         // The rewrite rule is there and matches, yet the packet was not rewritten.
         None => Vec::new(),
     }
+}
+
+/// Like [`rank`], for hits found at several hooks.
+fn rank_across(inv: &NsInventory, hits: Vec<(HookPoint, i32, Hit)>) -> Vec<Actor> {
+    let counted: Vec<&(HookPoint, i32, Hit)> = hits.iter().filter(|(_, _, h)| is_counted(inv, h)).collect();
+    if let [(hook, prio, h)] = counted.as_slice() {
+        return vec![rule_actor(inv, Some(*hook), *prio, h, Role::Cause, How::Counter)];
+    }
+    let role = if hits.len() == 1 {
+        Role::Cause
+    } else {
+        Role::Candidate
+    };
+    hits.iter()
+        .map(|(hook, prio, h)| rule_actor(inv, Some(*hook), *prio, h, role, How::Evaluated))
+        .collect()
 }
 
 /// True when the observed address is not the one before the hook (it was rewritten, to the
@@ -578,16 +632,30 @@ fn expected_out(ctx: &Ctx<'_>, leg: Leg, h: &Hop) -> Vec<String> {
     }
 }
 
-/// Why the path's route toward the next hop is not in the table.
+/// Why the path's route toward the next hop is not in the table: asked only when the route
+/// the lookup took is a fallback (a unicast route out another device); a blackhole, a
+/// prohibit, a local route, or one more specific than the path's own is the cause itself.
 fn missing_route(ctx: &Ctx<'_>, inv: &NsInventory, leg: Leg, h: &Hop, found: &fib::Lookup<'_>) -> Vec<Actor> {
     let expected = expected_out(ctx, leg, h);
-    if found.route.is_some_and(|r| {
-        r.kind == "unicast"
-            && r.device
-                .as_deref()
-                .is_some_and(|d| expected.iter().any(|e| e == d))
-    }) {
-        return Vec::new();
+    let on_expected = |r: &super::inventory::Route| {
+        r.device
+            .as_deref()
+            .is_some_and(|d| expected.iter().any(|e| e == d))
+    };
+    if let Some(r) = found.route {
+        if r.kind != "unicast" || on_expected(r) || found.by_added_rule() {
+            return Vec::new();
+        }
+        // A route of the path's own device for this destination exists, less specific: the
+        // one taken overrides it.
+        let dst = h.dst();
+        let own = inv
+            .routes
+            .iter()
+            .any(|x| on_expected(x) && crate::net::prefix_contains(x.dst, x.prefix, dst));
+        if own {
+            return Vec::new();
+        }
     }
     let Some(dev) = expected.iter().find_map(|e| inv.link_named(e)) else {
         return expected
@@ -680,6 +748,28 @@ pub fn host_route(ctx: &Ctx<'_>) -> Vec<Actor> {
     };
     let found = fib::lookup(host, &flow);
     let mut out = Vec::new();
+    // A local route comes from an address: the address is the actor.
+    if found.route.is_some_and(|r| r.kind == "local")
+        && let Some(a) = host.addrs.iter().find(|a| a.addr == flow.dst)
+    {
+        out.push(Actor {
+            role: Role::Cause,
+            how: How::State,
+            netns: Some(host.label.clone()),
+            device: Some(a.device.clone()),
+            place: "route lookup".into(),
+            does: format!("makes {} a local address of the host side", a.addr),
+            id: ActorId::Address {
+                device: a.device.clone(),
+                address: format!("{}/{}", a.addr, a.prefix),
+                missing: false,
+            },
+        });
+        return out;
+    }
+    if found.route.is_none() && found.rule.is_none_or(|r| r.table.is_some()) {
+        return host_veth_state(ctx, host);
+    }
     if let Some(rule) = found.rule.filter(|_| found.by_added_rule()) {
         out.push(Actor {
             role: Role::Cause,
@@ -699,6 +789,35 @@ pub fn host_route(ctx: &Ctx<'_>) -> Vec<Actor> {
         out.push(route_actor(host, r, role));
     }
     out
+}
+
+/// No route to the host IP on the host side: its veth is down, gone, or the route is.
+fn host_veth_state(ctx: &Ctx<'_>, host: &NsInventory) -> Vec<Actor> {
+    let veth = &ctx.path.host_veth;
+    let (state, does) = match host.link_named(veth) {
+        None => ("missing", format!("{veth} does not exist in {}", host.label)),
+        Some(l) if !l.up => ("down", format!("{veth} is down: its routes are gone")),
+        Some(_) => {
+            return vec![state_actor(
+                host,
+                Some(veth.clone()),
+                ActorId::MissingRoute {
+                    dst: format!("{}/32", ctx.path.host_ip),
+                    device: Some(veth.clone()),
+                },
+                format!("no route to {} through {veth}", ctx.path.host_ip),
+            )];
+        }
+    };
+    vec![state_actor(
+        host,
+        Some(veth.clone()),
+        ActorId::Link {
+            device: veth.clone(),
+            state: state.into(),
+        },
+        does,
+    )]
 }
 
 /// The neighbour entry that gave a frame the wrong L2 destination; toward the host side from
@@ -783,6 +902,40 @@ fn l2(ctx: &Ctx<'_>, inv: &NsInventory, leg: Leg, h: &Hop) -> Vec<Actor> {
             },
         })
         .collect()
+}
+
+/// A packet that turned up on another device without a route lookup in between: what sits
+/// on the device it was last seen on (filters with redirect actions, programs) did it.
+fn redirected(ctx: &Ctx<'_>, d: &Divergence, leg: Leg, h: &Hop) -> Vec<Actor> {
+    let prev = d.last_match.and_then(|i| ctx.hop(i)).map(|(_, p)| p);
+    let mut out = Vec::new();
+    for hop in prev.into_iter().chain([h]) {
+        let Some(inv) = ctx.inv(hop.netns) else { continue };
+        for a in device_programs(ctx, inv, leg, hop) {
+            if !out.iter().any(|x: &Actor| x.id == a.id) {
+                out.push(a);
+            }
+        }
+    }
+    // A filter whose action redirects is the one.
+    let redirecting: Vec<usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.does.contains("redirect"))
+        .map(|(i, _)| i)
+        .collect();
+    if let [i] = redirecting.as_slice() {
+        let mut a = out.swap_remove(*i);
+        a.role = Role::Cause;
+        return vec![a];
+    }
+    // Nothing between the devices: the route lookup before them chose it.
+    if out.is_empty()
+        && let Some(inv) = ctx.inv(h.netns)
+    {
+        return routing(ctx, inv, leg, h);
+    }
+    settle(out)
 }
 
 /// BPF programs and tc filters on a hop's device (something between devices changed the
@@ -912,7 +1065,14 @@ fn netfilter_drop(ctx: &Ctx<'_>, inv: &NsInventory, leg: Leg, h: &Hop, prev: Opt
             } else {
                 *window_end - 1
             };
-            rank(inv, hp, acting(inv, hp, (*priority, hi), &pkt, &drops))
+            let found = rank(inv, hp, acting(inv, hp, (*priority, hi), &pkt, &drops));
+            // Past the last slot of POSTROUTING the packet still crosses the device's netdev
+            // egress chains before any other probe sees it.
+            if found.is_empty() && *hook == Hook::Postrouting && *window_end == i32::MAX {
+                let hits = acting(inv, HookPoint::Egress, (i32::MIN, i32::MAX), &pkt, &drops);
+                return rank(inv, HookPoint::Egress, hits);
+            }
+            found
         }
         // Received and not yet at PREROUTING: the netdev (or bridge) ingress chains.
         Some(HopKind::Tcx { ingress: true } | HopKind::Receive) | None => {

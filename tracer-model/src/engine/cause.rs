@@ -145,17 +145,65 @@ fn effect_actors(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
                 out
             }
         },
-        Outcome::NoReply => vec![guest(ctx, "read the SYN and sent nothing back")],
+        Outcome::NoReply => silent_guest(ctx, at),
         Outcome::Late => vec![guest(ctx, "answers later than the client waits")],
         Outcome::Reset => match v.reset.as_ref().map(|r| r.by) {
             Some(ResetBy::Guest) => vec![guest(ctx, "nothing listens on the port (it answered RST)")],
             _ => Vec::new(),
         },
+        Outcome::Unknown if ctx.facts.request_unanswered => small_mtus(ctx),
         Outcome::Unknown => at
             .map(|i| attribute::where_it_vanished(ctx, i))
             .unwrap_or_default(),
         Outcome::Dropped | Outcome::Connected | Outcome::Misdirected => Vec::new(),
     }
+}
+
+/// The VMM read the SYN and nothing came back: the guest, or something on the tap that takes
+/// the guest's frames before any probe sees them (an XDP program): when such a thing is
+/// there, the events cannot tell which.
+fn silent_guest(ctx: &Ctx<'_>, at: Option<usize>) -> Vec<Actor> {
+    let mut out = vec![guest(ctx, "read the SYN and sent nothing back")];
+    let on_tap = at
+        .map(|i| attribute::where_it_vanished(ctx, i))
+        .unwrap_or_default();
+    if !on_tap.is_empty() {
+        out.extend(on_tap);
+        for a in &mut out {
+            a.role = Role::Candidate;
+        }
+    }
+    out
+}
+
+/// The handshake passed and the request after it did not: a path device whose MTU is lower
+/// than a full-size segment is a candidate (the tracer does not follow data packets).
+fn small_mtus(ctx: &Ctx<'_>) -> Vec<Actor> {
+    let p = ctx.path;
+    let devices = [
+        (p.host_inode(), p.host_veth.as_str()),
+        (Some(p.sandbox_ns.inode), p.ns_veth.as_str()),
+        (Some(p.sandbox_ns.inode), p.tap.as_str()),
+    ];
+    devices
+        .iter()
+        .filter_map(|(ns, dev)| {
+            let inv = ctx.facts.namespaces.iter().find(|n| Some(n.netns) == *ns)?;
+            let l = inv.link_named(dev).filter(|l| l.mtu > 0 && l.mtu < 1280)?;
+            Some(Actor {
+                role: Role::Candidate,
+                how: How::State,
+                netns: Some(inv.label.clone()),
+                device: Some(l.name.clone()),
+                place: "link".into(),
+                does: format!("takes packets of at most {} bytes", l.mtu),
+                id: ActorId::Link {
+                    device: l.name.clone(),
+                    state: format!("mtu {}", l.mtu),
+                },
+            })
+        })
+        .collect()
 }
 
 fn guest(ctx: &Ctx<'_>, what: &str) -> Actor {
@@ -201,24 +249,34 @@ fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
     if on_tap {
         return reader_actor(ctx).into_iter().collect();
     }
-    // The host asks for the sandbox's veth address: the sandbox side must answer.
-    let Some(inv) = ctx
-        .facts
-        .namespaces
-        .iter()
-        .find(|n| n.netns == p.sandbox_ns.inode)
-    else {
+    // The other end of the veth must answer: the sandbox side when the host asks, the host
+    // side when the sandbox asks (for its reply).
+    let host_asks = p
+        .host_ns
+        .as_ref()
+        .is_some_and(|h| u.netns.as_deref() == Some(h.label().as_str()));
+    let (responder, dev, asker, asker_dev) = if host_asks {
+        (
+            Some(p.sandbox_ns.inode),
+            p.ns_veth.as_str(),
+            p.host_inode(),
+            p.host_veth.as_str(),
+        )
+    } else {
+        (
+            p.host_inode(),
+            p.host_veth.as_str(),
+            Some(p.sandbox_ns.inode),
+            p.ns_veth.as_str(),
+        )
+    };
+    let find = |i: Option<u32>| i.and_then(|i| ctx.facts.namespaces.iter().find(|n| n.netns == i));
+    let (Some(inv), asker_inv) = (find(responder), find(asker)) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let host_inv = p
-        .host_inode()
-        .and_then(|i| ctx.facts.namespaces.iter().find(|n| n.netns == i));
-    let links = [
-        (inv, p.ns_veth.as_str()),
-        (host_inv.unwrap_or(inv), p.host_veth.as_str()),
-    ];
-    for (ns, name) in links {
+    for (ns, name) in [(Some(inv), dev), (asker_inv, asker_dev)] {
+        let Some(ns) = ns else { continue };
         if let Some(l) = ns.link_named(name).filter(|l| !l.up) {
             out.push(Actor {
                 role: Role::Cause,
@@ -237,17 +295,16 @@ fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
     if !out.is_empty() {
         return out;
     }
-    let dev = &p.ns_veth;
     if !inv.addrs.iter().any(|a| a.addr == u.address) {
         out.push(Actor {
             role: Role::Cause,
             how: How::State,
             netns: Some(inv.label.clone()),
-            device: Some(dev.clone()),
+            device: Some(dev.to_string()),
             place: "link".into(),
-            does: format!("{} has no address {}: nothing answers ARP for it", dev, u.address),
+            does: format!("{dev} has no address {}: nothing answers ARP for it", u.address),
             id: ActorId::Address {
-                device: dev.clone(),
+                device: dev.to_string(),
                 address: u.address.to_string(),
                 missing: true,
             },
@@ -260,7 +317,7 @@ fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
                 role: Role::Cause,
                 how: How::State,
                 netns: Some(inv.label.clone()),
-                device: Some(dev.clone()),
+                device: Some(dev.to_string()),
                 place: "ARP".into(),
                 does: format!("keeps {dev} from answering ARP for {}", u.address),
                 id: ActorId::Sysctl {

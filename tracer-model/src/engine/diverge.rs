@@ -55,7 +55,26 @@ pub fn walk(j: &Journey, route: &Route<'_>) -> Vec<Divergence> {
             Leg::Reply => 1,
             Leg::Control => continue,
         };
+        // A drop is the effect, not a place on the path; a free elsewhere than at the tap
+        // (a veth's XDP taking the frame) says nothing about where the packet is.
+        let freed_elsewhere =
+            matches!(h.kind, HopKind::Consumed) && h.device.as_deref() != Some(route.path.tap.as_str());
         if matches!(h.kind, HopKind::Drop { .. }) {
+            // A drop on a device the path does not cross (a frame redirected to `lo`) shows
+            // where the packet went, and that is the difference.
+            if let Some(stray) = stray_device(route, h) {
+                out.push(Divergence {
+                    leg: *leg,
+                    hop: i,
+                    last_match: last_match[slot],
+                    field: Field::Device,
+                    expected: "the path's device".into(),
+                    observed: stray,
+                });
+            }
+            continue;
+        }
+        if freed_elsewhere {
             continue;
         }
         let Some(obs) = Observed::of(h) else { continue };
@@ -73,6 +92,23 @@ pub fn walk(j: &Journey, route: &Route<'_>) -> Vec<Divergence> {
         }
     }
     out
+}
+
+/// The device of a drop in a path namespace when it is none of the path's devices there
+/// (only when those are all known by ifindex).
+fn stray_device(route: &Route<'_>, h: &Hop) -> Option<String> {
+    if h.ifindex == 0 {
+        return None;
+    }
+    let known = route.path_devices(route.side(h.netns))?;
+    (!known.contains(&h.ifindex)).then(|| {
+        format!(
+            "on {}",
+            h.device
+                .clone()
+                .unwrap_or_else(|| format!("ifindex {}", h.ifindex))
+        )
+    })
 }
 
 /// What differed, what was expected, what was observed.

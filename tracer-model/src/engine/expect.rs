@@ -163,6 +163,22 @@ impl Route<'_> {
         idx(&self.path.devices.ns_veth).into_iter().collect()
     }
 
+    /// Every device of the path on one side, when all of them are known by ifindex.
+    pub fn path_devices(&self, side: Side) -> Option<Vec<u32>> {
+        let d = &self.path.devices;
+        let devs = match side {
+            Side::Host => vec![idx(&d.host_veth)?],
+            Side::Sandbox => vec![idx(&d.ns_veth)?, idx(&d.tap)?],
+            Side::Other => return None,
+        };
+        let mut devs = devs;
+        devs.extend(match side {
+            Side::Host => idx(&d.host_bridge),
+            _ => idx(&d.bridge),
+        });
+        Some(devs)
+    }
+
     /// What hop `h` of leg `leg` should look like.
     pub fn expect(&self, leg: Leg, h: &Hop) -> Expect {
         let pos = self.pos(leg, h);

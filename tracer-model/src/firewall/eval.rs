@@ -357,8 +357,14 @@ fn walk_base(
         // Which device the chain is on is unknown: it surely applies to nothing.
         return Flow::End;
     }
+    // A netdev chain sees the packets of its device: received ones at ingress, sent ones at
+    // egress.
+    let on = match chain.hook {
+        Some(HookPoint::Egress) => pkt.out_dev.as_deref(),
+        _ => pkt.in_dev.as_deref(),
+    };
     if let Some(dev) = &chain.device
-        && pkt.in_dev.as_deref() != Some(dev.as_str())
+        && on != Some(dev.as_str())
     {
         return Flow::End;
     }

@@ -325,6 +325,12 @@ impl Verdict {
 pub fn decide(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Verdict {
     let mut v = outcome::outcome(j, path, facts);
     v.reply_ms = outcome::reply_ms(j);
+    // Connected by the handshake, yet the client's request got no answer: the tracer does
+    // not follow data packets, so it does not say the path works.
+    if v.outcome == Outcome::Connected && facts.request_unanswered {
+        v.outcome = Outcome::Unknown;
+        v.facts.push(FactUsed::RequestUnanswered);
+    }
     if let Some(p) = path {
         crate::engine::cause::explain(j, p, facts, &mut v);
     }
@@ -831,6 +837,131 @@ mod tests {
             (UnreachableKind::Prohibited, Some("EACCES"), Some("e2b-host"))
         );
         assert!(matches!(&v.facts[..], [FactUsed::RouteBlocker(b)] if b.what.contains("prohibit")));
+    }
+
+    /// A frame redirected off the path (tc mirred to `lo`) dies there: the drop's device is
+    /// the difference and the filter on the last device that matched is the cause.
+    #[test]
+    fn a_drop_on_a_device_off_the_path_names_what_redirected_it() {
+        use crate::engine::inventory::TcFilter;
+        let j = journey(vec![
+            out_syn(1),
+            hop(
+                2,
+                "e2b-host",
+                "lo",
+                HopKind::Drop {
+                    reason: DropReason::new("OTHERHOST"),
+                },
+                syn(),
+            ),
+        ]);
+        let mut host = crate::fixtures::inventory("e2b-host", false, "veth-1");
+        host.filters.push(TcFilter {
+            ifindex: crate::fixtures::HOST_VETH_IFINDEX,
+            device: "veth-1".into(),
+            direction: "egress".into(),
+            kind: "u32".into(),
+            priority: 49,
+            handle: 0x800,
+            actions: vec!["mirred egress redirect dev lo".into()],
+            program: None,
+        });
+        let facts = ReadFacts {
+            namespaces: vec![host],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert_eq!(v.outcome, Outcome::Dropped);
+        let d = v.divergence.as_ref().expect("a difference");
+        assert_eq!(
+            (d.hop, d.field, d.observed.as_str()),
+            (1, crate::engine::Field::Device, "on lo")
+        );
+        assert!(
+            matches!(&v.actors[..], [a] if a.role == crate::engine::Role::Cause
+                && matches!(&a.id, crate::engine::ActorId::TcFilter { device, .. } if device == "veth-1")),
+            "{:?}",
+            v.actors
+        );
+        // Without the filter nothing is named for the redirect: no actor is invented.
+        let facts = ReadFacts {
+            namespaces: vec![crate::fixtures::inventory("e2b-host", false, "veth-1")],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert!(
+            !v.actors
+                .iter()
+                .any(|a| matches!(a.id, crate::engine::ActorId::TcFilter { .. })),
+            "{:?}",
+            v.actors
+        );
+    }
+
+    /// Past POSTROUTING's last slot a drop by nft can be a netdev egress chain on the out
+    /// device: the rule there is found, and conntrack's confirm is never named as a table.
+    #[test]
+    fn a_drop_after_the_last_postrouting_slot_finds_the_netdev_egress_rule() {
+        use crate::firewall::model::{Action, Chain, Cond, HookPoint, Rule, Source, Table};
+        let mut last = nf_at(6, Hook::Postrouting, 7, syn_dnat(), Some("tap0"));
+        if let HopKind::Netfilter { window_end, .. } = &mut last.kind {
+            *window_end = i32::MAX;
+        }
+        let mut drop = hop(
+            7,
+            "ns-1",
+            "tap0",
+            HopKind::Drop {
+                reason: DropReason::new("NETFILTER_DROP"),
+            },
+            syn_dnat(),
+        );
+        drop.function = Some("nft_do_chain".into());
+        let j = journey(vec![
+            out_syn(1),
+            hop(2, "ns-1", "eth0", HopKind::Receive, syn()),
+            nf_at(3, Hook::Prerouting, 0, syn(), None),
+            nf_at(4, Hook::Prerouting, 4, syn_dnat(), None),
+            nf_at(5, Hook::Forward, 0, syn_dnat(), Some("tap0")),
+            last,
+            drop,
+        ]);
+        let mut ns = crate::fixtures::inventory("ns-1", true, "");
+        ns.tables.push(Table {
+            source: Source::Nft,
+            family: "netdev".into(),
+            name: "camp".into(),
+            chains: vec![Chain {
+                name: "c".into(),
+                hook: Some(HookPoint::Egress),
+                priority: -30,
+                is_nat: false,
+                policy_drop: false,
+                device: Some("tap0".into()),
+                rules: vec![Rule {
+                    conds: vec![Cond::Tcp(true), Cond::DPort(vec![(49983, 49983)])],
+                    action: Action::Drop,
+                    text: "tcp dport 49983 drop".into(),
+                    handle: Some(2),
+                }],
+            }],
+        });
+        let facts = ReadFacts {
+            namespaces: vec![ns],
+            ..Default::default()
+        };
+        let v = decide(&j, Some(&path()), &facts);
+        assert_eq!(v.outcome, Outcome::Dropped);
+        let d = v.drop.as_ref().unwrap();
+        assert_eq!((d.hook, d.table.as_deref()), (Some(Hook::Postrouting), None));
+        assert!(
+            matches!(&v.actors[..], [a] if a.role == crate::engine::Role::Cause
+                && a.place.starts_with("netdev egress")
+                && matches!(&a.id, crate::engine::ActorId::FirewallRule { table, handle: Some(2), .. } if table == "camp")),
+            "{:?}",
+            v.actors
+        );
     }
 
     #[test]

@@ -170,10 +170,23 @@ fn peer_reset(j: &Journey, path: Option<&ExpectedPath>) -> Option<Verdict> {
         .iter()
         .enumerate()
         .find(|(_, (l, h))| *l == Leg::Reply && h.is_rst())?;
+    // From the guest only if it came in at the tap: a RST made on the way (a REJECT rule, a
+    // stack) first appears elsewhere.
     let from_guest = match path {
-        Some(p) => h.src() == p.guest_ip || h.src() == p.host_ip,
+        Some(p) => {
+            h.netns == p.sandbox_ns.inode
+                && (h.device.as_deref() == Some(p.tap.as_str()) || h.device.as_deref() == p.bridge.as_deref())
+                && matches!(h.kind, HopKind::Tcx { ingress: true } | HopKind::Receive)
+        }
         None => true,
     };
+    // A RST made on the way answers a SYN that was dropped there (REJECT): the drop decides.
+    let dropped_before = j.hops[..i]
+        .iter()
+        .any(|(l, x)| *l == Leg::Request && matches!(x.kind, HopKind::Drop { .. }));
+    if !from_guest && dropped_before {
+        return None;
+    }
     let mut v = Verdict::new(Outcome::Reset);
     v.reset = Some(ResetInfo {
         by: if from_guest { ResetBy::Guest } else { ResetBy::Peer },
@@ -292,7 +305,16 @@ fn place_in_netfilter(j: &Journey, i: usize, leg: Leg, h: &Hop, d: &mut DropInfo
     d.hook = Some(*hook);
     let window = (*priority, *window_end);
     d.priority_window = Some(window);
-    let tables = tables_in_window(*hook, window);
+    // A rule evaluator (nft_do_chain, ipt_do_table) dropped it: conntrack's own hook
+    // functions share the window but are not tables with rules.
+    let by_rules = d
+        .function
+        .as_deref()
+        .is_some_and(|f| f.starts_with("nft_") || f.starts_with("ipt_"));
+    let tables: Vec<&str> = tables_in_window(*hook, window)
+        .into_iter()
+        .filter(|t| !(by_rules && t.starts_with("conntrack")))
+        .collect();
     d.table = (tables.len() == 1).then(|| tables[0].to_string());
     if in_dev.is_some() {
         d.device = in_dev.clone();
@@ -446,10 +468,15 @@ pub(super) struct Stop {
 }
 
 pub(super) fn stopped_at(j: &Journey) -> Option<Stop> {
+    stopped_on(j, Leg::Request)
+}
+
+/// Where a leg was last seen.
+fn stopped_on(j: &Journey, leg: Leg) -> Option<Stop> {
     let index = j
         .hops
         .iter()
-        .rposition(|(l, h)| *l == Leg::Request && h.is_packet())?;
+        .rposition(|(l, h)| *l == leg && h.is_packet() && !matches!(h.kind, HopKind::Drop { .. }))?;
     let h = &j.hops[index].1;
     let device = match &h.kind {
         HopKind::Netfilter { out_dev: Some(o), .. } => Some(o.clone()),
@@ -497,15 +524,19 @@ fn veth_peer(p: &ExpectedPath, netns: u32, dev: &str) -> Option<(u32, String)> {
 /// The request stopped before a device's driver while ARP for the next hop went unanswered
 /// (INCOMPLETE, FAILED): in the neighbour's queue.
 fn neighbour_failure(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Option<Verdict> {
-    let s = stopped_at(j)?;
-    if s.transmitted {
-        return None;
-    }
+    // The request, else (it reached the guest) the reply on its way back.
+    let s = [Leg::Request, Leg::Reply]
+        .into_iter()
+        .filter_map(|leg| stopped_on(j, leg))
+        .find(|s| !s.transmitted)?;
     let dev = s.device.clone()?;
     // The next hop the path expects there: the guest behind the tap, the namespace's veth
     // address from the host.
     let prefer = path.and_then(|p| {
-        if s.netns == p.sandbox_ns.inode {
+        let reply = j.hops[s.index].0 == Leg::Reply;
+        if s.netns == p.sandbox_ns.inode && reply {
+            p.host_veth_ip
+        } else if s.netns == p.sandbox_ns.inode {
             Some(p.guest_ip)
         } else if p.is_host(s.netns) {
             p.ns_veth_ip

@@ -301,5 +301,10 @@ fn fact_text(f: &FactUsed, label: &dyn Fn(u32) -> String) -> (&'static str, &'st
             ),
         ),
         FactUsed::HostSideProblem(p) => ("host_side", "netlink", p.clone()),
+        FactUsed::RequestUnanswered => (
+            "client",
+            "the probe",
+            "the probe's request after the handshake got no answer within its timeout".into(),
+        ),
     }
 }

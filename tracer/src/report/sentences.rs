@@ -52,6 +52,12 @@ pub fn summary(f: Facts<'_>) -> String {
         Outcome::Queued => queued(v, &target),
         Outcome::Late => late(v, &target),
         Outcome::Misdirected => misdirected(f, &target),
+        Outcome::Unknown if v.facts.contains(&FactUsed::RequestUnanswered) => format!(
+            "the handshake to {target} completed{}, but the request after it got no answer: the tracer follows handshakes only, so the data path (an MTU, a rule on established traffic) is not traced",
+            v.reply_ms
+                .map(|ms| format!(" (SYN-ACK after {ms:.1} ms)"))
+                .unwrap_or_default()
+        ),
         Outcome::Unknown => {
             let last = v.failing_hop.and_then(|i| f.journey.hops.get(i)).map(|(_, h)| h);
             match last {
@@ -101,11 +107,16 @@ fn dropped(f: Facts<'_>, target: &str) -> String {
         (i, _) => i.clone(),
     };
     let mut s = format!("{dir} {target} was dropped in {}", place(&d.netns, &dev));
-    if let Some(hook) = d.hook {
-        s += &format!(", {} hook", hook.name());
-    }
-    if let Some(t) = f.table() {
-        s += &format!(", {t} table");
+    s += &hook_clause(f.verdict, d);
+    // A table read from a rule is a fact; one from the priority window alone is where the
+    // drop happened, not whose rule it was (an nft chain can share the priority).
+    match f.rule.and_then(|r| r.table.clone()) {
+        Some(t) => s += &format!(", {t} table"),
+        None => {
+            if let Some(t) = &d.table {
+                s += &format!(" at the {t} table's priority");
+            }
+        }
     }
     // The engine's actors name the rule when it found one (the clause after this one).
     let named = f.verdict.divergence.is_none()
@@ -136,6 +147,31 @@ fn dropped(f: Facts<'_>, target: &str) -> String {
         }
     }
     s
+}
+
+/// The hook of a netfilter drop. After POSTROUTING's last probe slot the packet still
+/// crosses the device's netdev egress chains, which no probe separates from the rest of
+/// POSTROUTING: name egress only when the engine found the rule there.
+fn hook_clause(v: &Verdict, d: &tracer_model::verdict::DropInfo) -> String {
+    let Some(hook) = d.hook else {
+        return String::new();
+    };
+    let open_end = match d.priority_window {
+        Some((lo, i32::MAX)) if hook == tracer_model::hook::Hook::Postrouting => Some(lo),
+        _ => None,
+    };
+    let Some(lo) = open_end else {
+        return format!(", {} hook", hook.name());
+    };
+    let at_egress = v
+        .actors
+        .iter()
+        .any(|a| a.role == tracer_model::engine::Role::Cause && a.place.starts_with("netdev egress"));
+    if at_egress {
+        ", netdev egress hook".into()
+    } else {
+        format!(", POSTROUTING hook after priority {lo} or the device's netdev egress hook")
+    }
 }
 
 fn reset(v: &Verdict, target: &str) -> String {
@@ -175,6 +211,17 @@ fn unreachable(v: &Verdict) -> String {
         UnreachableKind::NoRoute | UnreachableKind::Prohibited | UnreachableKind::Blackhole => {
             let ns = known(u.netns.as_deref(), "a namespace");
             let what = match u.kind {
+                // EPERM with no rule or route read that refuses it: the connect() itself was
+                // refused (a cgroup program, a local firewall), not the routing.
+                UnreachableKind::Prohibited
+                    if u.errno.as_deref() == Some("EPERM")
+                        && !v.facts.iter().any(|f| matches!(f, FactUsed::RouteBlocker(_))) =>
+                {
+                    format!(
+                        "connect() to {} was refused in {ns} before any packet was sent",
+                        u.address
+                    )
+                }
                 UnreachableKind::Prohibited => format!("routing to {} is forbidden in {ns}", u.address),
                 UnreachableKind::Blackhole => {
                     format!("{ns} drops everything for {} (a blackhole)", u.address)
@@ -980,11 +1027,64 @@ mod tests {
         // Without the rule: the table comes from the priority window, the fix from nft.
         let f = Facts { rule: None, ..f };
         assert!(
-            summary(f).contains("FORWARD hook, filter table (kernel reason"),
+            summary(f).contains("FORWARD hook at the filter table's priority (kernel reason"),
             "{}",
             summary(f)
         );
         assert!(fix(f).unwrap().contains("--nft-trace"));
+    }
+
+    /// After POSTROUTING's last slot the drop may be in a later POSTROUTING chain or at the
+    /// device's netdev egress: the sentence says both until the engine names the rule.
+    #[test]
+    fn a_drop_past_the_last_postrouting_slot_does_not_claim_a_hook_it_cannot_tell() {
+        use tracer_model::verdict::DropInfo;
+        let j = forward_drop();
+        let mut v = Verdict::new(Outcome::Dropped);
+        v.drop = Some(DropInfo {
+            direction: Direction::Request,
+            netns: Some("ns-1".into()),
+            device: Some("eth0".into()),
+            out_device: Some("tap0".into()),
+            hook: Some(Hook::Postrouting),
+            table: None,
+            reason: DropReason::new("NETFILTER_DROP"),
+            function: Some("nft_do_chain".into()),
+            location: None,
+            priority_window: Some((101, i32::MAX)),
+        });
+        let f = |v: &Verdict| {
+            summary(Facts {
+                journey: &j,
+                verdict: v,
+                rule: None,
+                path: None,
+            })
+        };
+        let s = f(&v);
+        assert!(
+            s.contains("POSTROUTING hook after priority 101 or the device's netdev egress hook"),
+            "{s}"
+        );
+        v.actors.push(tracer_model::engine::Actor {
+            role: tracer_model::engine::Role::Cause,
+            how: tracer_model::engine::How::Evaluated,
+            netns: Some("ns-1".into()),
+            device: None,
+            place: "netdev egress hook, priority -30".into(),
+            does: "drops it".into(),
+            id: tracer_model::engine::ActorId::FirewallRule {
+                source: "nft".into(),
+                family: "netdev".into(),
+                table: "camp".into(),
+                chain: "c".into(),
+                handle: Some(2),
+                rule: "tcp dport 49983 drop".into(),
+            },
+        });
+        let s = f(&v);
+        assert!(s.contains(", netdev egress hook"), "{s}");
+        assert!(!s.contains("POSTROUTING"), "{s}");
     }
 
     #[test]

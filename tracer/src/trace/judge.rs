@@ -50,6 +50,8 @@ pub enum Work {
         journey: Box<Journey>,
         guest_neigh: Option<u32>,
         lost_events: u64,
+        /// A probe's request after the handshake got no answer.
+        request_unanswered: bool,
     },
     /// A probe that was not sent, with what the guard read.
     Withheld {
@@ -138,8 +140,13 @@ impl Judge {
                     journey,
                     guest_neigh,
                     lost_events,
+                    request_unanswered,
                 } => {
-                    let outcome = self.judge(&journey, guest_neigh, lost_events, ReadFacts::default())?;
+                    let given = ReadFacts {
+                        request_unanswered,
+                        ..Default::default()
+                    };
+                    let outcome = self.judge(&journey, guest_neigh, lost_events, given)?;
                     let _ = decided.send(Decided { outcome });
                 }
                 Work::Withheld {
@@ -273,6 +280,7 @@ impl Judge {
         let mut facts = self.read_facts(j, snaps);
         facts.probe_route = given.probe_route;
         facts.host_side_problem = given.host_side_problem;
+        facts.request_unanswered = given.request_unanswered;
         // The last neighbour change the events showed, when the table has no entry any more.
         if let Some(state) = guest_neigh
             && facts

@@ -214,6 +214,9 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         losses: LossLog::default(),
         decode_errors: 0,
         not_sent: Vec::new(),
+        answered: std::collections::HashMap::new(),
+        awaiting: Vec::new(),
+        attempt_timeout: args.timeout,
     };
     let result = rt.block_on(session.run_loop(events, &attached.programs, &args, judge, stop));
     let result = result?;
@@ -363,6 +366,14 @@ struct Session {
     decode_errors: u64,
     /// Probe attempts whose connect() failed at once: (when, errno).
     not_sent: Vec<(u64, i32)>,
+    /// Probe attempts that ended, by local port: whether the request after the handshake
+    /// got an answer.
+    answered: std::collections::HashMap<u16, bool>,
+    /// Probe journeys that connected, waiting for their attempt's end (the request after the
+    /// handshake may still go unanswered), until the deadline.
+    awaiting: Vec<(Journey, Instant)>,
+    /// A probe attempt's timeout.
+    attempt_timeout: Duration,
 }
 
 /// Events the kernel could not queue, as the loop noticed them over time.
@@ -461,6 +472,11 @@ impl Session {
                                 if let connect::AttemptResult::NotSent(errno) = a.result {
                                     self.not_sent.push((Clock::now_mono_ns(), errno));
                                 }
+                                let answered = matches!(
+                                    a.result,
+                                    connect::AttemptResult::Status(_) | connect::AttemptResult::Refused
+                                );
+                                self.answered.insert(a.local_port, answered);
                             }
                             // Not sent: judged from what the check read, at once.
                             AttemptEvent::Withheld(w) => self.withheld(&w, &judge),
@@ -562,7 +578,26 @@ impl Session {
 
     /// Hands this sandbox's finished journeys to the judge.
     fn hand_over(&mut self, journeys: Vec<Journey>, judge: &JudgeHandle) {
+        // Connected probes whose attempt has ended (or waited long enough) go first.
+        let now = Instant::now();
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|(j, deadline)| now >= *deadline || self.answered.contains_key(&port_of(j)));
+        self.awaiting = wait;
+        let journeys: Vec<Journey> = ready.into_iter().map(|(j, _)| j).chain(journeys).collect();
         for j in journeys {
+            // A probe's connection is judged once its request was answered, or not.
+            if self.probing
+                && self.is_probe(&j)
+                && tracer_model::verdict::is_connected(&j)
+                && !self.answered.contains_key(&port_of(&j))
+                && !self.awaiting.iter().any(|(w, _)| w.id == j.id)
+                && self.awaiting.len() < 64
+            {
+                let deadline = Instant::now() + self.attempt_timeout + Duration::from_millis(500);
+                self.awaiting.push((j, deadline));
+                continue;
+            }
             // A probe is decided by its first journey: nothing after it is judged.
             let probe_done = self.probing && self.in_judgement + self.decided.iter().count() > 0;
             if !self.relevant(&j) || (self.probing && !self.is_probe(&j)) || probe_done {
@@ -572,12 +607,14 @@ impl Session {
                 .correlator
                 .neigh_state(self.path.sandbox_ns.inode, self.path.guest_ip);
             let lost_events = self.losses.since(j.first_ns);
+            let request_unanswered = self.probing && self.answered.get(&port_of(&j)) == Some(&false);
             if judge
                 .work
                 .send(Work::Journey {
                     journey: Box::new(j),
                     guest_neigh,
                     lost_events,
+                    request_unanswered,
                 })
                 .is_ok()
             {
@@ -706,6 +743,11 @@ impl Session {
             JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } | JourneyId::Withheld { .. } => true,
         }
     }
+}
+
+/// The client port of a connection attempt (0 for others).
+fn port_of(j: &Journey) -> u16 {
+    j.client().map_or(0, |(_, p)| p)
 }
 
 /// The judge's thread and the channels to it.

@@ -7,6 +7,7 @@ mod bench_watch;
 mod bpfstats;
 mod demo;
 mod deploy_check;
+mod faults;
 mod fuzz;
 mod kernel_matrix;
 mod kernel_selftest;
@@ -74,6 +75,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fuzz every parser of external input (tests/fuzz) for a time budget each.
     Fuzz(fuzz::FuzzArgs),
+    /// The fault campaign: random faults from a grammar injected into the lab, each judged
+    /// by an independent client and by the tracer, graded against what was injected.
+    Faults(faults::FaultsArgs),
     /// The workload of a kernel-matrix VM (run by `test --kernel` inside the VM).
     #[command(hide = true)]
     KernelSelftest(kernel_selftest::SelftestArgs),
@@ -102,6 +106,7 @@ fn main() {
         Task::Lab { cmd } => lab_cmd::run(cmd),
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::Faults(args) => faults::run_campaign(args),
         Task::KernelSelftest(args) => kernel_selftest::run(args),
     };
     if let Err(e) = result {

@@ -780,6 +780,11 @@ impl Lab {
     }
 
     /// Sends `sig` to sandbox `i`'s VMM (SIGSTOP/SIGCONT: a paused VM).
+    /// Sends a signal to sandbox `i`'s VMM (the fault campaign stops and resumes it).
+    pub fn signal(&self, i: usize, sig: i32) -> Result<()> {
+        self.signal_guest(i, sig)
+    }
+
     fn signal_guest(&self, i: usize, sig: i32) -> Result<()> {
         let pid = self.state.sandboxes[i]
             .guest_pid

@@ -10,6 +10,7 @@
 //! to the state file (the `cargo xtask lab` commands).
 pub mod agent;
 pub mod bpf;
+pub mod campaign;
 pub mod connect;
 pub mod faults;
 pub mod guest;

@@ -789,9 +789,12 @@ impl Lab {
         let pid = self.state.sandboxes[i]
             .guest_pid
             .ok_or_else(|| anyhow!("sandbox {i} has no VMM"))?;
-        // SAFETY: a plain signal to the VMM this lab started.
-        if unsafe { libc::kill(pid as i32, sig) } != 0 {
-            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        // The VMM and what it runs (QEMU is lab-vmm's child and reads the tap itself).
+        for p in std::iter::once(pid).chain(descendants(pid)) {
+            // SAFETY: a plain signal to the VMM this lab started, or one of its children.
+            if unsafe { libc::kill(p as i32, sig) } != 0 && p == pid {
+                bail!("kill {pid}: {}", std::io::Error::last_os_error());
+            }
         }
         Ok(())
     }
@@ -1079,4 +1082,24 @@ mod tests {
         assert_ne!(id, random_id());
         assert_eq!(random_alnum(RAND_LEN).len(), 20);
     }
+}
+
+/// Every descendant of `pid`, from /proc/PID/task/*/children.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for t in tasks {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
 }

@@ -408,9 +408,12 @@ fn conntrack(ctx: &Ctx<'_>, inv: &NsInventory, d: &Divergence, leg: Leg, h: &Hop
     };
     let untracked = d.observed == "untracked";
     let zone = d.observed.contains("zone") && !d.observed.ends_with("zone 0");
+    // No entry at all where one was expected: a packet conntrack found invalid in another
+    // zone (a reply without its request's entry) carries none, as does one never looked up.
+    let no_entry = !untracked && d.observed == super::observe::Ct::None.describe();
     let wanted = |a: &Action| match a {
-        Action::Set(Effect::Notrack) => untracked,
-        Action::Set(Effect::CtZone(_)) => zone,
+        Action::Set(Effect::Notrack) => untracked || no_entry,
+        Action::Set(Effect::CtZone(_)) => zone || no_entry,
         _ => false,
     };
     let hits = acting(

@@ -55,6 +55,11 @@ pub fn walk(j: &Journey, route: &Route<'_>) -> Vec<Divergence> {
             Leg::Reply => 1,
             Leg::Control => continue,
         };
+        // A RST is an answer made on the way (a REJECT, a stack without the socket), not the
+        // packet the path carries: the outcome judges it, the walk does not.
+        if h.pkt.flags & tracer_common::tcp_flag::RST != 0 {
+            continue;
+        }
         // A drop is the effect, not a place on the path; a free elsewhere than at the tap
         // (a veth's XDP taking the frame) says nothing about where the packet is.
         let freed_elsewhere =

@@ -72,11 +72,17 @@ pub fn effect_actor_clause(f: Facts<'_>, e: &Evidence) -> Option<Clause> {
         });
     }
     let candidates = actors_with(f.verdict, e, |a| a.role == Role::Candidate);
-    (!candidates.is_empty()).then(|| Clause {
-        text: format!(
+    let text = match candidates.len() {
+        0 => return None,
+        // One candidate is named for what it is, not as the cause: nothing showed it acting.
+        1 => format!("what is read there that can do it: {}", names(&candidates)),
+        _ => format!(
             "one of these acts there and the events cannot tell which: {}",
             names(&candidates)
         ),
+    };
+    Some(Clause {
+        text,
         evidence: candidates.iter().map(|(_, id)| *id).collect(),
     })
 }

@@ -236,7 +236,9 @@ impl Judge {
     ) -> Result<T> {
         // Both namespaces' links, addresses, routes and neighbours, read once per journey: the
         // facts a failure rests on and deep mode's routing points come from the same read.
-        let snaps = (!verdict::is_connected(j) || self.deep).then(|| self.snapshots());
+        // A handshake whose request went unanswered failed too: its facts are read alike.
+        let failed = !verdict::is_connected(j) || given.request_unanswered;
+        let snaps = (failed || self.deep).then(|| self.snapshots());
         let v = self.decide(j, guest_neigh, snaps.as_ref(), given);
         let rule = self.name_rule(j, &v);
         let explained_by = match v.outcome {
@@ -274,7 +276,8 @@ impl Judge {
         snaps: Option<&Snapshots>,
         given: ReadFacts,
     ) -> Verdict {
-        let Some(snaps) = snaps.filter(|_| !verdict::is_connected(j)) else {
+        let failed = !verdict::is_connected(j) || given.request_unanswered;
+        let Some(snaps) = snaps.filter(|_| failed) else {
             return verdict::decide(j, Some(&self.path), &given);
         };
         let mut facts = self.read_facts(j, snaps);

@@ -84,7 +84,14 @@ pub fn run(opts: &Options) -> Result<Results> {
     // run in (cgroup faults attach to it and nothing else).
     let iso = ScratchNetns::new("tcamp").context("the tracer's namespace")?;
     let cgroup = ScratchCgroup::new("tcamp").context("the campaign's cgroup")?;
-    let (can, skipped) = probe_machine();
+    let (mut can, mut skipped) = probe_machine();
+    can.guest_delay = opts.guest == GuestKind::Userspace;
+    if !can.guest_delay {
+        skipped.push((
+            "a guest that answers late".into(),
+            "only the userspace guest can be slowed".into(),
+        ));
+    }
     let families: Vec<Family> = Family::ALL
         .iter()
         .copied()

@@ -101,6 +101,9 @@ pub struct Route<'a> {
     pub guest_ttl: Option<u8>,
 }
 
+/// An ifindex no device has (ifindexes are positive `int`s).
+const NO_DEVICE: u32 = u32::MAX;
+
 fn idx(d: &Option<Dev>) -> Option<u32> {
     d.as_ref().map(|d| d.ifindex)
 }
@@ -145,10 +148,16 @@ impl Route<'_> {
         }
     }
 
-    /// The guest-facing device of the sandbox namespace and the tap behind it.
+    /// The guest-facing device of the sandbox namespace and the tap behind it. When the
+    /// namespace's devices were read and neither is there (the tap was deleted), no device
+    /// is the right one: every device a packet takes toward the guest differs.
     fn guest_devs(&self) -> Vec<u32> {
         let d = &self.path.devices;
-        [idx(&d.tap), idx(&d.bridge)].into_iter().flatten().collect()
+        let devs: Vec<u32> = [idx(&d.tap), idx(&d.bridge)].into_iter().flatten().collect();
+        if devs.is_empty() && d.ns_veth.is_some() {
+            return vec![NO_DEVICE];
+        }
+        devs
     }
 
     fn host_devs(&self) -> Vec<u32> {

@@ -1,10 +1,12 @@
 //! The trace's tie-in: which failed doctor checks explain a verdict. A verdict names a place
-//! (drop reason, hook, namespace, or a finding such as a missing DNAT); each place maps to the
-//! checks that can cause it, and the problems among them are cited as sentences.
+//! (drop reason, hook, namespace) and the engine's actors (a missing DNAT, a route, a link);
+//! each maps to the checks that can cause it, and the problems among them are cited as
+//! sentences.
 use tracer_model::{
+    engine::{Actor, ActorId, Role},
     hook::Hook,
     reason::ReasonClass,
-    verdict::{DropInfo, FindingKind, Outcome, ResetBy, UnreachableKind, Verdict},
+    verdict::{DropInfo, Outcome, ResetBy, UnreachableKind, Verdict},
 };
 
 use super::{Check, Status};
@@ -34,7 +36,7 @@ pub fn explain(v: &Verdict, checks: &[Check]) -> Vec<String> {
         Outcome::Connected => return Vec::new(),
         // Nothing places the loss and no finding points anywhere: every problem the doctor
         // found on the path may explain it.
-        Outcome::Unknown if v.findings.is_empty() => {
+        Outcome::Unknown if v.actors.is_empty() => {
             let mut out: Vec<String> = Vec::new();
             for c in checks.iter().filter(|c| c.status == Status::Problem) {
                 if !out.contains(&c.evidence) {
@@ -53,7 +55,7 @@ pub fn explain(v: &Verdict, checks: &[Check]) -> Vec<String> {
             .filter(|c| c.id == id && c.status == Status::Problem)
         {
             // A firewall or route problem explains where the packet died only in that
-            // namespace (a finding, such as a missing DNAT, may point elsewhere).
+            // namespace (an actor, such as a missing DNAT, may be elsewhere).
             if bound
                 && let (Some(p), Some(n)) = (&place, &c.netns)
                 && p != n
@@ -76,8 +78,8 @@ fn place_netns(v: &Verdict) -> Option<String> {
         .or_else(|| v.unreachable.as_ref().and_then(|u| u.netns.clone()))
 }
 
-/// Check ids that can cause what `v` shows, causes (findings) first, each with whether it is
-/// bound to the namespace where the packet died.
+/// Check ids that can cause what `v` shows, the engine's actors first, each with whether it
+/// is bound to the namespace where the packet died.
 fn related(v: &Verdict) -> Vec<(&'static str, bool)> {
     let mut ids: Vec<(&'static str, bool)> = Vec::new();
     let mut add = |more: &[&'static str], from_place: bool| {
@@ -88,17 +90,41 @@ fn related(v: &Verdict) -> Vec<(&'static str, bool)> {
             }
         }
     };
-    for f in &v.findings {
-        let from_finding: &[&str] = match f.kind {
-            FindingKind::NoDnat => &["dnat"],
-            FindingKind::WrongRoute | FindingKind::OtherNamespace => &["host_route"],
-            FindingKind::RoutedBack => TAP,
-            FindingKind::RoutingLoop => &["host_route", "guest_route", "ns_return_route", "dnat"],
-        };
-        add(from_finding, false);
+    for a in v.actors.iter().filter(|a| a.role != Role::Effect) {
+        add(&by_actor(a, v), false);
     }
     add(&by_outcome(v), true);
     ids
+}
+
+/// The checks that look at what an actor is.
+fn by_actor(a: &Actor, v: &Verdict) -> Vec<&'static str> {
+    let on_tap = |d: &str| {
+        d.starts_with("tap")
+            || v.drop
+                .as_ref()
+                .is_some_and(|x| x.out_device.as_deref() == Some(d))
+    };
+    match &a.id {
+        ActorId::MissingRule { .. } => vec!["dnat"],
+        ActorId::Route { .. } | ActorId::MissingRoute { .. } | ActorId::PolicyRule { .. } => ROUTES.to_vec(),
+        ActorId::Link { device, state } if state.starts_with("mtu") => {
+            let _ = device;
+            vec!["mtu"]
+        }
+        ActorId::Link { device, .. } | ActorId::Address { device, .. } if on_tap(device) => TAP.to_vec(),
+        ActorId::Link { .. } | ActorId::Address { .. } => LINKS.to_vec(),
+        ActorId::Sysctl { name, .. } if name.contains("rp_filter") => vec!["rp_filter"],
+        ActorId::Sysctl { name, .. } if name.contains("forward") => vec!["ip_forward"],
+        ActorId::Sysctl { .. } => Vec::new(),
+        ActorId::Neighbour { .. } => vec!["guest_neighbour"],
+        ActorId::Vmm { .. } => READER.to_vec(),
+        ActorId::Guest { .. } => vec!["envd"],
+        ActorId::FirewallRule { .. } | ActorId::ChainPolicy { .. } => FIREWALL.to_vec(),
+        ActorId::Qdisc { .. } => vec!["qdisc"],
+        ActorId::Conntrack { .. } => vec!["conntrack"],
+        ActorId::TcFilter { .. } | ActorId::BpfProgram { .. } => Vec::new(),
+    }
 }
 
 fn by_outcome(v: &Verdict) -> Vec<&'static str> {
@@ -148,7 +174,7 @@ mod tests {
     use super::*;
     use tracer_model::{
         reason::DropReason,
-        verdict::{Direction, Finding, ResetInfo, UnreachableInfo},
+        verdict::{Direction, ResetInfo, UnreachableInfo},
     };
 
     fn verdict(outcome: Outcome) -> Verdict {
@@ -172,18 +198,6 @@ mod tests {
 
     fn problem(id: &'static str, netns: &str, evidence: &str) -> Check {
         Check::new(id, id).netns(netns).problem(evidence, "fix")
-    }
-
-    fn finding(kind: FindingKind) -> Finding {
-        Finding {
-            kind,
-            netns: Some("ns-1".into()),
-            device: None,
-            hook: None,
-            table: None,
-            address: None,
-            ttl: None,
-        }
     }
 
     /// What the doctor says about a lab sandbox with every fault at once (one problem per
@@ -266,10 +280,27 @@ mod tests {
         );
     }
 
+    fn actor(id: ActorId) -> Actor {
+        Actor {
+            role: Role::Cause,
+            how: tracer_model::engine::How::State,
+            netns: Some("ns-1".into()),
+            device: None,
+            place: String::new(),
+            does: String::new(),
+            id,
+        }
+    }
+
     #[test]
-    fn findings_come_first() {
+    fn the_engines_actors_come_first() {
         let mut v = verdict(Outcome::Dropped);
-        v.findings = vec![finding(FindingKind::NoDnat)];
+        v.actors = vec![actor(ActorId::MissingRule {
+            family: "ip".into(),
+            table: "nat".into(),
+            chain: "PREROUTING".into(),
+            want: "DNAT".into(),
+        })];
         v.drop = Some(drop(
             "e2b-host",
             "veth-1",
@@ -279,7 +310,10 @@ mod tests {
         ));
         assert_eq!(explained(&v)[0], "no DNAT in ns-1");
         let mut v = verdict(Outcome::Dropped);
-        v.findings = vec![finding(FindingKind::RoutedBack)];
+        v.actors = vec![actor(ActorId::Link {
+            device: "tap0".into(),
+            state: "down".into(),
+        })];
         v.drop = Some(drop(
             "e2b-host",
             "veth-1",
@@ -300,11 +334,11 @@ mod tests {
             "{e:?}"
         );
         let mut v = verdict(Outcome::Unknown);
-        v.findings = vec![
-            finding(FindingKind::WrongRoute),
-            finding(FindingKind::OtherNamespace),
-        ];
-        assert_eq!(explained(&v), ["e2b-host has no route to 10.11.0.1"]);
+        v.actors = vec![actor(ActorId::MissingRoute {
+            dst: "10.11.0.1/32".into(),
+            device: Some("veth-1".into()),
+        })];
+        assert_eq!(explained(&v)[0], "e2b-host has no route to 10.11.0.1");
     }
 
     #[test]

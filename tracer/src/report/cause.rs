@@ -42,7 +42,15 @@ pub fn divergence_clause(f: Facts<'_>, e: &Evidence) -> Option<Clause> {
                     | ActorId::Address { missing: true, .. }
             )
         });
-        let word = if missing { ": " } else { " by " };
+        // A rule or program acts ("by"); a state (a link down, a sysctl) is a condition.
+        let state = causes
+            .iter()
+            .all(|(a, _)| a.how == tracer_model::engine::How::State);
+        let word = match (missing, state) {
+            (true, _) => ": ",
+            (_, true) => " because of ",
+            _ => " by ",
+        };
         text += &format!("{word}{}", names(&causes));
         evidence.extend(causes.iter().map(|(_, id)| *id));
     } else if !candidates.is_empty() {

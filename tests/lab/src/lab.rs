@@ -1057,6 +1057,26 @@ pub fn random_alnum(n: usize) -> String {
         .collect()
 }
 
+/// Every descendant of `pid`, from /proc/PID/task/*/children.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for t in tasks {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1082,24 +1102,4 @@ mod tests {
         assert_ne!(id, random_id());
         assert_eq!(random_alnum(RAND_LEN).len(), 20);
     }
-}
-
-/// Every descendant of `pid`, from /proc/PID/task/*/children.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten();
-        for t in tasks {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
-                out.push(k);
-                todo.push(k);
-            }
-        }
-    }
-    out
 }

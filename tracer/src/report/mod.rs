@@ -163,6 +163,7 @@ impl Reporter {
             outcome: j.verdict.outcome,
             summary: sentences::summary(facts),
             fix: sentences::fix(facts),
+            clauses: record::clauses(facts),
             drop: parts.drop,
             reset: parts.reset,
             unreachable: parts.unreachable,

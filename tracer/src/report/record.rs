@@ -213,6 +213,10 @@ pub struct JourneyRecord {
     pub outcome: Outcome,
     pub summary: String,
     pub fix: Option<String>,
+    /// The clauses `summary` and `fix` are made of, each with the ids of the `evidence`
+    /// items it is written from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clauses: Vec<ClauseRecord>,
     pub drop: Option<DropRecord>,
     pub reset: Option<ResetRecord>,
     pub unreachable: Option<UnreachableRecord>,
@@ -273,6 +277,31 @@ pub struct JourneyRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub divergence: Option<DivergenceRecord>,
+}
+
+/// One clause of the summary or the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClauseRecord {
+    /// `cause`, `effect`, `actors` (of the summary) or `fix`.
+    pub part: super::sentences::Part,
+    pub text: String,
+    /// Ids of the `evidence` items it rests on.
+    pub evidence: Vec<usize>,
+}
+
+/// The clauses of a verdict's summary and fix.
+pub fn clauses(f: super::sentences::Facts<'_>) -> Vec<ClauseRecord> {
+    let summary = super::sentences::summary_clauses(f);
+    let fix = super::sentences::fix_clause(f).map(|c| (super::sentences::Part::Fix, c));
+    summary
+        .into_iter()
+        .chain(fix)
+        .map(|(part, c)| ClauseRecord {
+            part,
+            text: c.text,
+            evidence: c.evidence,
+        })
+        .collect()
 }
 
 /// One actor: who acted on the packet, where, and how the engine singled it out.

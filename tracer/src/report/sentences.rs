@@ -1,7 +1,7 @@
 //! The sentences people read, written from the typed verdict: the summary paragraph, the
 //! likely fix, the detail of each finding and why a rule is not named. Every sentence states
 //! what the verdict's fields (and so the events) show, nothing more.
-use super::evidence::Evidence;
+use super::{cause::Clause, evidence::Evidence};
 use tracer_model::{
     facts::{FactUsed, ReaderFact},
     journey::Journey,
@@ -35,16 +35,88 @@ impl Facts<'_> {
 
 /// One plain sentence (or two) for people.
 pub fn summary(f: Facts<'_>) -> String {
+    let clauses = summary_clauses(f);
+    match clauses.as_slice() {
+        [(Part::Cause, c), (Part::Effect, e)] => format!("{}; as a result, {}", capitalize(&c.text), e.text),
+        [(Part::Effect, e), (Part::Actors, a)] => format!("{}, {}", e.text, a.text),
+        _ => clauses
+            .into_iter()
+            .map(|(_, c)| c.text)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Which part of the summary a clause is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// The first difference from the path, and who made it.
+    Cause,
+    /// What happened to the packet (the outcome).
+    Effect,
+    /// Who acted at the effect's place, when nothing differed before it.
+    Actors,
+    /// What to do.
+    Fix,
+}
+
+/// The summary's clauses in reading order, each with the evidence items it is written from
+/// (ids into `Evidence::of` of the same verdict).
+pub fn summary_clauses(f: Facts<'_>) -> Vec<(Part, Clause)> {
     let clean = without_empty_names(f.verdict);
     let f = Facts { verdict: &clean, ..f };
+    let e = Evidence::of(f.journey, f.verdict, f.path);
+    let effect = Clause {
+        text: effect_sentence(f),
+        evidence: effect_evidence(&e),
+    };
+    if let Some(c) = super::cause::divergence_clause(f, &e)
+        && f.verdict.outcome != Outcome::Connected
+    {
+        return vec![(Part::Cause, c), (Part::Effect, effect)];
+    }
+    let actors = (f.verdict.outcome != Outcome::Connected)
+        .then(|| super::cause::effect_actor_clause(f, &e))
+        .flatten();
+    let mut out = vec![(Part::Effect, effect)];
+    out.extend(actors.map(|a| (Part::Actors, a)));
+    out
+}
+
+/// The effect rests on the event that decided it and on every fact read for it.
+fn effect_evidence(e: &Evidence) -> Vec<usize> {
+    e.effect.into_iter().chain(e.facts.iter().copied()).collect()
+}
+
+/// The fix with the evidence it rests on: the cause actor it acts on, else the effect's.
+pub fn fix_clause(f: Facts<'_>) -> Option<Clause> {
+    let text = fix(f)?;
+    let clean = without_empty_names(f.verdict);
+    let e = Evidence::of(f.journey, &clean, f.path);
+    let cause = clean
+        .actors
+        .iter()
+        .zip(e.actors.iter())
+        .find(|(a, _)| a.role == tracer_model::engine::Role::Cause)
+        .map(|(_, id)| *id);
+    let evidence = match cause {
+        Some(id) if super::cause::actor_fix(Facts { verdict: &clean, ..f }).is_some() => vec![id],
+        _ => effect_evidence(&e),
+    };
+    Some(Clause { text, evidence })
+}
+
+/// The outcome's own sentence: what happened to the packet.
+fn effect_sentence(f: Facts<'_>) -> String {
     let v = f.verdict;
     let target = f
         .journey
         .target
         .map(|(a, p)| format!("{a}:{p}"))
         .unwrap_or_else(|| "envd".into());
-    let mut s = match v.outcome {
-        Outcome::Connected => return connected(v),
+    match v.outcome {
+        Outcome::Connected => connected(v),
         Outcome::Dropped => dropped(f, &target),
         Outcome::Reset => reset(v, &target),
         Outcome::NoReply => no_reply(v, &target),
@@ -69,20 +141,7 @@ pub fn summary(f: Facts<'_>) -> String {
                 None => format!("nothing of the attempt to {target} was seen on the path"),
             }
         }
-    };
-    // The cause found on the way (the first difference from the path, and who made it)
-    // leads; what happened to the packet follows. Without one, the actors at the effect's
-    // place complete the effect's sentence.
-    let e = Evidence::of(f.journey, v, f.path);
-    match super::cause::divergence_clause(f, &e) {
-        Some(c) => s = format!("{}; as a result, {s}", capitalize(&c.text)),
-        None => {
-            if let Some(c) = super::cause::effect_actor_clause(f, &e) {
-                s = format!("{s}, {}", c.text);
-            }
-        }
     }
-    s
 }
 
 fn connected(v: &Verdict) -> String {
@@ -995,6 +1054,47 @@ mod tests {
             }
         }
         assert!(checked > 250, "{checked}");
+    }
+
+    /// Every outcome, with each optional fact missing in turn: every clause of the summary
+    /// and the fix names the evidence items it is written from, and they exist.
+    #[test]
+    fn every_clause_rests_on_evidence() {
+        let j = forward_drop();
+        let mut checked = 0;
+        for mut v in verdicts_with_holes() {
+            // The effect is decided by an event of the journey (the synthetic verdicts lack it).
+            v.failing_hop = v.failing_hop.or(Some(j.hops.len() - 1));
+            let f = Facts {
+                journey: &j,
+                verdict: &v,
+                rule: None,
+                path: Some(&path()),
+            };
+            let items = Evidence::of(&j, &without_empty_names(&v), f.path).items.len();
+            let mut all = summary_clauses(f);
+            all.extend(fix_clause(f).map(|c| (Part::Fix, c)));
+            for (part, c) in &all {
+                let ctx = format!("{part:?} {:?} of {v:?}", c.text);
+                assert!(!c.evidence.is_empty(), "a clause without evidence: {ctx}");
+                assert!(
+                    c.evidence.iter().all(|i| *i < items),
+                    "a clause citing nothing: {ctx}"
+                );
+                checked += 1;
+            }
+            // The summary is made of exactly these clauses.
+            for (part, c) in all.iter().filter(|(p, _)| *p != Part::Fix) {
+                let s = summary(f);
+                let text = if *part == Part::Cause {
+                    capitalize(&c.text)
+                } else {
+                    c.text.clone()
+                };
+                assert!(s.contains(&text), "{text:?} not in {s:?}");
+            }
+        }
+        assert!(checked > 100, "{checked}");
     }
 
     #[test]

@@ -472,10 +472,9 @@ impl Session {
                                 if let connect::AttemptResult::NotSent(errno) = a.result {
                                     self.not_sent.push((Clock::now_mono_ns(), errno));
                                 }
-                                let answered = matches!(
-                                    a.result,
-                                    connect::AttemptResult::Status(_) | connect::AttemptResult::Refused
-                                );
+                                // Only a request that waited out its timeout went unanswered:
+                                // a status, a refusal or bytes that are not HTTP all came back.
+                                let answered = !matches!(a.result, connect::AttemptResult::Timeout);
                                 self.answered.insert(a.local_port, answered);
                             }
                             // Not sent: judged from what the check read, at once.

@@ -219,6 +219,15 @@ fn a_failure_nobody_retries_still_gets_an_incident_saying_so() {
             && summary.contains("none was made while the path was followed"),
         "{inc}"
     );
+    // Decided by the engine like any verdict, and said to be not localized.
+    assert_eq!(inc["localized"], false, "{inc}");
+    assert_eq!(inc["schema_version"], 2, "{inc}");
+    assert!(
+        inc["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x["about"] == "watcher")),
+        "{inc}"
+    );
     t.stop();
 }
 

@@ -27,6 +27,9 @@ pub struct ReadFacts {
     pub host_side_problem: Option<String>,
     /// The client's request after a completed handshake got no answer (a probe attempt).
     pub request_unanswered: bool,
+    /// Why the attempts could not be followed (the watcher could not zoom in, or no attempt
+    /// came while it did): the verdict rests on what detection alone saw.
+    pub not_followed: Option<String>,
 }
 
 /// A route get made before a probe connect, and where its answer leads.
@@ -189,4 +192,6 @@ pub enum FactUsed {
     /// The handshake completed, the request after it got no answer (the tracer follows
     /// handshakes only).
     RequestUnanswered,
+    /// The attempts were not followed, and why: only detection's events are known.
+    NotFollowed(String),
 }

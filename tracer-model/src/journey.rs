@@ -133,6 +133,30 @@ impl Journey {
         j
     }
 
+    /// An attempt known only from one event detection saw (a drop of one of its packets):
+    /// what the watcher has when it could not follow the attempts themselves.
+    /// Without one, an attempt of which nothing is known.
+    pub fn detected(seen: Option<(Leg, Hop)>, target: Option<(Ipv4Addr, u16)>, at_ns: u64) -> Self {
+        let key = match &seen {
+            Some((Leg::Reply, h)) => (h.dst(), h.pkt.dport, h.pkt.ack.wrapping_sub(1)),
+            Some((_, h)) => (h.src(), h.pkt.sport, h.pkt.seq),
+            None => (Ipv4Addr::UNSPECIFIED, 0, 0),
+        };
+        let ts = seen.as_ref().map_or(at_ns, |(_, h)| h.ts_ns);
+        let mut j = Self::new(
+            JourneyId::Conn(ConnKey {
+                client: key.0,
+                client_port: key.1,
+                isn: key.2,
+            }),
+            ts,
+        );
+        j.target = target;
+        j.hops.extend(seen);
+        j.decide(ts);
+        j
+    }
+
     /// Hops of one leg.
     pub fn leg(&self, leg: Leg) -> impl Iterator<Item = &Hop> {
         self.hops.iter().filter(move |(l, _)| *l == leg).map(|(_, h)| h)
@@ -357,6 +381,12 @@ impl Correlator {
         let Some(&(key, leg)) = self.by_skb.get(&hop.skb).filter(|_| hop.skb != 0) else {
             return;
         };
+        // A rewrite changes addresses and ports, never flags: anything but a handshake packet
+        // is another packet in a reused skb (one freed where no event showed it).
+        if !(hop.is_syn() || hop.is_syn_ack() || hop.is_rst()) {
+            self.by_skb.remove(&hop.skb);
+            return;
+        }
         let freed = matches!(hop.kind, HopKind::Drop { .. } | HopKind::Consumed);
         let is_drop = matches!(hop.kind, HopKind::Drop { .. });
         let (skb, ts) = (hop.skb, hop.ts_ns);
@@ -707,6 +737,37 @@ pub mod tests {
             })
             .collect();
         assert_eq!(states, [TCP_SYN_SENT], "{:?}", j.hops);
+    }
+
+    /// A followed skb keeps its journey across a port rewrite; the same address reused for a
+    /// data packet (the first was freed where no event showed it) does not join the journey.
+    #[test]
+    fn a_followed_skb_joins_across_rewrites_but_not_once_reused_for_data() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        c.push(hop(
+            1,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            syn(),
+        ));
+        // REDIRECT to another port: same skb, port no longer 49983.
+        let redirected = pkt("10.12.0.2", 40000, "10.11.0.1", 1, tcp_flag::SYN, 1000, 0);
+        c.push(hop(2, "ns-1", "eth0", HopKind::Receive, redirected));
+        // The skb address reused for data with garbage ports.
+        let data = pkt(
+            "10.12.0.2",
+            12592,
+            "169.254.0.21",
+            11825,
+            tcp_flag::PSH | tcp_flag::ACK,
+            7,
+            7,
+        );
+        c.push(hop(3, "ns-1", "tap0", HopKind::Xmit, data));
+        let j = c.take_all().remove(0);
+        let ts: Vec<u64> = j.hops.iter().map(|(_, h)| h.ts_ns).collect();
+        assert_eq!(ts, [1, 2], "{:?}", j.hops);
     }
 
     #[test]

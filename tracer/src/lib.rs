@@ -142,7 +142,7 @@ mod walls {
         let graph = imports();
         // The parse sees imports, both plain and grouped.
         assert!(
-            graph["trace"].contains("doctor") && graph["doctor"].contains("firewall"),
+            graph["engine"].contains("doctor") && graph["doctor"].contains("firewall"),
             "{graph:?}"
         );
         assert!(graph["firewall"].contains("cmd"), "{graph:?}");

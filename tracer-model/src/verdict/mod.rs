@@ -331,6 +331,9 @@ pub fn decide(j: &Journey, path: Option<&ExpectedPath>, facts: &ReadFacts) -> Ve
         v.outcome = Outcome::Unknown;
         v.facts.push(FactUsed::RequestUnanswered);
     }
+    if let Some(why) = &facts.not_followed {
+        v.facts.push(FactUsed::NotFollowed(why.clone()));
+    }
     if let Some(p) = path {
         crate::engine::cause::explain(j, p, facts, &mut v);
     }

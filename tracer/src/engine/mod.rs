@@ -1,10 +1,13 @@
-//! The verdict engine's reads: everything that can act on a packet in the namespaces a
-//! journey crossed, read at decision time, read-only — firewall rules of every family and
-//! their counter differences since the trace started, routes of every table and the policy
-//! rules, addresses, neighbours, links, the sysctls that decide, queue disciplines and tc
-//! filters, BPF programs on the path's devices and on the client's cgroup. The pure engine
+//! The verdict engine's side with I/O: the judge (`judge`), which decides every finished
+//! journey on its own thread for `trace`, `watch` and the doctor's tie-in, and the reads it
+//! decides from — everything that can act on a packet in the namespaces a journey crossed,
+//! read at decision time, read-only: firewall rules of every family and their counter
+//! differences since the trace started, routes of every table and the policy rules,
+//! addresses, neighbours, links, the sysctls that decide, queue disciplines and tc filters,
+//! BPF programs on the path's devices and on the client's cgroup. The pure engine
 //! (`tracer_model::engine`) compares the journey with its path and picks the actors from
 //! these.
+pub mod judge;
 pub mod netlink;
 pub mod programs;
 

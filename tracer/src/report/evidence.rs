@@ -306,5 +306,10 @@ fn fact_text(f: &FactUsed, label: &dyn Fn(u32) -> String) -> (&'static str, &'st
             "the probe",
             "the probe's request after the handshake got no answer within its timeout".into(),
         ),
+        FactUsed::NotFollowed(why) => (
+            "watcher",
+            "the watcher",
+            format!("the attempts were not followed: {why}"),
+        ),
     }
 }

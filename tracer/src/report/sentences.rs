@@ -107,8 +107,26 @@ pub fn fix_clause(f: Facts<'_>) -> Option<Clause> {
     Some(Clause { text, evidence })
 }
 
-/// The outcome's own sentence: what happened to the packet.
+/// The outcome's own sentence: what happened to the packet (and, when the attempts were not
+/// followed, why only that much is known).
 fn effect_sentence(f: Facts<'_>) -> String {
+    let not_followed = f.verdict.facts.iter().find_map(|x| match x {
+        FactUsed::NotFollowed(why) => Some(why.as_str()),
+        _ => None,
+    });
+    match not_followed {
+        None => outcome_sentence(f),
+        Some(why) if f.journey.hops.is_empty() => {
+            format!("attempts to envd failed and were not followed: {why}")
+        }
+        Some(why) => format!(
+            "{}, as detection saw it; the attempts were not followed, so the hook and rule are not known: {why}",
+            outcome_sentence(f)
+        ),
+    }
+}
+
+fn outcome_sentence(f: Facts<'_>) -> String {
     let v = f.verdict;
     let target = f
         .journey

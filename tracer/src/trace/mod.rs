@@ -1,7 +1,6 @@
 //! `tracer trace`: with a sandbox, follow its path and judge every attempt (`session`);
 //! without one, print every dropped packet on the port (`droplog`).
 pub mod droplog;
-pub mod judge;
 pub mod session;
 pub mod withheld;
 

@@ -20,7 +20,7 @@ use tracer_model::{
     verdict::Outcome,
 };
 
-use super::judge::{Decided, Judge, Work};
+use crate::engine::judge::{Decided, Judge, Work};
 use crate::{
     bpf::{
         ALL_PLAN, ALL_TRACEPOINTS, Filter, HOST_PLAN, Programs, SANDBOX_PLAN,

@@ -52,16 +52,12 @@ pub struct Incident {
     seen_drop: Option<SeenDrop>,
 }
 
-/// A drop of a sandbox's envd packet, as detection saw it (no hook, table or rule: those take
-/// a zoom-in).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A drop of a sandbox's envd packet, as detection saw it: the event itself and its leg (no
+/// hook, table or rule: those take a zoom-in). The engine decides what it shows.
+#[derive(Debug, Clone)]
 pub struct SeenDrop {
-    pub netns: String,
-    pub device: Option<String>,
-    pub reason: String,
-    pub function: Option<String>,
-    /// `request` (toward envd) or `reply`.
-    pub direction: &'static str,
+    pub leg: tracer_model::journey::Leg,
+    pub hop: tracer_model::hop::Hop,
 }
 
 impl Incident {
@@ -105,6 +101,11 @@ impl Incidents {
 
     pub fn get(&self, key: &Key) -> Option<&Incident> {
         self.open.get(key)
+    }
+
+    /// The drop detection saw of an open incident's packets, if any.
+    pub fn seen_drop(&self, key: &Key) -> Option<SeenDrop> {
+        self.open.get(key).and_then(|i| i.seen_drop.clone())
     }
 
     /// A failed attempt of sandbox `key`. True when it opened an incident (the caller zooms
@@ -193,6 +194,31 @@ impl Incidents {
         now_unix: u64,
         mono_ns: u64,
     ) -> Option<Value> {
+        self.reported(key, record, true, now_unix, mono_ns)
+    }
+
+    /// No attempt could be followed (the VMM or the namespace is gone, the zoom-in failed or
+    /// saw no attempt): the incident record (once), with the verdict the engine made of what
+    /// detection saw (see `engine::judge::detection_record`).
+    pub fn unlocalized(
+        &mut self,
+        key: Key,
+        record: &JourneyRecord,
+        now_unix: u64,
+        mono_ns: u64,
+    ) -> Option<Value> {
+        self.reported(key, record, false, now_unix, mono_ns)
+    }
+
+    /// The incident record: the verdict's record as decided, with the incident's fields.
+    fn reported(
+        &mut self,
+        key: Key,
+        record: &JourneyRecord,
+        localized: bool,
+        now_unix: u64,
+        mono_ns: u64,
+    ) -> Option<Value> {
         let i = self.open.get_mut(&key)?;
         if i.state == State::Reported {
             return None;
@@ -215,67 +241,8 @@ impl Incidents {
         obj.insert("attempts_seen".into(), json!(i.failed));
         obj.insert("attempts_refused".into(), json!(i.refused));
         obj.insert("queued".into(), json!(i.queued));
+        obj.insert("localized".into(), json!(localized));
         Some(v)
-    }
-
-    /// No attempt could be followed (the VMM or the namespace is gone, the zoom-in failed or
-    /// saw no attempt): the incident says so, with what is known.
-    pub fn unlocalized(
-        &mut self,
-        key: Key,
-        outcome: Outcome,
-        summary: String,
-        now_unix: u64,
-        mono_ns: u64,
-    ) -> Option<Value> {
-        let i = self.open.get_mut(&key)?;
-        if i.state == State::Reported {
-            return None;
-        }
-        // A drop detection saw says more than "unknown": where and why, if not which rule.
-        let (outcome, summary) = match (&i.seen_drop, outcome) {
-            (Some(d), Outcome::Unknown) => (
-                Outcome::Dropped,
-                format!(
-                    "{} to envd was dropped in {}{} (kernel reason {}{}), as detection saw it; the hook and rule were not localized: {summary}",
-                    if d.direction == "reply" {
-                        "the reply"
-                    } else {
-                        "the SYN"
-                    },
-                    d.netns,
-                    d.device
-                        .as_ref()
-                        .map(|x| format!(", device {x}"))
-                        .unwrap_or_default(),
-                    d.reason,
-                    d.function
-                        .as_ref()
-                        .map(|f| format!(" in {f}"))
-                        .unwrap_or_default()
-                ),
-            ),
-            _ => (outcome, summary),
-        };
-        i.state = State::Reported;
-        i.outcome = Some(outcome);
-        i.summary = summary.clone();
-        i.printed_failed = i.failed;
-        i.printed_at_ns = mono_ns;
-        Some(json!({
-            "type": "incident",
-            "incident_id": i.id,
-            "sandbox": i.sandbox_value(),
-            "outcome": outcome,
-            "summary": summary,
-            "drop": i.seen_drop,
-            "hops": [],
-            "first_failure": rfc3339(i.first_failure_unix),
-            "localized_at": rfc3339(now_unix),
-            "attempts_seen": i.failed,
-            "attempts_refused": i.refused,
-            "queued": i.queued,
-        }))
     }
 
     /// An attempt of `key` connected: a reported incident is resolved; one not reported yet
@@ -424,8 +391,7 @@ mod tests {
     fn late_replies_make_the_delay_distribution() {
         let mut inc = Incidents::new(0, 1);
         inc.failure(key(1), sb("ia"), End::GaveUp, 1);
-        inc.unlocalized(key(1), Outcome::Late, "late".into(), 2, 1)
-            .unwrap();
+        inc.unlocalized(key(1), &record(Outcome::Late), 2, 1).unwrap();
         for ms in [81.0, 90.0, 85.0] {
             inc.failure(key(1), sb("ia"), End::GaveUp, 3);
             inc.late(key(1), ms);
@@ -436,41 +402,36 @@ mod tests {
     }
 
     #[test]
-    fn without_a_zoom_in_a_drop_detection_saw_is_the_verdict() {
+    fn a_drop_seen_before_the_incident_stays_with_it_and_the_record_says_not_localized() {
         let mut inc = Incidents::new(0, 1);
         // The SYN dies before the client gives up: the drop comes first.
+        let hop = tracer_model::fixtures::hop(
+            1,
+            "ns-1",
+            "eth0",
+            tracer_model::hop::HopKind::Drop {
+                reason: tracer_model::reason::DropReason::new("NETFILTER_DROP"),
+            },
+            tracer_model::fixtures::syn(),
+        );
         inc.drop_seen(
             key(1),
             SeenDrop {
-                netns: "ns-1".into(),
-                device: Some("eth0".into()),
-                reason: "NETFILTER_DROP".into(),
-                function: Some("nft_do_chain".into()),
-                direction: "request",
+                leg: tracer_model::journey::Leg::Request,
+                hop,
             },
         );
         inc.failure(key(1), sb("ia"), End::GaveUp, 1);
-        let v = inc
-            .unlocalized(key(1), Outcome::Unknown, "no zoom".into(), 2, 1)
-            .unwrap();
-        assert_eq!(v["outcome"], "dropped");
-        assert_eq!(v["drop"]["device"], "eth0");
-        assert!(
-            v["summary"]
-                .as_str()
-                .unwrap()
-                .starts_with("the SYN to envd was dropped in ns-1, device eth0"),
-            "{v}"
-        );
-        // Nothing seen: unknown it stays.
-        inc.failure(key(2), sb("ib"), End::GaveUp, 1);
-        let v = inc
-            .unlocalized(key(2), Outcome::Unknown, "no zoom".into(), 2, 1)
-            .unwrap();
+        assert!(inc.seen_drop(&key(1)).is_some());
+        let v = inc.unlocalized(key(1), &record(Outcome::Dropped), 2, 1).unwrap();
         assert_eq!(
-            (v["outcome"].as_str(), v["drop"].is_null()),
-            (Some("unknown"), true)
+            (v["type"].as_str(), v["localized"].as_bool()),
+            (Some("incident"), Some(false))
         );
+        assert_eq!(v["sandbox"]["id"], "ia");
+        // Nothing seen for another sandbox.
+        inc.failure(key(2), sb("ib"), End::GaveUp, 1);
+        assert!(inc.seen_drop(&key(2)).is_none());
     }
 
     #[test]

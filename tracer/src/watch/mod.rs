@@ -43,13 +43,13 @@ use crate::{
         kallsyms::Kallsyms,
     },
     cli::WatchArgs,
+    engine::judge::Judge,
     error::{EXIT_OK, EnvError, is_root},
     events::{Clock, Names, Places, decode, decode_deep, hop_from_event},
     firewall::naming::RuleBaseline,
     netns::Netns,
     output::{Format, Output},
     report::{Reporter, record::JourneyRecord, record::SandboxRef},
-    trace::judge::Judge,
 };
 use incidents::Incidents;
 use metrics::{DropLabels, Metrics, OutcomeLabels, ProgramLabels};
@@ -405,20 +405,28 @@ impl Watcher {
             .map(|e| e.key)
             .or_else(|| by_addr(&self.registry));
         let Some(key) = key else { return };
-        self.incidents.drop_seen(
-            key,
-            incidents::SeenDrop {
-                netns: hop.ns_label(),
-                device: hop.device.clone(),
-                reason: reason.name().to_string(),
-                function: hop.function.clone(),
-                direction: if hop.pkt.dport == self.args.port {
-                    "request"
-                } else {
-                    "reply"
-                },
-            },
-        );
+        let mut hop = hop.clone();
+        hop.kind = tracer_model::hop::HopKind::Drop {
+            reason: reason.clone(),
+        };
+        let leg = if hop.pkt.dport == self.args.port {
+            tracer_model::journey::Leg::Request
+        } else {
+            tracer_model::journey::Leg::Reply
+        };
+        self.incidents.drop_seen(key, incidents::SeenDrop { leg, hop });
+    }
+
+    /// The engine's record of a sandbox's failed attempts that were not followed (`why`),
+    /// from the drop detection saw of them, if any.
+    fn not_followed(&self, key: Key, why: String) -> crate::report::record::JourneyRecord {
+        let seen = self.incidents.seen_drop(&key).map(|d| (d.leg, d.hop));
+        let target = self
+            .incidents
+            .get(&key)
+            .and_then(|i| i.sandbox.host_ip.parse().ok())
+            .map(|ip| (ip, self.args.port));
+        crate::engine::judge::detection_record(seen, target, why, Clock::now_mono_ns())
     }
 
     fn netns_kind(&self, inode: u32, at_ns: u64) -> &'static str {
@@ -475,10 +483,12 @@ impl Watcher {
     fn open(&mut self, e: &Entry) -> Result<()> {
         if let Some(why) = unreachable_sandbox(e) {
             let now = Clock::now_mono_ns();
-            if let Some(v) =
-                self.incidents
-                    .unlocalized(e.key, Outcome::Unknown, why, self.clock.unix_ns(now), now)
-            {
+            if let Some(v) = self.incidents.unlocalized(
+                e.key,
+                &self.not_followed(e.key, why),
+                self.clock.unix_ns(now),
+                now,
+            ) {
                 self.report(&v, None)?;
             }
             return Ok(());
@@ -586,12 +596,13 @@ impl Watcher {
                     m.attach_failures.inc();
                 }
                 let now = Clock::now_mono_ns();
-                let summary =
-                    format!("the attempts failed, and the tracer could not zoom in to follow them: {why}");
-                if let Some(v) =
-                    self.incidents
-                        .unlocalized(key, Outcome::Unknown, summary, self.clock.unix_ns(now), now)
-                {
+                let summary = format!("the tracer could not zoom in to follow them: {why}");
+                if let Some(v) = self.incidents.unlocalized(
+                    key,
+                    &self.not_followed(key, summary),
+                    self.clock.unix_ns(now),
+                    now,
+                ) {
                     self.report(&v, None)?;
                 }
                 self.zooms.remove(&key);
@@ -766,12 +777,14 @@ impl Watcher {
             let now = Clock::now_mono_ns();
             let secs = self.args.zoom_window.as_secs_f64();
             let summary = format!(
-                "attempts to envd failed, but none was made while the path was followed ({secs:.1} s after the first failure): the orchestrator may have given up"
+                "none was made while the path was followed ({secs:.1} s after the first failure): the orchestrator may have given up"
             );
-            if let Some(v) =
-                self.incidents
-                    .unlocalized(key, Outcome::Unknown, summary, self.clock.unix_ns(now), now)
-            {
+            if let Some(v) = self.incidents.unlocalized(
+                key,
+                &self.not_followed(key, summary),
+                self.clock.unix_ns(now),
+                now,
+            ) {
                 self.report(&v, None)?;
             }
         }
@@ -864,7 +877,7 @@ fn unreachable_sandbox(e: &Entry) -> Option<String> {
         _ => "no VMM was found".into(),
     };
     Some(format!(
-        "the orchestrator's attempts to sandbox {} failed and nothing can be followed: {vmm}, and its namespace {} is gone",
+        "nothing of sandbox {} can be followed: {vmm}, and its namespace {} is gone",
         e.label(),
         ns.label()
     ))

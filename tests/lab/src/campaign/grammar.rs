@@ -365,7 +365,7 @@ fn ipt_match(r: &mut Rng, t: &Topo, ns: &str, leg: Leg, (table, chain): (&str, &
 }
 
 /// A target that fits the table (and what it does to envd).
-fn ipt_target(r: &mut Rng, t: &Topo, table: &str, chain: &str, leg: Leg) -> (String, Intent) {
+fn ipt_target(r: &mut Rng, t: &Topo, (ns, table, chain): (&str, &str, &str), leg: Leg) -> (String, Intent) {
     let reject = [
         "tcp-reset",
         "icmp-port-unreachable",
@@ -381,7 +381,9 @@ fn ipt_target(r: &mut Rng, t: &Topo, table: &str, chain: &str, leg: Leg) -> (Str
         // Untracked or zoned, a locally made SYN still reaches the guest and its reply the
         // socket; in the sandbox's namespace the DNAT needs conntrack.
         "raw" => {
-            let nat_needs_it = if chain == "OUTPUT" {
+            // Only the sandbox's namespace NATs envd's packets; the host side's socket takes
+            // an untracked or zoned reply all the same.
+            let nat_needs_it = if chain == "OUTPUT" || ns != t.ns {
                 Intent::Unsure
             } else {
                 Intent::Break
@@ -432,7 +434,7 @@ fn iptables(r: &mut Rng, t: &Topo) -> Fault {
     let hooks = ipt_hooks(t, &ns, leg);
     let (table, chain) = *r.pick(&hooks);
     let inert = r.chance(20);
-    let (target, mut intent) = ipt_target(r, t, table, chain, leg);
+    let (target, mut intent) = ipt_target(r, t, (&ns, table, chain), leg);
     let m = ipt_match(r, t, &ns, leg, (table, chain), inert);
     if inert {
         intent = Intent::Inert;
@@ -526,7 +528,7 @@ fn nft(r: &mut Rng, t: &Topo) -> Fault {
     let port = if inert { t.port + 1 } else { t.port };
     let dir = if leg == Leg::Request { "dport" } else { "sport" };
     let prio = *r.pick(&[-350i32, -250, -160, -77, -30, 0, 7, 13, 60, 120, 250]);
-    let (stmt, intent, kind) = nft_statement(r, hook, prio, leg, family);
+    let (stmt, intent, kind) = nft_statement(r, hook, prio, leg, (family, ns == t.ns));
     let table = format!("camp{}", r.below(100_000));
     let chain = "c".to_string();
     let dev = device
@@ -563,13 +565,17 @@ fn nft(r: &mut Rng, t: &Topo) -> Fault {
     f
 }
 
+fn ct_intent(sandbox: bool) -> Intent {
+    if sandbox { Intent::Break } else { Intent::Unsure }
+}
+
 /// A statement for an nft rule at `hook`/`prio`, what it is meant to do, and the chain type.
 fn nft_statement(
     r: &mut Rng,
     hook: &str,
     prio: i32,
     leg: Leg,
-    family: &str,
+    (family, sandbox): (&str, bool),
 ) -> (String, Intent, &'static str) {
     let reject = [
         "reject",
@@ -584,7 +590,8 @@ fn nft_statement(
         2 if family != "netdev" && hook != "postrouting" => {
             (r.pick(&reject).to_string(), Intent::Break, "filter")
         }
-        3 if before_ct => ("notrack".into(), Intent::Break, "filter"),
+        // Only the sandbox's DNAT needs conntrack: elsewhere untracked or zoned may well work.
+        3 if before_ct => ("notrack".into(), ct_intent(sandbox), "filter"),
         3 if family != "netdev" => (
             format!("meta mark set {:#x}", 0x20 + r.below(0x80)),
             Intent::Inert,
@@ -596,7 +603,11 @@ fn nft_statement(
             "nat",
         ),
         4 if nat_hook && hook == "postrouting" => ("snat ip to 10.99.0.1".into(), Intent::Break, "nat"),
-        5 if before_ct => (format!("ct zone set {}", 1 + r.below(9)), Intent::Break, "filter"),
+        5 if before_ct => (
+            format!("ct zone set {}", 1 + r.below(9)),
+            ct_intent(sandbox),
+            "filter",
+        ),
         _ => ("drop".into(), Intent::Break, "filter"),
     }
 }

@@ -362,14 +362,12 @@ impl Judge {
             .iter()
             .chain([&self.sandbox_ns])
             .cloned()
-            .chain(crate::engine::other_namespaces(j, &self.path));
+            .chain(super::other_namespaces(j, &self.path));
         for ns in namespaces {
             let before = self.baseline.get(ns.inode).map(|r| r.as_ref());
-            facts
-                .namespaces
-                .push(crate::engine::read_namespace(&ns, before, None));
+            facts.namespaces.push(super::read_namespace(&ns, before, None));
         }
-        facts.client = crate::engine::programs::on_client_cgroup();
+        facts.client = super::programs::on_client_cgroup();
     }
 
     /// The doctor's read-only checks of this sandbox (no connection attempt: the trace is
@@ -544,4 +542,83 @@ fn reader(pid: u32, tap: &str) -> Option<ReaderFact> {
         state,
         holds_tap: crate::sandbox::taps_held_by(pid).iter().any(|t| t == tap),
     })
+}
+
+/// The record of attempts the watcher could not follow (it could not zoom in, or none came
+/// while it did): decided by the engine from the one event detection saw of them, a drop of
+/// one of their packets, or from nothing, with why they were not followed.
+pub fn detection_record(
+    seen: Option<(tracer_model::journey::Leg, tracer_model::hop::Hop)>,
+    target: Option<(std::net::Ipv4Addr, u16)>,
+    why: String,
+    at_ns: u64,
+) -> JourneyRecord {
+    let j = Journey::detected(seen, target, at_ns);
+    let facts = ReadFacts {
+        not_followed: Some(why),
+        ..Default::default()
+    };
+    let v = verdict::decide(&j, None, &facts);
+    let out = crate::output::Output::to_writer(crate::output::Format::Json, Box::new(std::io::sink()));
+    let judged = Judged {
+        journey: &j,
+        verdict: &v,
+        rule: None,
+        explained_by: &[],
+        lost_events: 0,
+        context: None,
+    };
+    Reporter::new(out, false, None).record(judged).1
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_model::{
+        fixtures::{hop, syn},
+        hop::HopKind,
+        journey::Leg,
+        reason::DropReason,
+        verdict::Outcome,
+    };
+
+    use super::*;
+
+    /// Without a zoom-in, the engine decides from the drop detection saw (place and kernel
+    /// reason, no hook or rule) and says why it knows no more; from nothing, unknown.
+    #[test]
+    fn attempts_not_followed_are_decided_from_what_detection_saw() {
+        let mut d = hop(
+            1,
+            "ns-1",
+            "eth0",
+            HopKind::Drop {
+                reason: DropReason::new("NETFILTER_DROP"),
+            },
+            syn(),
+        );
+        d.function = Some("nft_do_chain".into());
+        let target = Some(("10.11.0.1".parse().unwrap(), 49983));
+        let r = detection_record(Some((Leg::Request, d)), target, "no zoom slot".into(), 1);
+        assert_eq!(r.outcome, Outcome::Dropped);
+        assert_eq!(r.drop.as_ref().and_then(|d| d.device.as_deref()), Some("eth0"));
+        assert!(
+            r.summary
+                .starts_with("the SYN to 10.11.0.1:49983 was dropped in ns-1, device eth0")
+                && r.summary
+                    .ends_with("not followed, so the hook and rule are not known: no zoom slot"),
+            "{}",
+            r.summary
+        );
+        assert!(
+            r.evidence.iter().any(|e| e.about == "watcher"),
+            "{:?}",
+            r.evidence
+        );
+        let r = detection_record(None, target, "the VMM is gone".into(), 1);
+        assert_eq!(r.outcome, Outcome::Unknown);
+        assert_eq!(
+            r.summary,
+            "attempts to envd failed and were not followed: the VMM is gone"
+        );
+    }
 }

@@ -38,31 +38,26 @@ fn on_tcx(ctx: &TcContext, at: u8) {
         return;
     }
     let Some(cfg) = config() else { return };
-    // The context of a tc program is the kernel's sk_buff: read it like any other skb, so
-    // every hook parses packets the same way and tracking uses the same address.
-    let skb = raw as u64;
     // Ports straight from the packet (direct access, no helper calls): most traffic on a
-    // path device is not ours and must cost next to nothing. One followed already passes
-    // whatever its ports (a rewrite upstream may have changed them).
-    let ours =
-        |sport, dport, flags| tracer_ebpf::filter::port_matches(cfg, sport, dport) && is_handshake(flags);
+    // path device is not ours and must cost next to nothing.
     if let Some((sport, dport, flags)) = linear_tcp(ctx)
-        && !ours(sport, dport, flags)
-        && !(any_tracked() && is_tracked(skb))
+        && (!tracer_ebpf::filter::port_matches(cfg, sport, dport) || !is_handshake(flags))
     {
         return;
     }
     let off = &cfg.off;
+    // The context of a tc program is the kernel's sk_buff: read it like any other skb, so
+    // every hook parses packets the same way and tracking uses the same address.
+    let skb = raw as u64;
     let Some(pkt) = skb_packet(skb, off) else {
         return;
     };
-    let followed = any_tracked() && is_tracked(skb);
-    if !followed && !ours(pkt.sport, pkt.dport, pkt.flags) {
+    if !tracer_ebpf::filter::port_matches(cfg, pkt.sport, pkt.dport) || !is_handshake(pkt.flags) {
         return;
     }
     let mut ev = event(at);
     set_skb(&mut ev, skb, &pkt, off);
-    if !followed && !packet_matches(cfg, &pkt, ev.netns) {
+    if !packet_matches(cfg, &pkt, ev.netns) {
         return;
     }
     track(skb, ev.ts_ns);

@@ -11,7 +11,7 @@ use std::{
 
 use lab::{Fault, IptablesBackend, Lab, LabConfig, Topology};
 use serde_json::Value;
-use tracer::{error::EnvError, sandbox};
+use tracer::{discovery::sandbox, error::EnvError};
 
 /// `tracer list --json`, parsed; the exit code must be 0.
 fn list_json() -> Vec<Value> {

@@ -10,15 +10,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        cli::Command::Trace(args) => tracer::trace::run(args),
-        cli::Command::List(args) => tracer::list::run(args),
-        cli::Command::Doctor(args) => tracer::doctor::run(args),
-        cli::Command::Watch(args) => tracer::watch::run(args),
-        cli::Command::Check(args) => tracer::bpf::features::run(args),
-        cli::Command::Report(args) => tracer::saved::run(&args.file, args.format),
+        cli::Command::Trace(args) => tracer::commands::trace::run(args),
+        cli::Command::List(args) => tracer::commands::list::run(args),
+        cli::Command::Doctor(args) => tracer::commands::doctor::run(args),
+        cli::Command::Watch(args) => tracer::commands::watch::run(args),
+        cli::Command::Check(args) => tracer::commands::check::run(args),
+        cli::Command::Report(args) => tracer::commands::report::run(&args.file, args.format),
     };
     // Temporary nft trace tables never outlive the run (also after an error).
-    tracer::firewall::nftrace::cleanup();
+    tracer::system::firewall::nftrace::cleanup();
     match result {
         Ok(code) => std::process::exit(code),
         // The reader of our output went away (`tracer list --json | head -1`): a normal end.

@@ -9,7 +9,7 @@
 //!   promtool (as recording rules: promtool checks no bare expression), every metric on a panel;
 //! - vector-tracer.toml and otel-collector-tracer.yaml: parsed, wired to each other, to the
 //!   Nomad job and the systemd unit (ports, addresses, job name), with bounded Loki labels;
-//! - in every query: only metrics tracer/src/watch/metrics.rs registers (or that are being
+//! - in every query: only metrics tracer/src/commands/watch/metrics.rs registers (or that are being
 //!   added, [`PENDING`]), with their labels.
 //!
 //! promtool comes with Debian's prometheus package (`cargo xtask setup`). Without it the
@@ -600,7 +600,7 @@ struct Catalogue {
 }
 
 fn catalogue() -> Result<Catalogue> {
-    let path = workspace_root().join("tracer/src/watch/metrics.rs");
+    let path = workspace_root().join("tracer/src/commands/watch/metrics.rs");
     let src = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let mut cat = parse_metrics_rs(&src).with_context(|| format!("reading {}", path.display()))?;
     for (name, labels) in PENDING {
@@ -702,7 +702,7 @@ fn check_expr(expr: &str, cat: &Catalogue) -> Result<BTreeSet<String>> {
         }
         let labels = cat.metrics.get(m).ok_or_else(|| {
             anyhow!(
-                "{expr:?}: no metric {m} (tracer/src/watch/metrics.rs registers {:?})",
+                "{expr:?}: no metric {m} (tracer/src/commands/watch/metrics.rs registers {:?})",
                 cat.metrics.keys()
             )
         })?;

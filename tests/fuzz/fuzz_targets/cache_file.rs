@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tracer::cache::parse(&String::from_utf8_lossy(data));
+    let _ = tracer::discovery::cache::parse(&String::from_utf8_lossy(data));
 });

@@ -1,7 +1,7 @@
 //! `iptables-save -c` text (either backend): parse, model, and walk envd packets through it.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::firewall::{
+use tracer::system::firewall::{
     Backend, Ct, HookPoint, IptSave, Packet, Port, at_hook, flags, nat::dnat_of, nat_at_hook,
 };
 
@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         dport: Port::Known(49983),
         flags: flags::SYN,
         ct: Ct::New,
+        mark: None,
     };
     for hook in [
         HookPoint::Prerouting,

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
 use tracer::{
-    bpf::{btf::ReasonNames, kallsyms::Kallsyms},
-    events::{Names, decode, decode_deep, hop_from_event},
+    attach::bpf::{btf::ReasonNames, kallsyms::Kallsyms},
+    events::decode::{Names, decode, decode_deep, hop_from_event},
     report::deep::DeepRecord,
 };
 use tracer_model::{

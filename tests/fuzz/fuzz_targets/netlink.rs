@@ -4,6 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tracer::netstate::parse_reply(data, 1);
-    let _ = tracer::firewall::nftrace::parse_datagram(data);
+    let _ = tracer::system::netstate::parse_reply(data, 1);
+    let _ = tracer::system::firewall::nftrace::parse_datagram(data);
 });

@@ -1,7 +1,7 @@
 //! `nft -j list ruleset`: parse, model, DNAT, and rule naming between two dumps.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::firewall::{
+use tracer::system::firewall::{
     Ct, HookPoint, NftRuleset, Packet, Port, Rulesets, at_hook, flags,
     naming::{Place, name_rule},
 };
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         dport: Port::Known(49983),
         flags: flags::SYN,
         ct: Ct::New,
+        mark: None,
     };
     let _ = at_hook(&tables, HookPoint::Prerouting, &syn);
     let place = Place {

@@ -2,7 +2,7 @@
 //! socket paths, cgroup paths, fdinfo, and /proc/kallsyms.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::{bpf::kallsyms::Kallsyms, sandbox};
+use tracer::{attach::bpf::kallsyms::Kallsyms, discovery::sandbox};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(sock) = sandbox::api_sock_of(data) {

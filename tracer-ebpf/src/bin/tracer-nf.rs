@@ -3,7 +3,7 @@
 //! path. They never change a verdict (always NF_ACCEPT); they record that a followed packet
 //! got this far, so the hook and table where it stopped are known without touching a rule.
 //!
-//! aya cannot parse this program type; tracer/src/probes/netfilter.rs loads the "netfilter"
+//! aya cannot parse this program type; tracer/src/attach/bpf/netfilter.rs loads the "netfilter"
 //! sections of this object itself.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]

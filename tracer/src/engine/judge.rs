@@ -21,22 +21,22 @@ use tracer_model::{
 };
 
 use crate::{
-    connect::ProbeSite,
-    conntrack::CtTuple,
-    doctor::Check,
-    firewall::{
-        Rulesets,
-        naming::{Place, RuleBaseline},
-    },
-    netns::Netns,
-    netstate,
-    pcapng::Capture,
+    diagnose::Check,
+    discovery::sandbox::Sandbox,
+    report::pcapng::Capture,
     report::{
         Judged, Reporter,
         deep::{DeepContext, RoutingPoint},
         record::JourneyRecord,
     },
-    sandbox::Sandbox,
+    system::connect::ProbeSite,
+    system::conntrack::CtTuple,
+    system::firewall::{
+        Rulesets,
+        naming::{Place, RuleBaseline},
+    },
+    system::netns::Netns,
+    system::netstate,
 };
 
 /// How long the doctor's checks and a fresh ruleset read stay valid for later failures.
@@ -243,7 +243,7 @@ impl Judge {
         let rule = self.name_rule(j, &v);
         let explained_by = match v.outcome {
             Outcome::Connected => Vec::new(),
-            _ => crate::doctor::explain(&v, self.doctor_checks()),
+            _ => crate::diagnose::explain(&v, self.doctor_checks()),
         };
         let context = match (self.deep, &snaps) {
             (true, Some(snaps)) => Some(self.deep_context(j, &v, snaps)),
@@ -381,7 +381,7 @@ impl Judge {
                 .filter(|(_, (at, _))| at.elapsed() < FRESH)
                 .map(|(inode, (_, r))| (*inode, r.clone()))
                 .collect();
-            let report = crate::doctor::check_with_rules(&self.sandbox, false, fresh);
+            let report = crate::diagnose::check_with_rules(&self.sandbox, false, fresh);
             self.doctor = Some((Instant::now(), report.checks));
         }
         self.doctor
@@ -412,7 +412,7 @@ impl Judge {
         if self.nft_trace
             && rule.rule.is_none()
             && let Some(site) = &self.site
-            && let Some(traced) = crate::firewall::nftrace::resolve(&ns, site, &self.path)
+            && let Some(traced) = crate::system::firewall::nftrace::resolve(&ns, site, &self.path)
         {
             rule = traced;
         }
@@ -440,7 +440,7 @@ impl Judge {
                 sport,
                 dport,
             };
-            match crate::conntrack::flow_entry(&ct_ns, &orig) {
+            match crate::system::conntrack::flow_entry(&ct_ns, &orig) {
                 Ok(e) => ctx.conntrack = e.into_iter().collect(),
                 Err(e) => ctx.conntrack_error = Some(format!("{e:#}")),
             }
@@ -540,7 +540,9 @@ fn reader(pid: u32, tap: &str) -> Option<ReaderFact> {
         pid,
         comm,
         state,
-        holds_tap: crate::sandbox::taps_held_by(pid).iter().any(|t| t == tap),
+        holds_tap: crate::discovery::sandbox::taps_held_by(pid)
+            .iter()
+            .any(|t| t == tap),
     })
 }
 

@@ -16,9 +16,9 @@ use std::collections::BTreeSet;
 use tracer_model::{engine::inventory::NsInventory, journey::Journey, path::ExpectedPath};
 
 use crate::{
-    firewall::{Rulesets, naming},
-    netns::Netns,
-    netstate::Rtnl,
+    system::firewall::{Rulesets, naming},
+    system::netns::Netns,
+    system::netstate::Rtnl,
 };
 
 /// The sysctls that decide forwarding, reverse-path filtering and ARP, per device.
@@ -94,7 +94,7 @@ fn sysctls(ns: &Netns, devices: &[(u32, String)]) -> Vec<(String, String)> {
     };
     keys.into_iter()
         .filter_map(|k| {
-            let path = crate::netstate::sysctl_path(&k).ok()?;
+            let path = crate::system::netstate::sysctl_path(&k).ok()?;
             let v = std::fs::read_to_string(path).ok()?;
             Some((k, v.trim().to_string()))
         })
@@ -115,7 +115,7 @@ pub fn other_namespaces(j: &Journey, path: &ExpectedPath) -> Vec<Netns> {
         .map(|(_, h)| h.netns)
         .filter(|n| *n != 0 && !own.contains(n))
         .collect();
-    crate::netns::all_named()
+    crate::system::netns::all_named()
         .into_iter()
         .filter(|n| seen.contains(&n.inode))
         .collect()

@@ -18,7 +18,7 @@ use tracer_model::{
     tcp::nud_bits,
 };
 
-use crate::netstate::{self, Rtnl};
+use crate::system::netstate::{self, Rtnl};
 
 /// What rtnetlink says about one namespace.
 pub struct Read {

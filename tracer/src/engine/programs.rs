@@ -12,7 +12,7 @@ use std::{
 
 use tracer_model::engine::inventory::{Attach, ClientInventory, Program};
 
-use crate::netns::Netns;
+use crate::system::netns::Netns;
 
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;

@@ -153,7 +153,7 @@ fn field_change(d: &Divergence, path: Option<&ExpectedPath>) -> String {
 
 /// The command prefix that runs a tool in a namespace: none in the node's root namespace.
 pub fn in_ns(label: &str) -> String {
-    if label == crate::netns::ROOT_LABEL {
+    if label == crate::system::netns::ROOT_LABEL {
         String::new()
     } else if label.starts_with("netns:") {
         format!("(in {label}) ")
@@ -165,7 +165,7 @@ pub fn in_ns(label: &str) -> String {
 /// The fix for the cause actor, when one was read (an actor is a fact, never a guess).
 pub fn actor_fix(f: Facts<'_>) -> Option<String> {
     let a = f.verdict.actors.iter().find(|a| a.role == Role::Cause)?;
-    let pfx = in_ns(a.netns.as_deref().unwrap_or(crate::netns::ROOT_LABEL));
+    let pfx = in_ns(a.netns.as_deref().unwrap_or(crate::system::netns::ROOT_LABEL));
     Some(match &a.id {
         ActorId::FirewallRule {
             source,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use tracer_model::deep::{HopDeep, L2};
 
-use crate::conntrack::CtEntry;
+use crate::system::conntrack::CtEntry;
 
 /// Deep facts of one hop (JSON `hops[].deep`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,9 @@ pub mod evidence;
 pub(crate) mod fixtures;
 pub mod format;
 pub mod html;
+pub mod markdown;
 pub mod mermaid;
+pub mod pcapng;
 pub mod places;
 pub mod record;
 pub mod sentences;
@@ -21,7 +23,7 @@ pub use record::{JourneyRecord, Judged, SandboxRef};
 use tracer_model::path::ExpectedPath;
 
 use crate::{
-    events::Clock,
+    events::decode::Clock,
     output::{Format, Output},
 };
 use record::{VerdictParts, hop_record};

@@ -1,0 +1,939 @@
+//! `tracer watch`: one process per node that turns every failed envd connection into a drop
+//! report.
+//!
+//! Two levels keep being always on cheap. *Detection* stays attached node-wide: socket state
+//! changes and resets of envd connections and drops of envd packets, filtered in the kernel
+//! (events that are rare by nature). A failed attempt opens an incident for the sandbox it was
+//! for and asks for a *zoom-in*: the full path programs on that sandbox for a bounded window,
+//! so the orchestrator's next attempt is followed hop by hop and judged by the same engine as
+//! `trace`. Then the zoom-in goes; further failures only count.
+//!
+//! Threads, data flowing one way: the scanner (VMMs found and gone) → the event loop (kernel
+//! events → attempts, journeys, incidents; prints) ⇄ the attacher (owns the programs: zoom-ins
+//! attach and detach there) and the judge (verdicts, rule naming, the doctor). Nothing blocks
+//! the loop.
+mod incidents;
+pub mod metrics;
+mod registry;
+pub mod reports;
+mod scanner;
+mod zoom;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::Ipv4Addr,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use serde_json::Value;
+use tracer_model::{
+    attempts::{AttemptTracker, Detected, End},
+    hop::{Hop, HopKind},
+    journey::{Correlator, Journey, JourneyId, Timing},
+    verdict::Outcome,
+};
+
+use crate::{
+    attach::bpf::{
+        DETECT_TRACEPOINTS, Filter, Programs,
+        btf::{KernelBtf, ReasonNames},
+        kallsyms::Kallsyms,
+    },
+    cli::WatchArgs,
+    engine::judge::Judge,
+    error::{EXIT_OK, EnvError, is_root},
+    events::decode::{Clock, Names, Places, decode, decode_deep, hop_from_event},
+    output::{Format, Output},
+    report::{Reporter, record::JourneyRecord, record::SandboxRef},
+    system::firewall::naming::RuleBaseline,
+    system::netns::Netns,
+};
+use incidents::Incidents;
+use metrics::{DropLabels, Metrics, OutcomeLabels, ProgramLabels};
+use registry::{Entry, Key, Registry};
+use reports::ReportDir;
+use zoom::{Attacher, Cmd, Reply};
+
+/// How often the loop looks at its channels and timers.
+const TICK: Duration = Duration::from_millis(5);
+/// Records drained from the ring per wakeup before the loop looks at its timers again.
+const DRAIN_BUDGET: usize = 4096;
+/// Failed attempts waiting for a scan to say whose they are, at most, and for how long.
+const MAX_UNATTRIBUTED: usize = 4096;
+const ATTRIBUTE_WAIT_NS: u64 = 2_000_000_000;
+/// Zoom-ins waiting for a free slot, at most (more failing sandboxes are counted, not queued).
+pub const MAX_QUEUE: usize = 1024;
+/// Output lines waiting for a slow reader of stdout, at most (more are dropped and counted).
+const MAX_WAITING_LINES: usize = 10_000;
+/// How often the kernel's counters (lost events, program run time) are read.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(args: WatchArgs) -> Result<i32> {
+    if !is_root() {
+        return Err(EnvError::NoPrivileges.into());
+    }
+    let started = Instant::now();
+    // The kernel's BTF is read for offsets and reason names, then let go: a watcher runs for
+    // days and has no use for tens of MB of type information.
+    let (offsets, reasons) = {
+        let btf = KernelBtf::load().map_err(|e| EnvError::NoBtf(format!("{e:#}")))?;
+        crate::attach::bpf::features::Features::probe(&btf)
+            .require_path(&crate::attach::bpf::features::kernel_release())?;
+        (btf.offsets()?, ReasonNames::load(&btf)?)
+    };
+    let names = Names::new(reasons, Kallsyms::load()?);
+    let own = Netns::current()?;
+    let pinned_host = match &args.host_netns {
+        Some(name) => Some(Netns::named(name).map_err(|e| EnvError::Usage(format!("--host-netns: {e:#}")))?),
+        None => None,
+    };
+    let filter = Filter {
+        ports: vec![args.port],
+        netns: vec![pinned_host.as_ref().unwrap_or(&own).inode],
+        addrs: Vec::new(),
+        ring_bytes: args.ring_size,
+        detect_any_addr: true,
+        deep: false,
+    };
+    let mut programs = Programs::load(offsets, &filter)?;
+    programs.attach_tracepoints(DETECT_TRACEPOINTS)?;
+    // Everything a zoom-in attaches is loaded now: a zoom-in only creates links.
+    programs.load_netfilter_now()?;
+    programs.load_path_programs()?;
+    for d in &programs.degraded {
+        eprintln!("tracer: watch: warning: {d}");
+    }
+    programs.release_btf();
+    // What parsing the BTF freed goes back to the system, not into a heap kept for days.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    let events = programs.take_events()?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new());
+            metrics::serve(addr, m.clone())?;
+            Some(m)
+        }
+        None => None,
+    };
+    let reports = match &args.report_dir {
+        Some(dir) => Some(ReportDir::new(dir, args.report_max_files, args.report_max_bytes)?),
+        None => None,
+    };
+    let (to_attacher, attacher_rx) = mpsc::channel();
+    let (attacher_tx, from_attacher) = mpsc::channel();
+    let attacher = Attacher::new(programs, args.port);
+    let attacher_thread = std::thread::Builder::new()
+        .name("attacher".into())
+        .spawn(move || attacher.run(attacher_rx, attacher_tx))?;
+    let (ask_scan, scan_asks) = mpsc::channel();
+    let (scan_tx, from_scanner) = mpsc::channel();
+    let scanner = scanner::Scanner::new(args.scan_every);
+    std::thread::Builder::new()
+        .name("scanner".into())
+        .spawn(move || scanner.run(scan_asks, scan_tx))?;
+    let (to_judge, judge_rx) = mpsc::channel();
+    let (judge_tx, from_judge) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("judge".into())
+        .spawn(move || judge_thread(judge_rx, judge_tx))?;
+    let (rt, stop) = crate::events::decode::runtime_with_stop()?;
+    let clock = Clock::new();
+    let stdout = crate::output::DetachedStdout::new(MAX_WAITING_LINES);
+    let mut w = Watcher {
+        correlator: Correlator::new(
+            &[args.port],
+            Timing {
+                late_ns: args.late_window.as_nanos() as u64,
+                ..Timing::default()
+            },
+        ),
+        tracker: AttemptTracker::new(args.port, args.late_window.as_nanos() as u64),
+        incidents: Incidents::new(
+            clock.unix_ns(Clock::now_mono_ns()),
+            args.repeat_every.as_nanos() as u64,
+        ),
+        args,
+        clock,
+        names,
+        places: Places::default(),
+        registry: Registry::default(),
+        host_namespaces: pinned_host.iter().map(|n| n.inode).collect(),
+        pinned_host: pinned_host.map(|n| n.inode),
+        watched_ns: HashSet::new(),
+        zooms: HashMap::new(),
+        queue: VecDeque::new(),
+        unattributed: Vec::new(),
+        to_attacher,
+        to_judge,
+        ask_scan,
+        metrics,
+        reports,
+        out: Output::to_writer(Format::Json, Box::new(stdout)),
+        decode_errors: 0,
+        scanned: false,
+    };
+    eprintln!(
+        "tracer: watch: detection attached in {} ms (port {}, max {} zoom-ins); finding sandboxes",
+        started.elapsed().as_millis(),
+        w.args.port,
+        w.args.max_zoom
+    );
+    let result = rt.block_on(w.run_loop(events, &from_scanner, &from_attacher, &from_judge, stop));
+    // Last counts, then everything detaches with the programs.
+    for r in w.incidents.repeats(Clock::now_mono_ns(), true) {
+        let _ = w.print(&r);
+    }
+    drop(w);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !attacher_thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    result.map(|()| EXIT_OK)
+}
+
+/// A zoom-in: asked for, then attached with its path.
+struct Zoom {
+    sandbox: Arc<crate::discovery::sandbox::Sandbox>,
+    asked_at: Instant,
+    /// Set once attached: the addresses and namespace its hops carry, and when it ends.
+    attached: Option<Attached>,
+}
+
+struct Attached {
+    host_ip: Ipv4Addr,
+    addrs: Vec<Ipv4Addr>,
+    netns: u32,
+    /// Monotonic ns when everything was attached: journeys that began before are partial.
+    since_ns: u64,
+    until: Instant,
+}
+
+struct Watcher {
+    args: WatchArgs,
+    clock: Clock,
+    names: Names,
+    places: Places,
+    tracker: AttemptTracker,
+    correlator: Correlator,
+    registry: Registry,
+    incidents: Incidents,
+    /// Namespaces where the orchestrator's attempts are counted.
+    host_namespaces: HashSet<u32>,
+    pinned_host: Option<u32>,
+    /// Namespaces in the kernel filter.
+    watched_ns: HashSet<u32>,
+    zooms: HashMap<Key, Zoom>,
+    queue: VecDeque<Key>,
+    /// Failed attempts for a host IP no known sandbox explains yet (a scan was asked for).
+    unattributed: Vec<(tracer_model::attempts::Attempt, u64)>,
+    to_attacher: mpsc::Sender<Cmd>,
+    to_judge: mpsc::Sender<JudgeWork>,
+    ask_scan: mpsc::Sender<()>,
+    metrics: Option<Arc<Metrics>>,
+    reports: Option<ReportDir>,
+    out: Output,
+    decode_errors: u64,
+    /// The first scan arrived (until then the watcher is not "attached" for its users).
+    scanned: bool,
+}
+
+impl Watcher {
+    async fn run_loop(
+        &mut self,
+        events: RingBuf<MapData>,
+        scans: &mpsc::Receiver<scanner::Update>,
+        attacher: &mpsc::Receiver<Reply>,
+        judge: &mpsc::Receiver<JudgeDone>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut fd = crate::events::decode::ring_fd(events)?;
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_poll = Instant::now();
+        loop {
+            tokio::select! {
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    if self.drain(guard.get_inner_mut())? {
+                        guard.clear_ready();
+                    }
+                }
+                _ = tick.tick() => {
+                    while let Ok(u) = scans.try_recv() {
+                        self.scanned(u)?;
+                    }
+                    while let Ok(r) = attacher.try_recv() {
+                        self.attacher_said(r)?;
+                    }
+                    while let Ok(d) = judge.try_recv() {
+                        self.judged(d)?;
+                    }
+                    self.timers()?;
+                    if last_poll.elapsed() >= POLL_EVERY {
+                        last_poll = Instant::now();
+                        let _ = self.to_attacher.send(Cmd::Poll);
+                    }
+                }
+                _ = &mut stop => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn print(&mut self, v: &Value) -> Result<()> {
+        self.out.json_line(v).context("write to stdout")
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// Turns up to [`DRAIN_BUDGET`] records into hops; true when the ring is empty.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
+        for _ in 0..DRAIN_BUDGET {
+            let Some(item) = ring.next() else {
+                return Ok(true);
+            };
+            let Some(ev) = decode(&item) else {
+                self.decode_errors += 1;
+                if let Some(m) = self.metrics() {
+                    m.decode_errors.inc();
+                }
+                continue;
+            };
+            let facts = decode_deep(&item, &self.names, |_| Vec::new());
+            drop(item);
+            if let Some(mut hop) = hop_from_event(&ev, &mut self.names) {
+                hop.deep = facts;
+                let hop = self.places.name(hop);
+                self.hop(hop)?;
+            }
+        }
+        Ok(false)
+    }
+
+    fn hop(&mut self, hop: Hop) -> Result<()> {
+        let detection = matches!(
+            hop.kind,
+            HopKind::Socket { .. } | HopKind::RecvReset | HopKind::SendReset { .. } | HopKind::Drop { .. }
+        );
+        let zoomed = self.zoomed_hop(&hop);
+        if detection {
+            let orchestrator = !matches!(hop.kind, HopKind::Socket { .. } | HopKind::RecvReset)
+                || self.is_host_ns(hop.netns);
+            if orchestrator && let Some(d) = self.tracker.push(&hop) {
+                self.detected(d, zoomed)?;
+            }
+        }
+        if zoomed {
+            self.correlator.push(hop);
+        }
+        Ok(())
+    }
+
+    /// Namespaces where the orchestrator runs: given, or the host sides of the sandboxes.
+    fn is_host_ns(&self, inode: u32) -> bool {
+        self.host_namespaces.contains(&inode)
+    }
+
+    /// A hop of a sandbox being zoomed in on: in its namespace, or carrying its addresses.
+    fn zoomed_hop(&self, h: &Hop) -> bool {
+        self.zooms
+            .values()
+            .filter_map(|z| z.attached.as_ref())
+            .any(|a| a.netns == h.netns || a.addrs.contains(&h.src()) || a.addrs.contains(&h.dst()))
+    }
+
+    fn detected(&mut self, d: Detected, zoomed: bool) -> Result<()> {
+        match d {
+            Detected::Attempt(a) => {
+                if self.registry.stale_for_host_ip(a.target, a.syn_ns) {
+                    // A sandbox the scanner has not seen yet (a slot just handed over).
+                    if self.unattributed.len() < MAX_UNATTRIBUTED {
+                        let _ = self.ask_scan.send(());
+                        self.unattributed
+                            .push((a, Clock::now_mono_ns() + ATTRIBUTE_WAIT_NS));
+                    }
+                    return Ok(());
+                }
+                self.attempt(a)
+            }
+            Detected::Late(l) => {
+                self.count_attempt("late");
+                let key = self
+                    .registry
+                    .by_host_ip(l.target, Clock::now_mono_ns())
+                    .map(|e| e.key);
+                if let Some(key) = key {
+                    self.incidents.late(key, l.reply_ms);
+                }
+                Ok(())
+            }
+            Detected::Drop { reason, hop } => {
+                self.remember_drop(&reason, &hop);
+                // A zoomed sandbox's drops are counted from its verdicts, with their place.
+                if !zoomed && let Some(m) = self.metrics() {
+                    m.drops
+                        .get_or_create(&DropLabels {
+                            netns_kind: self.netns_kind(hop.netns, hop.ts_ns).into(),
+                            hook: "unknown".into(),
+                            table: "unknown".into(),
+                            reason: reason.name().into(),
+                        })
+                        .inc();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps a detected drop on the incident of the sandbox it belongs to (by namespace, else
+    /// by the host IP it was to or from).
+    fn remember_drop(&mut self, reason: &tracer_model::reason::DropReason, hop: &Hop) {
+        let at = hop.ts_ns;
+        let by_addr = |r: &Registry| {
+            r.by_host_ip(hop.dst(), at)
+                .or_else(|| r.by_host_ip(hop.src(), at))
+                .map(|e| e.key)
+        };
+        let key = self
+            .registry
+            .by_netns(hop.netns, at)
+            .map(|e| e.key)
+            .or_else(|| by_addr(&self.registry));
+        let Some(key) = key else { return };
+        let mut hop = hop.clone();
+        hop.kind = tracer_model::hop::HopKind::Drop {
+            reason: reason.clone(),
+        };
+        let leg = if hop.pkt.dport == self.args.port {
+            tracer_model::journey::Leg::Request
+        } else {
+            tracer_model::journey::Leg::Reply
+        };
+        self.incidents.drop_seen(key, incidents::SeenDrop { leg, hop });
+    }
+
+    /// The engine's record of a sandbox's failed attempts that were not followed (`why`),
+    /// from the drop detection saw of them, if any.
+    fn not_followed(&self, key: Key, why: String) -> crate::report::record::JourneyRecord {
+        let seen = self.incidents.seen_drop(&key).map(|d| (d.leg, d.hop));
+        let target = self
+            .incidents
+            .get(&key)
+            .and_then(|i| i.sandbox.host_ip.parse().ok())
+            .map(|ip| (ip, self.args.port));
+        crate::engine::judge::detection_record(seen, target, why, Clock::now_mono_ns())
+    }
+
+    fn netns_kind(&self, inode: u32, at_ns: u64) -> &'static str {
+        if self.is_host_ns(inode) {
+            "host"
+        } else if self.registry.by_netns(inode, at_ns).is_some() {
+            "sandbox"
+        } else {
+            "other"
+        }
+    }
+
+    fn count_attempt(&self, outcome: &str) {
+        if let Some(m) = self.metrics() {
+            m.attempts
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// One attributed attempt: a success may resolve an incident, a failure opens one.
+    fn attempt(&mut self, a: tracer_model::attempts::Attempt) -> Result<()> {
+        let Some(e) = self.registry.by_host_ip(a.target, a.syn_ns).cloned() else {
+            self.count_attempt(end_name(a.end));
+            return Ok(());
+        };
+        self.count_attempt(end_name(a.end));
+        let now_unix = self.clock.unix_ns(a.end_ns);
+        match a.end {
+            End::Connected => {
+                if let Some(r) = self.incidents.success(e.key, now_unix) {
+                    self.print(&r)?;
+                }
+                // A zoom-in that waited for this sandbox is not needed any more.
+                self.queue.retain(|k| *k != e.key);
+            }
+            End::GaveUp | End::Refused => {
+                let sb = sandbox_ref(&e, a.target);
+                if self
+                    .incidents
+                    .failure(e.key, sb, a.end, self.clock.unix_ns(a.syn_ns))
+                {
+                    self.open(&e)?;
+                }
+            }
+        }
+        self.gauges();
+        Ok(())
+    }
+
+    /// A new incident: zoom in, or say at once why nothing can be followed.
+    fn open(&mut self, e: &Entry) -> Result<()> {
+        if let Some(why) = unreachable_sandbox(e) {
+            let now = Clock::now_mono_ns();
+            if let Some(v) = self.incidents.unlocalized(
+                e.key,
+                &self.not_followed(e.key, why),
+                self.clock.unix_ns(now),
+                now,
+            ) {
+                self.report(&v, None)?;
+            }
+            return Ok(());
+        }
+        if self.zooms.len() < self.args.max_zoom {
+            self.zoom(e.key, e.sandbox.clone());
+        } else if self.queue.len() < MAX_QUEUE {
+            self.queue.push_back(e.key);
+            self.incidents.queued(e.key);
+        }
+        Ok(())
+    }
+
+    fn zoom(&mut self, key: Key, sandbox: Arc<crate::discovery::sandbox::Sandbox>) {
+        self.incidents.localizing(key);
+        self.zooms.insert(
+            key,
+            Zoom {
+                sandbox: sandbox.clone(),
+                asked_at: Instant::now(),
+                attached: None,
+            },
+        );
+        let _ = self.to_attacher.send(Cmd::Zoom { key, sandbox });
+        if let Some(m) = self.metrics() {
+            m.zooms.inc();
+        }
+    }
+
+    fn unzoom(&mut self, key: Key) {
+        if self.zooms.remove(&key).is_some() {
+            let _ = self.to_attacher.send(Cmd::Unzoom(key));
+            let _ = self.to_judge.send(JudgeWork::Remove(key));
+        }
+        while self.zooms.len() < self.args.max_zoom {
+            let Some(next) = self.queue.pop_front() else { break };
+            let still = self
+                .incidents
+                .get(&next)
+                .is_some_and(|i| i.state == incidents::State::Queued);
+            if let (true, Some(e)) = (still, self.registry.get(&next).cloned()) {
+                self.zoom(next, e.sandbox.clone());
+            }
+        }
+        self.gauges();
+    }
+
+    fn attacher_said(&mut self, r: Reply) -> Result<()> {
+        match r {
+            Reply::Zoomed {
+                key,
+                path,
+                layout,
+                ifnames,
+                host_rules,
+                blind_spots,
+                took,
+            } => {
+                let Some(z) = self.zooms.get_mut(&key) else {
+                    // Given up meanwhile.
+                    let _ = self.to_attacher.send(Cmd::Unzoom(key));
+                    return Ok(());
+                };
+                tracing::debug!(ms = took.as_millis() as u64, "zoomed in on {}", z.sandbox.label());
+                self.places.nf_layout = layout;
+                self.places.ifnames.extend(ifnames);
+                let addrs: Vec<Ipv4Addr> = [Some(path.host_ip), path.host_veth_ip, path.ns_veth_ip]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                z.attached = Some(Attached {
+                    host_ip: path.host_ip,
+                    addrs,
+                    netns: path.sandbox_ns.inode,
+                    since_ns: Clock::now_mono_ns(),
+                    until: Instant::now() + self.args.zoom_window,
+                });
+                let sb = (*z.sandbox).clone();
+                let mut baseline = RuleBaseline::default();
+                if let Some(r) = &sb.rules {
+                    baseline.insert(sb.netns.inode, r.clone());
+                }
+                if let (Some(h), Some(rules)) = (path.host_inode(), host_rules) {
+                    baseline.insert(h, rules);
+                }
+                if sb.host_ns.is_none()
+                    && let Some(m) = self.metrics()
+                {
+                    m.host_side_unverified.inc();
+                }
+                let host_ns = sb.host_ns.clone();
+                let out = Output::to_writer(Format::Json, Box::new(std::io::sink()));
+                let reporter = Reporter::new(out, false, Some(&path)).with_blind_spots(blind_spots);
+                let ns = sb.netns.clone();
+                // The watcher follows the orchestrator's own attempts: it never probes.
+                let judge = Judge::new(*path, sb, (host_ns, ns), None, reporter, baseline, false);
+                let _ = self.to_judge.send(JudgeWork::Add {
+                    key,
+                    judge: Box::new(judge),
+                });
+                self.gauges();
+            }
+            Reply::ZoomFailed { key, why } => {
+                if let Some(m) = self.metrics() {
+                    m.attach_failures.inc();
+                }
+                let now = Clock::now_mono_ns();
+                let summary = format!("the tracer could not zoom in to follow them: {why}");
+                if let Some(v) = self.incidents.unlocalized(
+                    key,
+                    &self.not_followed(key, summary),
+                    self.clock.unix_ns(now),
+                    now,
+                ) {
+                    self.report(&v, None)?;
+                }
+                self.zooms.remove(&key);
+                self.unzoom(key);
+            }
+            Reply::Counters { lost, programs } => {
+                if let Some(m) = self.metrics() {
+                    metrics::catch_up(&m.events_lost, lost);
+                    for (name, runs, ns) in programs {
+                        let l = ProgramLabels { program: name };
+                        metrics::catch_up(&m.program_runs.get_or_create(&l), runs);
+                        let secs = m.program_run_seconds.get_or_create(&l);
+                        let add = ns as f64 / 1e9 - secs.get();
+                        if add > 0.0 {
+                            secs.inc_by(add);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn judged(&mut self, d: JudgeDone) -> Result<()> {
+        let r = *d.record;
+        if let (Some(m), Some(drop)) = (self.metrics(), &r.drop) {
+            let netns_kind = match &r.sandbox {
+                Some(s) if drop.netns.as_deref() == Some(s.netns.as_str()) => "sandbox",
+                _ => "host",
+            };
+            m.drops
+                .get_or_create(&DropLabels {
+                    netns_kind: netns_kind.into(),
+                    hook: drop.hook.map_or("none".into(), |h| h.name().to_string()),
+                    table: drop.table.clone().unwrap_or_else(|| "none".into()),
+                    reason: drop.reason.clone(),
+                })
+                .inc();
+        }
+        let now = Clock::now_mono_ns();
+        if r.outcome == Outcome::Connected {
+            // The zoom-in saw the sandbox answer: whatever failed before was passing.
+            if let Some(v) = self.incidents.success(d.key, self.clock.unix_ns(now)) {
+                self.print(&v)?;
+            }
+        } else if let Some(v) = self.incidents.localized(d.key, &r, self.clock.unix_ns(now), now) {
+            self.report(&v, Some(&r))?;
+        }
+        self.unzoom(d.key);
+        Ok(())
+    }
+
+    /// Writes an incident's report, prints it and counts it (the report exists by the time
+    /// the line does).
+    fn report(&mut self, v: &Value, record: Option<&JourneyRecord>) -> Result<()> {
+        if let Some(rd) = &self.reports
+            && let Err(e) = rd.write(v, record)
+        {
+            eprintln!("tracer: watch: report not written: {e:#}");
+        }
+        self.print(v)?;
+        if let Some(m) = self.metrics() {
+            m.incidents
+                .get_or_create(&OutcomeLabels {
+                    outcome: v["outcome"].as_str().unwrap_or("unknown").into(),
+                })
+                .inc();
+        }
+        self.gauges();
+        Ok(())
+    }
+
+    fn scanned(&mut self, u: scanner::Update) -> Result<()> {
+        let now = Clock::now_mono_ns();
+        for (key, sb, start_ns) in u.added {
+            if self.pinned_host.is_none()
+                && let Some(h) = &sb.host_ns
+            {
+                self.host_namespaces.insert(h.inode);
+                self.watch_ns(h.inode);
+            }
+            self.watch_ns(sb.netns.inode);
+            self.registry.insert(key, sb, start_ns);
+        }
+        for key in self.registry.retire_missing(&u.live, now) {
+            // Its zoom-in (if any) follows nothing any more.
+            if self.zooms.contains_key(&key) {
+                self.unzoom(key);
+            }
+        }
+        for gone in self.registry.expire(now) {
+            if let Some(v) = self.incidents.sandbox_ended(gone.key, self.clock.unix_ns(now)) {
+                self.print(&v)?;
+            }
+            let inode = gone.netns();
+            if !self.registry.running().any(|e| e.netns() == inode) && self.watched_ns.remove(&inode) {
+                let _ = self.to_attacher.send(Cmd::Unwatch(inode));
+            }
+        }
+        // Attempts that waited for a scan that started after them.
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unattributed)
+            .into_iter()
+            .partition(|(a, _)| a.end_ns <= u.at_ns);
+        self.unattributed = wait;
+        for (a, _) in ready {
+            self.attempt(a)?;
+        }
+        if !self.scanned {
+            self.scanned = true;
+            eprintln!(
+                "tracer: watch: attached; {} sandboxes (scan {} ms); Ctrl-C to stop",
+                self.registry.running().count(),
+                u.took.as_millis()
+            );
+        }
+        self.gauges();
+        Ok(())
+    }
+
+    fn watch_ns(&mut self, inode: u32) {
+        if self.watched_ns.insert(inode) {
+            let _ = self.to_attacher.send(Cmd::Watch(inode));
+        }
+    }
+
+    /// Journeys that are due, zoom-ins whose window ended, repeats, expiries.
+    fn timers(&mut self) -> Result<()> {
+        let now = Clock::now_mono_ns();
+        for j in self.correlator.take_due(now) {
+            self.hand_over(j);
+        }
+        self.tracker.expire(now);
+        let late: Vec<Key> = self
+            .zooms
+            .iter()
+            .filter(|(_, z)| match &z.attached {
+                Some(a) => Instant::now() >= a.until,
+                // An attach that never answered.
+                None => z.asked_at.elapsed() > self.args.zoom_window * 2,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            self.window_ended(key)?;
+        }
+        // Unattributed attempts whose scan never explained them are dropped (counted).
+        self.unattributed.retain(|(a, deadline)| {
+            let keep = now < *deadline;
+            if !keep && let Some(m) = self.metrics.as_deref() {
+                m.attempts
+                    .get_or_create(&OutcomeLabels {
+                        outcome: format!("{}_unknown_sandbox", end_name(a.end)),
+                    })
+                    .inc();
+            }
+            keep
+        });
+        for r in self.incidents.repeats(now, false) {
+            self.print(&r)?;
+        }
+        Ok(())
+    }
+
+    /// A zoom-in's window ended without a failed attempt judged: the incident says what is
+    /// known.
+    fn window_ended(&mut self, key: Key) -> Result<()> {
+        let localizing = self
+            .incidents
+            .get(&key)
+            .is_some_and(|i| i.state == incidents::State::Localizing);
+        if localizing {
+            let now = Clock::now_mono_ns();
+            let secs = self.args.zoom_window.as_secs_f64();
+            let summary = format!(
+                "none was made while the path was followed ({secs:.1} s after the first failure): the orchestrator may have given up"
+            );
+            if let Some(v) = self.incidents.unlocalized(
+                key,
+                &self.not_followed(key, summary),
+                self.clock.unix_ns(now),
+                now,
+            ) {
+                self.report(&v, None)?;
+            }
+        }
+        self.unzoom(key);
+        Ok(())
+    }
+
+    /// A finished journey goes to the judge of the zoom-in it belongs to.
+    fn hand_over(&mut self, j: Journey) {
+        let target = match j.id {
+            JourneyId::Conn(_) => j.target.map(|(ip, _)| ip),
+            JourneyId::NoRoute { dst, .. }
+            | JourneyId::NotSent { dst, .. }
+            | JourneyId::Withheld { dst, .. } => Some(dst),
+        };
+        // Only attempts followed from their start: one that began while the programs were
+        // being attached lacks its first hops (its late reply alone would read as a drop).
+        let key = self.zooms.iter().find_map(|(k, z)| {
+            let a = z.attached.as_ref()?;
+            let ours = target == Some(a.host_ip) || j.hops.iter().any(|(_, h)| h.netns == a.netns);
+            (ours && j.first_ns >= a.since_ns && starts_here(&j)).then_some(*k)
+        });
+        let Some(key) = key else { return };
+        let guest_neigh = None;
+        let _ = self.to_judge.send(JudgeWork::Journey {
+            key,
+            journey: Box::new(j),
+            guest_neigh,
+        });
+    }
+
+    fn gauges(&self) {
+        if let Some(m) = self.metrics() {
+            m.incidents_open.set(self.incidents.open_count() as i64);
+            m.sandboxes.set(self.registry.running().count() as i64);
+            m.zoom_active.set(self.zooms.len() as i64);
+            m.zoom_queued.set(self.queue.len() as i64);
+        }
+    }
+}
+
+/// The journey holds the attempt's start: its SYN, or its socket entering SYN_SENT (a connect
+/// that failed at once has neither and is whole).
+fn starts_here(j: &Journey) -> bool {
+    match j.id {
+        JourneyId::Conn(_) => j.hops.iter().any(|(leg, h)| {
+            (*leg == tracer_model::journey::Leg::Request && h.is_syn())
+                || matches!(
+                    h.kind,
+                    HopKind::Socket {
+                        new_state: tracer_model::tcp::TCP_SYN_SENT,
+                        ..
+                    }
+                )
+        }),
+        JourneyId::NoRoute { .. } | JourneyId::NotSent { .. } | JourneyId::Withheld { .. } => true,
+    }
+}
+
+fn end_name(e: End) -> &'static str {
+    match e {
+        End::Connected => "connected",
+        End::Refused => "refused",
+        End::GaveUp => "gave_up",
+    }
+}
+
+fn sandbox_ref(e: &Entry, host_ip: Ipv4Addr) -> SandboxRef {
+    let sb = &e.sandbox;
+    SandboxRef {
+        id: sb.id.clone(),
+        netns: sb.netns.label(),
+        tap: sb.tap.clone().unwrap_or_default(),
+        guest_ip: sb.guest_ip.map(|g| g.to_string()).unwrap_or_default(),
+        host_ip: host_ip.to_string(),
+        pid: sb.pid,
+    }
+}
+
+/// Why nothing of a sandbox can be followed any more, if so: its namespace is gone.
+fn unreachable_sandbox(e: &Entry) -> Option<String> {
+    let ns = &e.sandbox.netns;
+    let here = crate::system::netns::inode_of(&ns.path).ok();
+    if here == Some(ns.inode) {
+        return None;
+    }
+    let vmm = match (e.sandbox.pid, e.end_ns) {
+        (Some(pid), Some(_)) => format!("its VMM (pid {pid}) has exited"),
+        (Some(pid), None) => format!("its VMM is pid {pid}"),
+        _ => "no VMM was found".into(),
+    };
+    Some(format!(
+        "nothing of sandbox {} can be followed: {vmm}, and its namespace {} is gone",
+        e.label(),
+        ns.label()
+    ))
+}
+
+/// What the loop hands the judge thread.
+enum JudgeWork {
+    Add {
+        key: Key,
+        judge: Box<Judge>,
+    },
+    Journey {
+        key: Key,
+        journey: Box<Journey>,
+        guest_neigh: Option<u32>,
+    },
+    Remove(Key),
+}
+
+struct JudgeDone {
+    key: Key,
+    record: Box<JourneyRecord>,
+}
+
+/// Judges the zoom-ins' journeys, one judge per zoom-in (its path, its rule baseline, its
+/// doctor). Rule naming and the doctor run tools: here, never on the loop.
+fn judge_thread(work: mpsc::Receiver<JudgeWork>, done: mpsc::Sender<JudgeDone>) {
+    let mut judges: HashMap<Key, Box<Judge>> = HashMap::new();
+    for w in work {
+        match w {
+            JudgeWork::Add { key, judge } => {
+                judges.insert(key, judge);
+            }
+            JudgeWork::Journey {
+                key,
+                journey,
+                guest_neigh,
+            } => {
+                let Some(judge) = judges.get_mut(&key) else {
+                    continue;
+                };
+                let record = judge.record(&journey, guest_neigh, 0);
+                if done
+                    .send(JudgeDone {
+                        key,
+                        record: Box::new(record),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            JudgeWork::Remove(key) => {
+                judges.remove(&key);
+            }
+        }
+    }
+}

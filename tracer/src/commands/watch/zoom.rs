@@ -1,0 +1,280 @@
+//! Zoom-ins: the full set of path programs on one failing sandbox, for a bounded window. The
+//! programs are loaded once at start; a zoom-in only creates links (tcx on the path's devices,
+//! netfilter slots in its namespace, the host side's slots and the per-packet tracepoints
+//! while any zoom-in is on) and adds the sandbox's addresses to the kernel filter. All of it
+//! runs on this module's thread, which owns the programs: the event loop never waits for an
+//! attach.
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, anyhow};
+use tracer_model::path::ExpectedPath;
+
+use super::registry::Key;
+use crate::{
+    attach::bpf::{HOST_PLAN, NfLayout, PATH_TRACEPOINTS, Programs, SANDBOX_PLAN},
+    discovery::sandbox::Sandbox,
+    system::firewall::Rulesets,
+    system::netns::Netns,
+    system::netstate::Rtnl,
+};
+
+/// What the loop asks for.
+pub enum Cmd {
+    /// Follow packets in one more namespace (detection: drops there).
+    Watch(u32),
+    Unwatch(u32),
+    Zoom {
+        key: Key,
+        sandbox: Arc<Sandbox>,
+    },
+    Unzoom(Key),
+    /// Read the kernel's counters (lost events, program run time) and report them.
+    Poll,
+}
+
+/// What the thread answers.
+pub enum Reply {
+    Zoomed {
+        key: Key,
+        path: Box<ExpectedPath>,
+        layout: NfLayout,
+        /// ifindex → name, for both namespaces of the path.
+        ifnames: Vec<(u32, HashMap<u32, String>)>,
+        /// The host side's rulesets (the baseline for naming a rule there by its counters).
+        /// The host side's rulesets (None: the host side is not known, nothing attached there).
+        host_rules: Option<Arc<Rulesets>>,
+        blind_spots: Vec<String>,
+        took: Duration,
+    },
+    ZoomFailed {
+        key: Key,
+        why: String,
+    },
+    Counters {
+        lost: u64,
+        /// (program, runs, run time ns) when the kernel keeps statistics.
+        programs: Vec<(String, u64, u64)>,
+    },
+}
+
+struct Zoomed {
+    ns: u32,
+    /// The verified host side (None: not known, nothing attached there).
+    host_ns: Option<u32>,
+    devices: Vec<(u32, u32)>,
+    addrs: Vec<Ipv4Addr>,
+}
+
+/// How long the host side's rulesets are reused across zoom-ins (rule naming compares
+/// counters with them: older only means more increments to compare).
+const HOST_RULES_FRESH: Duration = Duration::from_secs(60);
+
+pub struct Attacher {
+    programs: Programs,
+    port: u16,
+    /// Host namespaces with netfilter slots attached.
+    host_nf: HashMap<u32, ()>,
+    /// The host side's rulesets, per namespace, with when they were read.
+    host_rules: HashMap<u32, (Instant, Arc<Rulesets>)>,
+    zooms: HashMap<Key, Zoomed>,
+}
+
+impl Attacher {
+    pub fn new(programs: Programs, port: u16) -> Self {
+        Self {
+            programs,
+            port,
+            host_nf: HashMap::new(),
+            host_rules: HashMap::new(),
+            zooms: HashMap::new(),
+        }
+    }
+
+    fn host_rules(&mut self, ns: &Netns) -> Arc<Rulesets> {
+        let fresh = self
+            .host_rules
+            .get(&ns.inode)
+            .filter(|(at, _)| at.elapsed() < HOST_RULES_FRESH)
+            .map(|(_, r)| r.clone());
+        fresh.unwrap_or_else(|| {
+            let r = Arc::new(Rulesets::read(ns));
+            self.host_rules.insert(ns.inode, (Instant::now(), r.clone()));
+            r
+        })
+    }
+
+    /// Runs until the loop hangs up; everything attached goes with the programs.
+    pub fn run(mut self, cmds: mpsc::Receiver<Cmd>, replies: mpsc::Sender<Reply>) {
+        for cmd in cmds {
+            let reply = match cmd {
+                Cmd::Watch(ns) => {
+                    let _ = self.programs.add_netns(ns);
+                    None
+                }
+                Cmd::Unwatch(ns) => {
+                    let _ = self.programs.remove_netns(ns);
+                    None
+                }
+                Cmd::Zoom { key, sandbox } => Some(self.zoom(key, &sandbox)),
+                Cmd::Unzoom(key) => {
+                    self.unzoom(key);
+                    None
+                }
+                Cmd::Poll => Some(self.counters()),
+            };
+            if let Some(r) = reply
+                && replies.send(r).is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    fn zoom(&mut self, key: Key, sb: &Sandbox) -> Reply {
+        let start = Instant::now();
+        match self.try_zoom(key, sb) {
+            Ok((path, ifnames, host_rules, blind_spots)) => Reply::Zoomed {
+                key,
+                path: Box::new(path),
+                layout: self.programs.nf_layout().clone(),
+                ifnames,
+                host_rules,
+                blind_spots,
+                took: start.elapsed(),
+            },
+            Err(e) => {
+                self.unzoom(key);
+                Reply::ZoomFailed {
+                    key,
+                    why: format!("{e:#}"),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn try_zoom(
+        &mut self,
+        key: Key,
+        sb: &Sandbox,
+    ) -> Result<(
+        ExpectedPath,
+        Vec<(u32, HashMap<u32, String>)>,
+        Option<Arc<Rulesets>>,
+        Vec<String>,
+    )> {
+        let (path, _) = crate::discovery::target::path_of(sb, self.port)?;
+        // Only a verified host side is attached; it is never guessed.
+        let host_ns = sb.host_ns.clone();
+        let host_links = match &host_ns {
+            Some(h) => Rtnl::open(h)?.links()?,
+            None => Vec::new(),
+        };
+        let ns_links = Rtnl::open(&sb.netns)?.links()?;
+        let mut z = Zoomed {
+            ns: sb.netns.inode,
+            host_ns: host_ns.as_ref().map(|h| h.inode),
+            devices: Vec::new(),
+            addrs: Vec::new(),
+        };
+        let mut blind = Vec::new();
+        let host_devs = [path.host_veth.as_str()];
+        let ns_devs = [
+            path.ns_veth.as_str(),
+            path.tap.as_str(),
+            path.bridge.as_deref().unwrap_or(""),
+        ];
+        let host = host_ns.as_ref().map(|h| (h, &host_links, &host_devs[..]));
+        for (ns, links, devs) in host.into_iter().chain([(&sb.netns, &ns_links, &ns_devs[..])]) {
+            for dev in devs.iter().filter(|d| !d.is_empty()) {
+                let Some(l) = links.iter().find(|l| l.name == *dev) else {
+                    continue;
+                };
+                match self.programs.attach_tcx(ns, l.ifindex) {
+                    Ok(()) => z.devices.push((ns.inode, l.ifindex)),
+                    Err(e) => blind.push(format!("{dev} in {} (tcx: {})", ns.label(), e.root_cause())),
+                }
+            }
+        }
+        // The sandbox's rulesets as discovery read them say where its hook functions are.
+        let present = sb
+            .rules
+            .as_ref()
+            .map(|r| r.hook_priorities())
+            .unwrap_or_else(|| Rulesets::read(&sb.netns).hook_priorities());
+        self.zooms.insert(key, z);
+        self.programs
+            .attach_netfilter(&sb.netns, &present, SANDBOX_PLAN)?;
+        let host_rules = host_ns.as_ref().map(|h| self.host_rules(h));
+        if let (Some(h), Some(rules)) = (&host_ns, &host_rules)
+            && !self.host_nf.contains_key(&h.inode)
+        {
+            self.programs
+                .attach_netfilter(h, &rules.hook_priorities(), HOST_PLAN)?;
+            self.host_nf.insert(h.inode, ());
+        }
+        self.programs.attach_tracepoints(PATH_TRACEPOINTS)?;
+        let addrs: Vec<Ipv4Addr> = [Some(path.host_ip), path.host_veth_ip, path.ns_veth_ip]
+            .into_iter()
+            .flatten()
+            .collect();
+        for a in &addrs {
+            self.programs.add_addr(*a)?;
+        }
+        if let Some(z) = self.zooms.get_mut(&key) {
+            z.addrs = addrs;
+        }
+        let names = |links: &[crate::system::netstate::Link]| {
+            links.iter().map(|l| (l.ifindex, l.name.clone())).collect()
+        };
+        let mut ifnames = vec![(sb.netns.inode, names(&ns_links))];
+        if let Some(h) = &host_ns {
+            ifnames.push((h.inode, names(&host_links)));
+        }
+        if self.zooms.get(&key).is_none_or(|z| z.devices.is_empty()) && !blind.is_empty() {
+            return Err(anyhow!(
+                "no device of the path could be attached: {}",
+                blind.join("; ")
+            ));
+        }
+        Ok((path, ifnames, host_rules, blind))
+    }
+
+    /// Detaches one zoom-in; the host side's slots and the tracepoints go with the last one.
+    fn unzoom(&mut self, key: Key) {
+        let Some(z) = self.zooms.remove(&key) else { return };
+        for (ns, ifindex) in z.devices {
+            let _ = self.programs.detach_tcx(ns, ifindex);
+        }
+        // Another zoom-in on the same namespace (a recycled slot) keeps its slots.
+        if !self.zooms.values().any(|o| o.ns == z.ns) && !self.host_nf.contains_key(&z.ns) {
+            self.programs.detach_netfilter(z.ns);
+        }
+        if let Some(host) = z.host_ns
+            && !self.zooms.values().any(|o| o.host_ns == Some(host))
+            && self.host_nf.remove(&host).is_some()
+        {
+            self.programs.detach_netfilter(host);
+        }
+        for a in z.addrs {
+            if !self.zooms.values().any(|o| o.addrs.contains(&a)) {
+                let _ = self.programs.remove_addr(a);
+            }
+        }
+        if self.zooms.is_empty() {
+            let _ = self.programs.detach_tracepoints(PATH_TRACEPOINTS);
+        }
+    }
+
+    fn counters(&self) -> Reply {
+        Reply::Counters {
+            lost: self.programs.lost_events().unwrap_or(0),
+            programs: self.programs.run_stats(),
+        }
+    }
+}

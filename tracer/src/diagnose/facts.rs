@@ -405,22 +405,11 @@ fn read_vmm(sb: &Sandbox) -> Vmm {
 
 /// The process, or None when it is not running (gone, or a zombie).
 fn read_proc(pid: u32) -> Option<ProcInfo> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_string();
-    let state = tail.split_whitespace().next()?.chars().next()?;
-    if matches!(state, 'Z' | 'X' | 'x') {
-        return None;
-    }
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok());
+    let stat = crate::system::proc::stat(pid).filter(|s| !s.is_dead())?;
+    let uid = crate::system::proc::uid(pid);
     Some(ProcInfo {
-        comm,
-        state,
+        comm: stat.comm,
+        state: stat.state,
         netns_inode: crate::system::netns::inode_of(Path::new(&format!("/proc/{pid}/ns/net"))).ok(),
         uid,
         tun_fds: tun_fds(pid),

@@ -50,12 +50,6 @@ fn load() -> BTreeMap<String, Seen> {
     fs::read_to_string(path()).map(|t| parse(&t)).unwrap_or_default()
 }
 
-/// A process's start time, from /proc/PID/stat.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Remembers the named sandboxes of a discovery (best effort: a cache, never an error).
 pub fn remember(sandboxes: &[&Sandbox]) {
     let mut all = load();
@@ -71,7 +65,7 @@ pub fn remember(sandboxes: &[&Sandbox]) {
                     netns: ns.clone(),
                     netns_inode: sb.netns.inode,
                     pid: sb.pid,
-                    pid_start: sb.pid.and_then(start_time),
+                    pid_start: sb.pid.and_then(crate::system::proc::start_ticks),
                     unix_time: now,
                 },
             );
@@ -154,6 +148,6 @@ mod tests {
 
     #[test]
     fn start_time_of_this_process() {
-        assert!(start_time(std::process::id()).is_some());
+        assert!(crate::system::proc::start_ticks(std::process::id()).is_some());
     }
 }

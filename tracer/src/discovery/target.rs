@@ -195,11 +195,11 @@ pub fn probe_site(sb: &Sandbox, target: SocketAddrV4) -> Result<ProbeSite, Strin
 pub fn watch_slot(sb: &Sandbox, every: std::time::Duration) -> std::sync::mpsc::Receiver<EnvError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (id, pid, inode, netns) = (sb.id.clone(), sb.pid, sb.netns.inode, sb.netns.label());
-    let start = pid.and_then(cache::start_time);
+    let start = pid.and_then(crate::system::proc::start_ticks);
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(every);
-            let alive = pid.is_some_and(|p| start.is_some() && cache::start_time(p) == start);
+            let alive = pid.is_some_and(|p| start.is_some() && crate::system::proc::start_ticks(p) == start);
             if alive {
                 continue;
             }

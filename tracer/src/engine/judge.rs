@@ -529,17 +529,11 @@ fn routing_point(
 
 /// The VMM process as /proc shows it now; None when it is gone.
 fn reader(pid: u32, tap: &str) -> Option<ReaderFact> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, tail) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_string();
-    let state = tail.split_whitespace().next()?.chars().next()?;
-    if matches!(state, 'Z' | 'X' | 'x') {
-        return None;
-    }
+    let stat = crate::system::proc::stat(pid).filter(|s| !s.is_dead())?;
     Some(ReaderFact {
         pid,
-        comm,
-        state,
+        comm: stat.comm,
+        state: stat.state,
         holds_tap: crate::discovery::sandbox::taps_held_by(pid)
             .iter()
             .any(|t| t == tap),

@@ -9,4 +9,5 @@ pub mod firewall;
 pub mod netns;
 pub mod netstate;
 pub mod pool;
+pub mod proc;
 pub mod tools;

@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn our_own_start_is_in_the_past_of_the_event_clock() {
-        let ticks = crate::discovery::cache::start_time(std::process::id()).expect("our start time");
+        let ticks = crate::system::proc::start_ticks(std::process::id()).expect("our start time");
         let start = ticks_to_mono_ns(ticks);
         let now = crate::events::decode::Clock::now_mono_ns();
         assert!(start <= now, "{start} > {now}");

@@ -154,7 +154,7 @@ pub fn scan_running() -> Vec<Running> {
         .filter_map(|v| {
             Some(Running {
                 pid: v.pid,
-                start_ticks: crate::discovery::cache::start_time(v.pid)?,
+                start_ticks: crate::system::proc::stat(v.pid)?.start_ticks,
                 id: v.id.clone(),
                 vmm: v,
             })

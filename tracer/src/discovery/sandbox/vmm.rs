@@ -182,9 +182,7 @@ fn drop_wrappers(vmms: Vec<Vmm>) -> Vec<Vmm> {
 }
 
 fn ppid(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the last ')' (the command name may contain anything): state, ppid, ...
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    crate::system::proc::stat(pid).map(|s| s.ppid)
 }
 
 /// E2B's cgroups: (id, pids in it).

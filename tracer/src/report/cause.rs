@@ -9,7 +9,7 @@ use tracer_model::{
     verdict::Verdict,
 };
 
-use super::{evidence::Evidence, record::point_name, sentences::Facts};
+use super::{evidence::Evidence, hops::point_name, sentences::Facts};
 
 /// One clause of a summary or a fix, and the evidence items it rests on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use tracer_model::{
     verdict::Verdict,
 };
 
-use super::record::hop_record;
+use super::hops::hop_record;
 
 /// One item of evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,9 +6,11 @@ pub mod evidence;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod format;
+pub mod hops;
 pub mod html;
 pub mod markdown;
 pub mod mermaid;
+pub mod parts;
 pub mod pcapng;
 pub mod places;
 pub mod record;
@@ -19,14 +21,16 @@ pub mod text;
 use std::collections::HashMap;
 
 pub use format::{Tuple, flags_str, hms};
-pub use record::{JourneyRecord, Judged, SandboxRef};
+pub use parts::Judged;
+pub use record::{JourneyRecord, SandboxRef};
 use tracer_model::path::ExpectedPath;
 
 use crate::{
     events::decode::Clock,
     output::{Format, Output},
 };
-use record::{VerdictParts, hop_record};
+use hops::hop_record;
+use parts::VerdictParts;
 
 /// Where the report goes and how it looks.
 pub struct Reporter {

@@ -33,7 +33,7 @@ use crate::{
     events::decode::Clock,
     report::{
         format::{Tuple, flags_str},
-        record::{detail, point_name},
+        hops::{detail, point_name},
     },
 };
 

@@ -450,7 +450,7 @@ fn two_tracers_at_once_all_answer_and_leave_nothing() {
     let ours = || {
         common::loaded_program_names()
             .into_iter()
-            .filter(|n| common::OUR_PROGRAMS.contains(&n.as_str()))
+            .filter(|n| common::our_programs().contains(&n.as_str()))
             .collect::<Vec<_>>()
     };
     let gone = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {

@@ -6,7 +6,7 @@ mod common;
 use lab::testing::lab_up;
 use std::{process::Command, time::Duration};
 
-use common::{OUR_PROGRAMS, Tracer, loaded_program_names, probe, tracer};
+use common::{Tracer, loaded_program_names, our_programs, probe, tracer};
 use lab::{Datapath, Fault, GuestKind, IptablesBackend, LabConfig, Network, Topology};
 use serde_json::Value;
 
@@ -676,7 +676,7 @@ fn nothing_stays_attached_after_exit_signal_or_panic() {
     let ours = || {
         loaded_program_names()
             .into_iter()
-            .filter(|n| OUR_PROGRAMS.contains(&n.as_str()))
+            .filter(|n| our_programs().contains(&n.as_str()))
             .collect::<Vec<_>>()
     };
     let gone = || {

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{OUR_PROGRAMS, RemoveOnDrop, Tracer, loaded_program_names};
+use common::{RemoveOnDrop, Tracer, loaded_program_names, our_programs};
 use lab::{Fault, LabConfig, testing::lab_up};
 use serde_json::Value;
 
@@ -121,7 +121,7 @@ fn twenty_sandboxes_three_faults_three_incidents_and_a_resolution() {
     let released = lab::testing::wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
         loaded_program_names()
             .iter()
-            .all(|n| !OUR_PROGRAMS.contains(&n.as_str()))
+            .all(|n| !our_programs().contains(&n.as_str()))
             .then_some(())
     });
     assert!(
@@ -359,7 +359,7 @@ fn sigkill_leaves_nothing_attached_and_a_restart_picks_up() {
     let gone = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
         loaded_program_names()
             .iter()
-            .all(|n| !OUR_PROGRAMS.contains(&n.as_str()))
+            .all(|n| !our_programs().contains(&n.as_str()))
             .then_some(())
     });
     assert!(

@@ -5,6 +5,8 @@
 //! is padded explicitly.
 #![no_std]
 
+pub mod hooks;
+
 /// Where in the kernel an [`Event`] was recorded (`Event::point`).
 pub mod point {
     /// `skb:kfree_skb`: the packet was dropped; `reason` holds the drop reason.

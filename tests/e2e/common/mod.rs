@@ -258,15 +258,12 @@ pub fn loaded_program_names() -> Vec<String> {
     lab::bpf::loaded().into_iter().map(|p| p.name).collect()
 }
 
-/// Program names only the tracer loads.
-pub const OUR_PROGRAMS: &[&str] = &[
-    "tcx_ingress",
-    "tcx_egress",
-    "nf_slot0",
-    "nf_slot8",
-    "neigh_timer_han",
-    "fib_table_looku",
-];
+/// The tracer's program names, as the kernel keeps them, from the hook table.
+pub fn our_programs() -> Vec<&'static str> {
+    tracer_common::hooks::kernel_names()
+        .chain(["neigh_timer_han"])
+        .collect()
+}
 
 impl Tracer {
     pub fn pid(&self) -> u32 {

@@ -307,6 +307,25 @@ pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 mod tests {
     use super::*;
 
+    /// Every event kind of the hook table has a decoder (a hook is its program, its decoder
+    /// and its row).
+    #[test]
+    fn every_hook_of_the_table_decodes() {
+        let mut names = Names::with_netns(Default::default(), Kallsyms::parse(""), HashMap::new());
+        for h in tracer_common::hooks::HOOKS {
+            let ev = Event {
+                point: h.point,
+                ..Default::default()
+            };
+            assert!(
+                hop_from_event(&ev, &mut names).is_some(),
+                "{}: no decoder for point {}",
+                h.name,
+                h.point
+            );
+        }
+    }
+
     #[test]
     fn decode_checks_the_size() {
         assert!(decode(&[0u8; 10]).is_none());

@@ -38,79 +38,47 @@ pub struct Features {
     pub rows: Vec<Feature>,
 }
 
-/// (tracepoint, arguments the programs read, need, since, what).
-const TRACEPOINTS: &[(&str, usize, Need, &str, &str)] = &[
-    ("kfree_skb", 3, Need::Drops, "5.17", "drops with their reason"),
-    (
-        "consume_skb",
-        2,
-        Need::Detail,
-        "6.3",
-        "the place a packet was freed normally (the tap's read)",
-    ),
-    (
-        "net_dev_start_xmit",
-        2,
-        Need::Path,
-        "4.7",
-        "packets handed to a device",
-    ),
-    (
-        "netif_receive_skb",
-        1,
-        Need::Path,
-        "3.0",
-        "packets entering a namespace's stack",
-    ),
-    (
-        "inet_sock_set_state",
-        3,
-        Need::Path,
-        "4.16",
-        "the client socket's states",
-    ),
-    (
-        "tcp_send_reset",
-        3,
-        Need::Detail,
-        "6.10",
-        "the reason of a RST the stack sends",
-    ),
-    (
-        "tcp_receive_reset",
-        1,
-        Need::Path,
-        "4.16",
-        "RSTs a socket receives",
-    ),
-    ("fib_table_lookup", 4, Need::Path, "4.17", "route lookups"),
-    ("neigh_update", 5, Need::Path, "5.11", "neighbour (ARP) changes"),
-    ("neigh_timer_handler", 2, Need::Path, "5.11", "neighbour timers"),
-];
+impl From<tracer_common::hooks::Need> for Need {
+    fn from(n: tracer_common::hooks::Need) -> Self {
+        match n {
+            tracer_common::hooks::Need::Path => Self::Path,
+            tracer_common::hooks::Need::Drops => Self::Drops,
+            tracer_common::hooks::Need::Detail => Self::Detail,
+        }
+    }
+}
 
 impl Features {
     pub fn probe(btf: &KernelBtf) -> Self {
-        let mut rows: Vec<Feature> = TRACEPOINTS
+        use tracer_common::hooks::{Attach, HOOKS};
+        // One row per tracepoint of the hook table, probed by the arguments it reads.
+        let mut rows: Vec<Feature> = HOOKS
             .iter()
-            .map(|&(tp, args, need, since, what)| Feature {
-                name: tp,
-                present: btf.tracepoint_args(tp).is_some_and(|n| n >= args),
-                need,
-                since,
-                what,
+            .filter(|h| h.attach == Attach::TpBtf)
+            .map(|h| Feature {
+                name: h.name,
+                present: btf.tracepoint_args(h.name).is_some_and(|n| n >= h.args),
+                need: h.need.into(),
+                since: h.since,
+                what: h.what,
             })
             .collect();
+        rows.push(Feature {
+            name: "neigh_timer_handler",
+            present: btf.tracepoint_args("neigh_timer_handler").is_some_and(|n| n >= 2),
+            need: Need::Path,
+            since: "5.11",
+            what: "neighbour timers",
+        });
         // The older forms of tracepoints whose last argument is optional: what the path
         // falls back to when the newer form is missing.
-        for (name, tp, fewer, since) in [
-            ("consume_skb (skb only)", "consume_skb", 1, "3.0"),
-            ("tcp_send_reset (no reason)", "tcp_send_reset", 2, "4.16"),
-        ] {
+        for h in HOOKS {
+            let Some(o) = h.older else { continue };
             rows.push(Feature {
-                name,
-                present: btf.tracepoint_args(tp).is_some_and(|n| n >= fewer),
+                name: o.label,
+                present: btf.tracepoint_args(h.name).is_some_and(|n| n >= o.args),
                 need: Need::Path,
-                since,
+                since: o.since,
                 what: "the older form of the tracepoint, used when the newer is missing",
             });
         }
@@ -121,20 +89,24 @@ impl Features {
             since: "5.4",
             what: "the sk_buff, sock, net_device, flowi4, neighbour and nf_hook_state fields the programs read",
         });
-        rows.push(Feature {
-            name: "tcx",
-            present: btf.enum_has("bpf_attach_type", "BPF_TCX_INGRESS"),
-            need: Need::Path,
-            since: "6.6",
-            what: "programs on the path's devices, without changing their qdiscs",
-        });
-        rows.push(Feature {
-            name: "netfilter links",
-            present: btf.enum_has("bpf_attach_type", "BPF_NETFILTER"),
-            need: Need::Path,
-            since: "6.4",
-            what: "which netfilter hook and table a packet reached",
-        });
+        // The link types of the other hooks, once per kind (tcx has two hooks).
+        for (name, attach_type) in [("tcx", "BPF_TCX_INGRESS"), ("netfilter links", "BPF_NETFILTER")] {
+            let of_kind = |h: &&tracer_common::hooks::Hook| match h.attach {
+                Attach::Tcx { .. } => name == "tcx",
+                Attach::Netfilter => name == "netfilter links",
+                Attach::TpBtf => false,
+            };
+            let Some(h) = HOOKS.iter().find(of_kind) else {
+                continue;
+            };
+            rows.push(Feature {
+                name,
+                present: btf.enum_has("bpf_attach_type", attach_type),
+                need: h.need.into(),
+                since: h.since,
+                what: h.what,
+            });
+        }
         rows.push(Feature {
             name: "drop reasons",
             present: btf.enum_has("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP"),

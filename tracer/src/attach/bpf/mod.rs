@@ -27,6 +27,7 @@ use aya::{
 use tracer_common::{
     CFG_ANY_ADDR, CFG_ANY_NETNS, CFG_DEEP, CFG_DETECT_ANY_ADDR, Config, MAX_PORTS, NF_HOOK_SLOTS,
     NF_SLOT_PRIORITIES, Offsets, hook,
+    hooks::{Attach, HOOKS, Stage, tracepoints},
 };
 
 use crate::{error::EnvError, system::netns::Netns};
@@ -36,8 +37,14 @@ static MAIN_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 /// The netfilter object, loaded by [`netfilter`].
 static NF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-nf"));
 
-/// Tracepoints, by program name (= tracepoint name).
-pub const DROP_TRACEPOINTS: &[&str] = &["kfree_skb"];
+/// The tracepoints that report drops (`trace --port`'s only ones).
+pub fn drop_tracepoints() -> impl Iterator<Item = &'static str> {
+    HOOKS
+        .iter()
+        .filter(|h| h.attach == Attach::TpBtf && h.point == tracer_common::point::DROP)
+        .map(|h| h.name)
+}
+
 /// Where netfilter slots go in one namespace: which hooks, and whether a slot follows each
 /// table there (naming the table a drop happened in) or the hook only gets its entry slot.
 /// Every slot is a program run for every packet crossing the hook.
@@ -85,36 +92,6 @@ pub const ALL_PLAN: NfPlan = NfPlan {
     per_table: true,
     exit: true,
 };
-
-/// What the watcher keeps attached node-wide: events that are rare by nature (socket state
-/// changes and resets of envd connections, drops), filtered in the kernel.
-pub const DETECT_TRACEPOINTS: &[&str] = &[
-    "kfree_skb",
-    "inet_sock_set_state",
-    "tcp_send_reset",
-    "tcp_receive_reset",
-];
-/// What a watcher's zoom-in adds while it lasts: per-packet and per-lookup tracepoints.
-pub const PATH_TRACEPOINTS: &[&str] = &[
-    "consume_skb",
-    "net_dev_start_xmit",
-    "netif_receive_skb",
-    "fib_table_lookup",
-    "neigh_update",
-    "neigh_timer_handler",
-];
-pub const ALL_TRACEPOINTS: &[&str] = &[
-    "kfree_skb",
-    "consume_skb",
-    "net_dev_start_xmit",
-    "netif_receive_skb",
-    "inet_sock_set_state",
-    "tcp_send_reset",
-    "tcp_receive_reset",
-    "fib_table_lookup",
-    "neigh_update",
-    "neigh_timer_handler",
-];
 
 /// What the kernel filter lets through.
 #[derive(Debug, Clone, Default)]
@@ -210,20 +187,11 @@ impl Programs {
         Ok(programs)
     }
 
-    /// Older forms of tracepoints whose newer argument is optional: (tracepoint, program that
-    /// reads the older form, what is lost).
-    const FALLBACKS: &'static [(&'static str, &'static str, &'static str)] = &[
-        (
-            "consume_skb",
-            "consume_skb_nl",
-            "the place a packet was freed normally, such as the tap's read (Linux 6.3+)",
-        ),
-        (
-            "tcp_send_reset",
-            "tcp_send_reset_nr",
-            "the reason of a RST the stack sends (Linux 6.10+)",
-        ),
-    ];
+    /// The older form of tracepoint `name` (its program, what is lost), from the hook table.
+    fn older_form(name: &str) -> Option<(&'static str, &'static str)> {
+        let h = tracer_common::hooks::hook(name)?;
+        h.older.map(|o| (o.program, o.lost))
+    }
 
     fn program_of(&self, tracepoint: &'static str) -> &'static str {
         self.variants.get(tracepoint).copied().unwrap_or(tracepoint)
@@ -280,7 +248,7 @@ impl Programs {
 
     /// Loads and attaches tracepoint programs (tp_btf: typed, no tracefs needed); ones
     /// already attached stay as they are.
-    pub fn attach_tracepoints(&mut self, names: &[&'static str]) -> Result<()> {
+    pub fn attach_tracepoints(&mut self, names: impl IntoIterator<Item = &'static str>) -> Result<()> {
         let start = Instant::now();
         for name in names {
             if self.tp_links.contains_key(name) {
@@ -311,7 +279,7 @@ impl Programs {
         #[cfg(feature = "test-hooks")]
         if std::env::var_os("TRACER_TEST_OLDER_TRACEPOINTS").is_some()
             && !self.variants.contains_key(name)
-            && let Some(&(_, older, lost)) = Self::FALLBACKS.iter().find(|(tp, ..)| *tp == name)
+            && let Some((older, lost)) = Self::older_form(name)
         {
             self.variants.insert(name, older);
             self.degraded.push(format!(
@@ -332,11 +300,8 @@ impl Programs {
         let Err(e) = prog.load(name, btf) else {
             return Ok(());
         };
-        match Self::FALLBACKS
-            .iter()
-            .find(|(tp, v, _)| *tp == name && *v != program)
-        {
-            Some(&(_, older, lost)) => {
+        match Self::older_form(name).filter(|(older, _)| *older != program) {
+            Some((older, lost)) => {
                 self.variants.insert(name, older);
                 self.degraded.push(format!(
                     "{name} passes fewer arguments here: traces go without {lost}"
@@ -352,30 +317,33 @@ impl Programs {
     /// kernel's refusal). Nothing is changed on the host; the programs go with `self`.
     pub fn try_load_all(&mut self) -> Vec<(&'static str, Result<&'static str, String>)> {
         let mut out = Vec::new();
-        for name in ALL_TRACEPOINTS {
-            let r = self.load_tracepoint(name).map(|()| self.program_of(name));
-            out.push((*name, r.map_err(|e| format!("{e:#}"))));
-        }
-        for name in ["tcx_ingress", "tcx_egress"] {
-            let r = self.loaded_tcx(name).map(|_| name);
+        for h in HOOKS {
+            let r = match h.attach {
+                Attach::TpBtf => self.load_tracepoint(h.name).map(|()| self.program_of(h.name)),
+                Attach::Tcx { .. } => self.loaded_tcx(h.name).map(|_| h.name),
+                Attach::Netfilter => self.load_netfilter_now().map(|()| "netfilter slots"),
+            };
+            let name = match h.attach {
+                Attach::Netfilter => "netfilter slots",
+                _ => h.name,
+            };
             out.push((name, r.map_err(|e| format!("{e:#}"))));
         }
-        let nf = self.load_netfilter_now();
-        out.push((
-            "netfilter slots",
-            nf.map(|()| "netfilter slots").map_err(|e| format!("{e:#}")),
-        ));
+        let r = self
+            .load_tracepoint("neigh_timer_handler")
+            .map(|()| "neigh_timer_handler");
+        out.push(("neigh_timer_handler", r.map_err(|e| format!("{e:#}"))));
         out
     }
 
     /// Loads (without attaching) the programs a zoom-in attaches: the per-packet tracepoints
     /// and tcx, so that attaching them later only creates links.
     pub fn load_path_programs(&mut self) -> Result<()> {
-        for name in PATH_TRACEPOINTS {
+        for name in tracepoints(Some(Stage::Zoom)).chain(["neigh_timer_handler"]) {
             self.load_tracepoint(name)?;
         }
-        for name in ["tcx_ingress", "tcx_egress"] {
-            self.loaded_tcx(name)?;
+        for h in HOOKS.iter().filter(|h| matches!(h.attach, Attach::Tcx { .. })) {
+            self.loaded_tcx(h.name)?;
         }
         Ok(())
     }
@@ -395,7 +363,7 @@ impl Programs {
     }
 
     /// Detaches tracepoint programs (the programs stay loaded for the next attach).
-    pub fn detach_tracepoints(&mut self, names: &[&'static str]) -> Result<()> {
+    pub fn detach_tracepoints(&mut self, names: impl IntoIterator<Item = &'static str>) -> Result<()> {
         for name in names {
             let Some(link) = self.tp_links.remove(name) else {
                 continue;
@@ -417,10 +385,12 @@ impl Programs {
             return Ok(());
         }
         let mut links = Vec::new();
-        for (name, dir) in [
-            ("tcx_ingress", TcAttachType::Ingress),
-            ("tcx_egress", TcAttachType::Egress),
-        ] {
+        let tcx = HOOKS.iter().filter_map(|h| match h.attach {
+            Attach::Tcx { ingress: true } => Some((h.name, TcAttachType::Ingress)),
+            Attach::Tcx { ingress: false } => Some((h.name, TcAttachType::Egress)),
+            _ => None,
+        });
+        for (name, dir) in tcx {
             let prog = self.loaded_tcx(name)?;
             // tcx attaches in the caller's namespace: enter, attach, return.
             let _inside = ns.enter()?;
@@ -773,5 +743,41 @@ mod tests {
                 .count();
             assert!(map_refs > 0, "{} references no map", p.name);
         }
+        // The hook table's netfilter programs are exactly these.
+        let table = tracer_common::hooks::hook("netfilter").unwrap();
+        let mut want: Vec<&str> = table.programs.to_vec();
+        let mut got = names.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    /// Every program of the hook table is in the kernel objects, and every program of the
+    /// main object is in the table: a hook is its program, its decoder and its row.
+    #[test]
+    fn the_hook_table_and_the_objects_agree() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        // Loading needs privileges: the programs are the global functions outside `.text`.
+        let obj = object::File::parse(MAIN_OBJ).unwrap();
+        let mut in_object: Vec<&str> = obj
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.is_global())
+            .filter(|s| {
+                s.section_index()
+                    .and_then(|i| obj.section_by_index(i).ok())
+                    .and_then(|sec| sec.name().ok().map(|n| n != ".text"))
+                    .unwrap_or(false)
+            })
+            .filter_map(|s| s.name().ok())
+            .collect();
+        in_object.sort_unstable();
+        let mut in_table: Vec<&str> = tracer_common::hooks::HOOKS
+            .iter()
+            .filter(|h| h.attach != tracer_common::hooks::Attach::Netfilter)
+            .flat_map(|h| h.programs.iter().copied())
+            .chain(["neigh_timer_handler"])
+            .collect();
+        in_table.sort_unstable();
+        assert_eq!(in_object, in_table);
     }
 }

@@ -8,8 +8,9 @@ use anyhow::Result;
 
 use crate::{
     attach::bpf::{
-        DROP_TRACEPOINTS, Filter, Programs,
+        Filter, Programs,
         btf::{KernelBtf, ReasonNames},
+        drop_tracepoints,
         kallsyms::Kallsyms,
     },
     cli::TraceArgs,
@@ -50,7 +51,7 @@ fn run_drop_log(args: TraceArgs) -> Result<i32> {
         deep: false,
     };
     let mut programs = Programs::load(btf.offsets()?, &filter)?;
-    programs.attach_tracepoints(DROP_TRACEPOINTS)?;
+    programs.attach_tracepoints(drop_tracepoints())?;
     let events = programs.take_events()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -23,7 +23,7 @@ use tracer_model::{
 use crate::engine::judge::{Decided, Judge, Work};
 use crate::{
     attach::bpf::{
-        ALL_PLAN, ALL_TRACEPOINTS, Filter, HOST_PLAN, Programs, SANDBOX_PLAN,
+        ALL_PLAN, Filter, HOST_PLAN, Programs, SANDBOX_PLAN,
         btf::{KernelBtf, ReasonNames},
         features::{Features, kernel_release},
         kallsyms::Kallsyms,
@@ -276,7 +276,7 @@ fn attach(
         deep: args.deep(),
     };
     let mut programs = Programs::open(&filter)?;
-    programs.attach_tracepoints(ALL_TRACEPOINTS)?;
+    programs.attach_tracepoints(tracer_common::hooks::tracepoints(None).chain(["neigh_timer_handler"]))?;
     let mut ifnames = HashMap::new();
     let mut devices = 0;
     let (mut blind_spots, mut first_error) = (Vec::new(), None);

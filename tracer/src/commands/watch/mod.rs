@@ -38,7 +38,7 @@ use tracer_model::{
 
 use crate::{
     attach::bpf::{
-        DETECT_TRACEPOINTS, Filter, Programs,
+        Filter, Programs,
         btf::{KernelBtf, ReasonNames},
         kallsyms::Kallsyms,
     },
@@ -99,7 +99,9 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         deep: false,
     };
     let mut programs = Programs::load(offsets, &filter)?;
-    programs.attach_tracepoints(DETECT_TRACEPOINTS)?;
+    programs.attach_tracepoints(tracer_common::hooks::tracepoints(Some(
+        tracer_common::hooks::Stage::Detect,
+    )))?;
     // Everything a zoom-in attaches is loaded now: a zoom-in only creates links.
     programs.load_netfilter_now()?;
     programs.load_path_programs()?;

@@ -16,7 +16,7 @@ use tracer_model::path::ExpectedPath;
 
 use super::registry::Key;
 use crate::{
-    attach::bpf::{HOST_PLAN, NfLayout, PATH_TRACEPOINTS, Programs, SANDBOX_PLAN},
+    attach::bpf::{HOST_PLAN, NfLayout, Programs, SANDBOX_PLAN},
     discovery::sandbox::Sandbox,
     system::firewall::Rulesets,
     system::netns::Netns,
@@ -218,7 +218,7 @@ impl Attacher {
                 .attach_netfilter(h, &rules.hook_priorities(), HOST_PLAN)?;
             self.host_nf.insert(h.inode, ());
         }
-        self.programs.attach_tracepoints(PATH_TRACEPOINTS)?;
+        self.programs.attach_tracepoints(zoom_tracepoints())?;
         let addrs: Vec<Ipv4Addr> = [Some(path.host_ip), path.host_veth_ip, path.ns_veth_ip]
             .into_iter()
             .flatten()
@@ -267,7 +267,7 @@ impl Attacher {
             }
         }
         if self.zooms.is_empty() {
-            let _ = self.programs.detach_tracepoints(PATH_TRACEPOINTS);
+            let _ = self.programs.detach_tracepoints(zoom_tracepoints());
         }
     }
 
@@ -277,4 +277,10 @@ impl Attacher {
             programs: self.programs.run_stats(),
         }
     }
+}
+
+/// What a zoom-in attaches while it lasts: the hook table's per-packet and per-lookup
+/// tracepoints.
+fn zoom_tracepoints() -> impl Iterator<Item = &'static str> {
+    tracer_common::hooks::tracepoints(Some(tracer_common::hooks::Stage::Zoom)).chain(["neigh_timer_handler"])
 }

@@ -233,6 +233,18 @@ pub const HOOKS: &[Hook] = &[
         )
     },
     Hook {
+        programs: &["neigh_timer_handler"],
+        ..tp(
+            "neigh_timer_handler",
+            point::NEIGH,
+            2,
+            Need::Path,
+            "5.11",
+            "neighbour timers",
+            Stage::Zoom,
+        )
+    },
+    Hook {
         name: "tcx_ingress",
         programs: &["tcx_ingress"],
         attach: Attach::Tcx { ingress: true },

@@ -151,7 +151,7 @@ fn profile(args: &BenchArgs, lab: &Lab, tracer: &std::path::Path, id: &str) -> R
 /// The tracer's programs, from the hook table (as the kernel keeps their names: cut at 15
 /// characters).
 fn is_ours(name: &str) -> bool {
-    tracer_common::hooks::kernel_names().any(|o| name == o) || name == "neigh_timer_han"
+    tracer_common::hooks::kernel_names().any(|o| name == o)
 }
 
 /// Packets through the sandbox's veth (both directions) so far.

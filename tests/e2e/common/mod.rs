@@ -260,9 +260,7 @@ pub fn loaded_program_names() -> Vec<String> {
 
 /// The tracer's program names, as the kernel keeps them, from the hook table.
 pub fn our_programs() -> Vec<&'static str> {
-    tracer_common::hooks::kernel_names()
-        .chain(["neigh_timer_han"])
-        .collect()
+    tracer_common::hooks::kernel_names().collect()
 }
 
 impl Tracer {

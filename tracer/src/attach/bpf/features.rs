@@ -63,13 +63,6 @@ impl Features {
                 what: h.what,
             })
             .collect();
-        rows.push(Feature {
-            name: "neigh_timer_handler",
-            present: btf.tracepoint_args("neigh_timer_handler").is_some_and(|n| n >= 2),
-            need: Need::Path,
-            since: "5.11",
-            what: "neighbour timers",
-        });
         // The older forms of tracepoints whose last argument is optional: what the path
         // falls back to when the newer form is missing.
         for h in HOOKS {

@@ -329,17 +329,13 @@ impl Programs {
             };
             out.push((name, r.map_err(|e| format!("{e:#}"))));
         }
-        let r = self
-            .load_tracepoint("neigh_timer_handler")
-            .map(|()| "neigh_timer_handler");
-        out.push(("neigh_timer_handler", r.map_err(|e| format!("{e:#}"))));
         out
     }
 
     /// Loads (without attaching) the programs a zoom-in attaches: the per-packet tracepoints
     /// and tcx, so that attaching them later only creates links.
     pub fn load_path_programs(&mut self) -> Result<()> {
-        for name in tracepoints(Some(Stage::Zoom)).chain(["neigh_timer_handler"]) {
+        for name in tracepoints(Some(Stage::Zoom)) {
             self.load_tracepoint(name)?;
         }
         for h in HOOKS.iter().filter(|h| matches!(h.attach, Attach::Tcx { .. })) {
@@ -775,7 +771,6 @@ mod tests {
             .iter()
             .filter(|h| h.attach != tracer_common::hooks::Attach::Netfilter)
             .flat_map(|h| h.programs.iter().copied())
-            .chain(["neigh_timer_handler"])
             .collect();
         in_table.sort_unstable();
         assert_eq!(in_object, in_table);

@@ -276,7 +276,7 @@ fn attach(
         deep: args.deep(),
     };
     let mut programs = Programs::open(&filter)?;
-    programs.attach_tracepoints(tracer_common::hooks::tracepoints(None).chain(["neigh_timer_handler"]))?;
+    programs.attach_tracepoints(tracer_common::hooks::tracepoints(None))?;
     let mut ifnames = HashMap::new();
     let mut devices = 0;
     let (mut blind_spots, mut first_error) = (Vec::new(), None);

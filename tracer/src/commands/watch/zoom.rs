@@ -282,5 +282,5 @@ impl Attacher {
 /// What a zoom-in attaches while it lasts: the hook table's per-packet and per-lookup
 /// tracepoints.
 fn zoom_tracepoints() -> impl Iterator<Item = &'static str> {
-    tracer_common::hooks::tracepoints(Some(tracer_common::hooks::Stage::Zoom)).chain(["neigh_timer_handler"])
+    tracer_common::hooks::tracepoints(Some(tracer_common::hooks::Stage::Zoom))
 }

@@ -1,0 +1,69 @@
+//! E2B's network v2 (`packages/orchestrator/pkg/sandbox/network/v2/`) as the lab writes it:
+//! the host side's `inet v2-host-firewall`, and the chains v2 adds to each slot's
+//! `inet slot-firewall`, as nft text.
+use crate::topology::{
+    GUEST_IP, ORCHESTRATOR_IN_SANDBOX_IP, PROXY_OTHER_PORT, PROXY_REDIRECTS, SERVICE_REDIRECTS, Slot, UPLINK,
+};
+
+/// E2B v2's `inet v2-host-firewall` (network/v2/host_firewall.go), with the lab's uplink name.
+/// The lab adds `counter` to the REDIRECTs so a test can show they never match envd traffic.
+pub fn host_firewall() -> String {
+    let mut pre = String::new();
+    for (dport, to) in SERVICE_REDIRECTS {
+        pre += &format!(
+            "    iifname @v2_veths ip daddr {ORCHESTRATOR_IN_SANDBOX_IP} tcp dport {dport} counter redirect to :{to}\n"
+        );
+    }
+    for (dport, to) in PROXY_REDIRECTS {
+        pre += &format!("    iifname @v2_veths tcp dport {dport} counter redirect to :{to}\n");
+    }
+    pre += &format!(
+        "    iifname @v2_veths tcp dport != {{ 80, 111, 443, 2049 }} counter redirect to :{PROXY_OTHER_PORT}\n"
+    );
+    format!(
+        "table inet v2-host-firewall {{
+  set v2_veths {{ type ifname; }}
+  set v2_host_cidrs {{ type ipv4_addr; flags interval; }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    iifname @v2_veths oifname \"{UPLINK}\" accept
+    iifname \"{UPLINK}\" oifname @v2_veths ct state established,related accept
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+{pre}  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr @v2_host_cidrs oifname \"{UPLINK}\" masquerade
+  }}
+}}
+"
+    )
+}
+
+/// The chains v2 adds to the slot firewall of `slot` (inside its `table inet slot-firewall`).
+pub fn slot_chains(slot: Slot) -> String {
+    format!("{}\n{}\n", dnat_chain(slot), snat_chain(slot))
+}
+
+/// E2B v2's DNAT (network/v2/ns_nat.go): a chain of the slot firewall.
+fn dnat_chain(slot: Slot) -> String {
+    format!(
+        "  chain preroute_nat {{\n    type nat hook prerouting priority dstnat; policy accept;\n    {}\n  }}",
+        dnat_rule(slot)
+    )
+}
+
+pub fn dnat_rule(slot: Slot) -> String {
+    format!(
+        "iifname \"eth0\" ip daddr {} dnat ip to {GUEST_IP}",
+        slot.host_ip()
+    )
+}
+
+fn snat_chain(slot: Slot) -> String {
+    format!(
+        "  chain postroute_nat {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"eth0\" ip saddr {GUEST_IP} snat ip to {}\n  }}",
+        slot.host_ip()
+    )
+}

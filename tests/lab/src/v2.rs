@@ -43,8 +43,13 @@ pub fn host_firewall() -> String {
 
 /// The chains v2 adds to the slot firewall of `slot` (inside its `table inet slot-firewall`).
 pub fn slot_chains(slot: Slot) -> String {
-    format!("{}\n{}\n", dnat_chain(slot), snat_chain(slot))
+    format!("{}\n{}\n{}\n", dnat_chain(slot), snat_chain(slot), mangle_chain())
 }
+
+/// The class the lab's v2 slots stamp: CS1 (8, the Scavenger class E2B's config suggests).
+/// E2B's `SANDBOX_EGRESS_DSCP` defaults to 0, which leaves `postroute_mangle` empty; the lab
+/// sets a class so the chain holds the rule a node that marks egress has.
+pub const EGRESS_DSCP: u8 = 8;
 
 /// E2B v2's DNAT (network/v2/ns_nat.go): a chain of the slot firewall.
 fn dnat_chain(slot: Slot) -> String {
@@ -65,5 +70,16 @@ fn snat_chain(slot: Slot) -> String {
     format!(
         "  chain postroute_nat {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"eth0\" ip saddr {GUEST_IP} snat ip to {}\n  }}",
         slot.host_ip()
+    )
+}
+
+/// E2B v2's egress DSCP chain (network/v2/dscp.go, `SetupEgressDSCP`): a filter chain at
+/// postrouting, mangle priority, whose one rule stamps the class on everything leaving the
+/// namespace by the vpeer (`eth0`), envd's SYN-ACKs included. nft compiles this rule to the
+/// very expressions dscp.go writes (nfproto, oifname, a 2-byte TOS read-modify-write with the
+/// header checksum fixed).
+fn mangle_chain() -> String {
+    format!(
+        "  chain postroute_mangle {{\n    type filter hook postrouting priority mangle; policy accept;\n    meta nfproto ipv4 oifname \"eth0\" ip dscp set {EGRESS_DSCP}\n  }}"
     )
 }

@@ -568,28 +568,18 @@ impl Lab {
                 };
                 run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
             }
-            Fault::V2ReplyDrop => {
-                if on {
-                    let text = format!(
-                        "insert rule inet slot-firewall PREROUTE_FILTER iifname \"{tap}\" tcp sport {ENVD_PORT} drop\n"
-                    );
-                    run_in_with_input(Some(&ns), "nft", &["-f", "-"], &text).map(|_| ())
-                } else {
-                    let h = nft_handle(
-                        &ns,
-                        "inet slot-firewall PREROUTE_FILTER",
-                        &format!("tcp sport {ENVD_PORT} drop"),
-                    )?;
-                    run_in(
-                        Some(&ns),
-                        "nft",
-                        &split(&format!(
-                            "delete rule inet slot-firewall PREROUTE_FILTER handle {h}"
-                        )),
-                    )
-                    .map(|_| ())
-                }
-            }
+            Fault::V2ReplyDrop => slot_firewall_rule(
+                &ns,
+                "PREROUTE_FILTER",
+                &format!("iifname \"{tap}\" tcp sport {ENVD_PORT} drop"),
+                on,
+            ),
+            Fault::V2MangleReplyDrop => slot_firewall_rule(
+                &ns,
+                "postroute_mangle",
+                &format!("oifname \"eth0\" tcp sport {ENVD_PORT} drop"),
+                on,
+            ),
             Fault::ForwardPolicyDrop => ipt_ns(&["-P", "FORWARD", if on { "DROP" } else { "ACCEPT" }]),
             Fault::UserChainDrop => {
                 if on {
@@ -955,6 +945,22 @@ fn nft_handle(ns: &str, chain: &str, needle: &str) -> Result<u64> {
         .filter(|l| l.contains(needle))
         .find_map(|l| l.rsplit_once("# handle ")?.1.trim().parse().ok())
         .ok_or_else(|| anyhow!("no rule with {needle:?} in {chain} of {ns}"))
+}
+
+/// Inserts `rule` at the top of `chain` of the slot firewall in `ns` (no counter, as E2B's
+/// rules), or deletes it again by its handle.
+fn slot_firewall_rule(ns: &str, chain: &str, rule: &str, on: bool) -> Result<()> {
+    if on {
+        let text = format!("insert rule inet slot-firewall {chain} {rule}\n");
+        return run_in_with_input(Some(ns), "nft", &["-f", "-"], &text).map(|_| ());
+    }
+    let h = nft_handle(ns, &format!("inet slot-firewall {chain}"), rule)?;
+    run_in(
+        Some(ns),
+        "nft",
+        &split(&format!("delete rule inet slot-firewall {chain} handle {h}")),
+    )
+    .map(|_| ())
 }
 
 pub fn dnat_rule(slot: Slot) -> String {

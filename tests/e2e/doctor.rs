@@ -68,7 +68,7 @@ fn expected(fault: Fault) -> &'static [&'static str] {
         Fault::SlowGuest => &[],
         Fault::V2VethNotInSet | Fault::V2CidrNotInSet => &["v2_host_sets"],
         Fault::V2HostDrop => &["host_firewall"],
-        Fault::V2ReplyDrop => &["ns_nft"],
+        Fault::V2ReplyDrop | Fault::V2MangleReplyDrop => &["ns_nft"],
     }
 }
 

@@ -277,6 +277,26 @@ fn expect(fault: Fault, v: &Value) {
             is("drop.chain", "PREROUTE_FILTER");
             has("drop.rule_note", "--nft-trace");
         }
+        Fault::V2MangleReplyDrop => {
+            // E2B's egress DSCP chain (postrouting, mangle priority): named like the filter.
+            is("outcome", "dropped");
+            is("drop.direction", "reply");
+            is("drop.netns", "ns-1");
+            is("drop.hook", "POSTROUTING");
+            is("drop.table", "inet slot-firewall");
+            is("drop.chain", "postroute_mangle");
+            has("drop.rule_note", "--nft-trace");
+            let a = &v["actors"][0]["id"];
+            assert_eq!(
+                (a["kind"].as_str(), a["table"].as_str(), a["chain"].as_str()),
+                (
+                    Some("firewall_rule"),
+                    Some("slot-firewall"),
+                    Some("postroute_mangle")
+                ),
+                "{ctx}"
+            );
+        }
         Fault::SlowGuest => {
             is("outcome", "late");
             is("late.reply", "syn_ack");
@@ -308,7 +328,8 @@ fn cause_of(fault: Fault) -> Vec<&'static str> {
         | Fault::MangleReplyDrop
         | Fault::NftOddPriority
         | Fault::V2HostDrop
-        | Fault::V2ReplyDrop => "firewall_rule",
+        | Fault::V2ReplyDrop
+        | Fault::V2MangleReplyDrop => "firewall_rule",
         Fault::ForwardPolicyDrop => "chain_policy",
         Fault::NoDnat => "missing_rule",
         Fault::TapDown | Fault::TapMissing | Fault::SandboxVethDown | Fault::HostVethDown => "link",
@@ -449,6 +470,13 @@ fn every_lab_fault_is_named_on_v2() {
     let (_, v, err) = probe(&id, &["--nft-trace"]);
     assert!(
         s(&v, "drop.rule").starts_with("iifname tap0 tcp sport 49983 drop # handle "),
+        "{v}\n{err}"
+    );
+    lab.heal(0).unwrap();
+    lab.break_fault(0, Fault::V2MangleReplyDrop).unwrap();
+    let (_, v, err) = probe(&id, &["--nft-trace"]);
+    assert!(
+        s(&v, "drop.rule").starts_with("oifname eth0 tcp sport 49983 drop # handle "),
         "{v}\n{err}"
     );
 }

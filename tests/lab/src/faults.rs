@@ -53,6 +53,7 @@ pub enum Fault {
     V2CidrNotInSet,
     V2HostDrop,
     V2ReplyDrop,
+    V2MangleReplyDrop,
 }
 
 impl Fault {
@@ -89,6 +90,7 @@ impl Fault {
         Fault::V2CidrNotInSet,
         Fault::V2HostDrop,
         Fault::V2ReplyDrop,
+        Fault::V2MangleReplyDrop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,6 +127,7 @@ impl Fault {
             Self::V2CidrNotInSet => "v2-cidr-not-in-set",
             Self::V2HostDrop => "v2-host-drop",
             Self::V2ReplyDrop => "v2-reply-drop",
+            Self::V2MangleReplyDrop => "v2-mangle-reply-drop",
         }
     }
 
@@ -231,6 +234,9 @@ impl Fault {
             Self::V2ReplyDrop => {
                 "v2: a rule of the slot firewall (no counter, as E2B's) drops envd's replies in PREROUTE_FILTER; orchestrator: timeout"
             }
+            Self::V2MangleReplyDrop => {
+                "v2: a rule (no counter) in the slot firewall's postroute_mangle, E2B's egress DSCP chain, drops envd's replies leaving by eth0; orchestrator: timeout"
+            }
         }
     }
 
@@ -248,9 +254,11 @@ impl Fault {
     /// Faults that exist on one datapath only (None: both).
     pub fn datapath(self) -> Option<crate::Datapath> {
         match self {
-            Self::V2VethNotInSet | Self::V2CidrNotInSet | Self::V2HostDrop | Self::V2ReplyDrop => {
-                Some(crate::Datapath::V2)
-            }
+            Self::V2VethNotInSet
+            | Self::V2CidrNotInSet
+            | Self::V2HostDrop
+            | Self::V2ReplyDrop
+            | Self::V2MangleReplyDrop => Some(crate::Datapath::V2),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@ use crate::{
         ORCHESTRATOR_IN_SANDBOX_IP, PROXY_OTHER_PORT, PROXY_REDIRECTS, SERVICE_REDIRECTS, Slot, TAP_IP,
         TAP_MAC, TAP_NAME, TAP_PREFIX, Topology, UPLINK,
     },
+    v2,
 };
 
 /// How to build a lab.
@@ -193,7 +194,7 @@ impl Lab {
         // As on an E2B host (forwarding serves the sandboxes' internet egress).
         sysctl(HOST_NS, "net.ipv4.ip_forward", "1")?;
         if self.state.config.network.has_v2() {
-            run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &v2_host_firewall())?;
+            run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &v2::host_firewall())?;
         }
         Ok(())
     }
@@ -310,7 +311,7 @@ impl Lab {
 "
         );
         if self.datapath(slot) == Datapath::V2 {
-            firewall += &format!("{}\n{}\n", v2_dnat_chain(slot), v2_snat_chain(slot));
+            firewall += &v2::slot_chains(slot);
         }
         firewall += "}\n";
         run_in_with_input(Some(&ns), "nft", &["-f", "-"], &firewall).map(|_| ())
@@ -524,7 +525,7 @@ impl Lab {
                 } else {
                     let rule = format!(
                         "add rule inet slot-firewall preroute_nat {}\n",
-                        v2_dnat_rule(slot)
+                        v2::dnat_rule(slot)
                     );
                     run_in_with_input(Some(&ns), "nft", &["-f", "-"], &rule).map(|_| ())
                 }
@@ -567,28 +568,18 @@ impl Lab {
                 };
                 run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
             }
-            Fault::V2ReplyDrop => {
-                if on {
-                    let text = format!(
-                        "insert rule inet slot-firewall PREROUTE_FILTER iifname \"{tap}\" tcp sport {ENVD_PORT} drop\n"
-                    );
-                    run_in_with_input(Some(&ns), "nft", &["-f", "-"], &text).map(|_| ())
-                } else {
-                    let h = nft_handle(
-                        &ns,
-                        "inet slot-firewall PREROUTE_FILTER",
-                        &format!("tcp sport {ENVD_PORT} drop"),
-                    )?;
-                    run_in(
-                        Some(&ns),
-                        "nft",
-                        &split(&format!(
-                            "delete rule inet slot-firewall PREROUTE_FILTER handle {h}"
-                        )),
-                    )
-                    .map(|_| ())
-                }
-            }
+            Fault::V2ReplyDrop => slot_firewall_rule(
+                &ns,
+                "PREROUTE_FILTER",
+                &format!("iifname \"{tap}\" tcp sport {ENVD_PORT} drop"),
+                on,
+            ),
+            Fault::V2MangleReplyDrop => slot_firewall_rule(
+                &ns,
+                "postroute_mangle",
+                &format!("oifname \"eth0\" tcp sport {ENVD_PORT} drop"),
+                on,
+            ),
             Fault::ForwardPolicyDrop => ipt_ns(&["-P", "FORWARD", if on { "DROP" } else { "ACCEPT" }]),
             Fault::UserChainDrop => {
                 if on {
@@ -956,62 +947,20 @@ fn nft_handle(ns: &str, chain: &str, needle: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("no rule with {needle:?} in {chain} of {ns}"))
 }
 
-/// E2B v2's `inet v2-host-firewall` (network/v2/host_firewall.go), with the lab's uplink name.
-/// The lab adds `counter` to the REDIRECTs so a test can show they never match envd traffic.
-fn v2_host_firewall() -> String {
-    let mut pre = String::new();
-    for (dport, to) in SERVICE_REDIRECTS {
-        pre += &format!(
-            "    iifname @v2_veths ip daddr {ORCHESTRATOR_IN_SANDBOX_IP} tcp dport {dport} counter redirect to :{to}\n"
-        );
+/// Inserts `rule` at the top of `chain` of the slot firewall in `ns` (no counter, as E2B's
+/// rules), or deletes it again by its handle.
+fn slot_firewall_rule(ns: &str, chain: &str, rule: &str, on: bool) -> Result<()> {
+    if on {
+        let text = format!("insert rule inet slot-firewall {chain} {rule}\n");
+        return run_in_with_input(Some(ns), "nft", &["-f", "-"], &text).map(|_| ());
     }
-    for (dport, to) in PROXY_REDIRECTS {
-        pre += &format!("    iifname @v2_veths tcp dport {dport} counter redirect to :{to}\n");
-    }
-    pre += &format!(
-        "    iifname @v2_veths tcp dport != {{ 80, 111, 443, 2049 }} counter redirect to :{PROXY_OTHER_PORT}\n"
-    );
-    format!(
-        "table inet v2-host-firewall {{
-  set v2_veths {{ type ifname; }}
-  set v2_host_cidrs {{ type ipv4_addr; flags interval; }}
-  chain forward {{
-    type filter hook forward priority filter; policy drop;
-    iifname @v2_veths oifname \"{UPLINK}\" accept
-    iifname \"{UPLINK}\" oifname @v2_veths ct state established,related accept
-  }}
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-{pre}  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr @v2_host_cidrs oifname \"{UPLINK}\" masquerade
-  }}
-}}
-"
+    let h = nft_handle(ns, &format!("inet slot-firewall {chain}"), rule)?;
+    run_in(
+        Some(ns),
+        "nft",
+        &split(&format!("delete rule inet slot-firewall {chain} handle {h}")),
     )
-}
-
-/// E2B v2's DNAT (network/v2/ns_nat.go): a chain of the slot firewall.
-fn v2_dnat_chain(slot: Slot) -> String {
-    format!(
-        "  chain preroute_nat {{\n    type nat hook prerouting priority dstnat; policy accept;\n    {}\n  }}",
-        v2_dnat_rule(slot)
-    )
-}
-
-fn v2_dnat_rule(slot: Slot) -> String {
-    format!(
-        "iifname \"eth0\" ip daddr {} dnat ip to {GUEST_IP}",
-        slot.host_ip()
-    )
-}
-
-fn v2_snat_chain(slot: Slot) -> String {
-    format!(
-        "  chain postroute_nat {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"eth0\" ip saddr {GUEST_IP} snat ip to {}\n  }}",
-        slot.host_ip()
-    )
+    .map(|_| ())
 }
 
 pub fn dnat_rule(slot: Slot) -> String {

@@ -19,6 +19,7 @@ pub mod sh;
 pub mod state;
 pub mod testing;
 pub mod topology;
+pub mod v2;
 
 pub use connect::{Attempt, AttemptResult, ConnectReport};
 pub use faults::Fault;

@@ -191,6 +191,7 @@ fn v2_datapath_works_breaks_and_heals_beside_v1() {
     );
     let ipt = lab::sh::run_in(Some("ns-2"), "iptables-nft-save", &["-t", "nat"]).unwrap_or_default();
     assert!(!ipt.contains("DNAT"), "v2 has no iptables NAT: {ipt}");
+    v2_egress_dscp_marks_envd_replies(&lab);
     // v2-only faults are refused on the v1 slot; on the v2 slot they break and heal.
     assert!(lab.break_fault(0, Fault::V2HostDrop).is_err());
     for &fault in Fault::ALL.iter().filter(|f| f.applies(lab::Datapath::V2)) {
@@ -207,6 +208,80 @@ fn v2_datapath_works_breaks_and_heals_beside_v1() {
         lab.heal(1).unwrap();
         healthy(&lab, 1);
     }
+}
+
+/// E2B v2's `postroute_mangle` (network/v2/dscp.go) is in slot 2's slot firewall: a filter
+/// chain at postrouting, mangle priority, stamping DSCP on what leaves by eth0. envd's
+/// SYN-ACKs reach the host carrying the class; the v1 slot's do not.
+fn v2_egress_dscp_marks_envd_replies(lab: &Lab) {
+    let json = lab::sh::run_in(
+        Some("ns-2"),
+        "nft",
+        &["-j", "list", "table", "inet", "slot-firewall"],
+    )
+    .unwrap();
+    let items: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let items = items["nftables"].as_array().unwrap();
+    let chain = items
+        .iter()
+        .map(|i| &i["chain"])
+        .find(|c| c["name"] == "postroute_mangle")
+        .unwrap_or_else(|| panic!("no postroute_mangle: {json}"));
+    assert_eq!(
+        (&chain["type"], &chain["hook"], &chain["prio"], &chain["policy"]),
+        (
+            &serde_json::json!("filter"),
+            &serde_json::json!("postrouting"),
+            &serde_json::json!(-150),
+            &serde_json::json!("accept")
+        ),
+        "{json}"
+    );
+    let text = lab::sh::run_in(
+        Some("ns-2"),
+        "nft",
+        &["list", "chain", "inet", "slot-firewall", "postroute_mangle"],
+    )
+    .unwrap();
+    assert!(text.contains("oifname \"eth0\" ip dscp set cs1"), "{text}");
+    let v1 = lab::sh::run_in(Some("ns-1"), "nft", &["list", "table", "inet", "slot-firewall"]).unwrap();
+    assert!(
+        !v1.contains("postroute_mangle"),
+        "v1 marks with iptables, if at all: {v1}"
+    );
+
+    // Count, on the host, envd's replies by their DSCP class (a table of the test's own).
+    let count = "table ip lab-dscp-count {\n  chain pre {\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"veth-1\" tcp sport 49983 ip dscp cs1 counter\n    iifname \"veth-2\" tcp sport 49983 ip dscp cs1 counter\n  }\n}\n";
+    lab::sh::run_in_with_input(Some("e2b-host"), "nft", &["-f", "-"], count).unwrap();
+    let (r1, r2) = (lab.connect(0, 3).unwrap(), lab.connect(1, 3).unwrap());
+    let counted = lab::sh::run_in(
+        Some("e2b-host"),
+        "nft",
+        &["list", "table", "ip", "lab-dscp-count"],
+    )
+    .unwrap();
+    lab::sh::run_in(
+        Some("e2b-host"),
+        "nft",
+        &["delete", "table", "ip", "lab-dscp-count"],
+    )
+    .unwrap();
+    assert!(
+        r1.succeeded() && r2.succeeded(),
+        "{}\n{}",
+        r1.summary(),
+        r2.summary()
+    );
+    let packets = |veth: &str| -> u64 {
+        let line = counted.lines().find(|l| l.contains(veth)).unwrap_or_default();
+        line.split("packets ")
+            .nth(1)
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter for {veth}: {counted}"))
+    };
+    assert_eq!(packets("veth-1"), 0, "{counted}");
+    assert!(packets("veth-2") > 0, "slot 2's replies carry CS1: {counted}");
 }
 
 /// The host's egress REDIRECTs (E2B's, both datapaths) match only connections a guest starts:

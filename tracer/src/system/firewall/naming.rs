@@ -314,4 +314,64 @@ mod tests {
         assert!(r.rule.is_none());
         assert!(matches!(r.note, Some(RuleNote::NoCounter(_))));
     }
+
+    /// E2B v2's slot firewall (rules without counters): its filter at prerouting and its egress
+    /// DSCP chain at postrouting share priority -150, and each hook names its own.
+    fn slot_firewall(mangle_drop: bool) -> Rulesets {
+        let drop = if mangle_drop {
+            r#"{"rule": {"family": "inet", "table": "slot-firewall", "chain": "postroute_mangle", "handle": 9, "expr": [
+              {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
+              {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "sport"}}, "right": 49983}},
+              {"drop": null}]}},"#
+        } else {
+            ""
+        };
+        let json = format!(
+            r#"{{"nftables": [{{"table": {{"family": "inet", "name": "slot-firewall"}}}},
+            {{"chain": {{"family": "inet", "table": "slot-firewall", "name": "PREROUTE_FILTER", "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}}},
+            {{"chain": {{"family": "inet", "table": "slot-firewall", "name": "preroute_nat", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}}},
+            {{"chain": {{"family": "inet", "table": "slot-firewall", "name": "postroute_nat", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}},
+            {{"chain": {{"family": "inet", "table": "slot-firewall", "name": "postroute_mangle", "type": "filter", "hook": "postrouting", "prio": -150, "policy": "accept"}}}},
+            {{"rule": {{"family": "inet", "table": "slot-firewall", "chain": "PREROUTE_FILTER", "handle": 4, "expr": [
+              {{"match": {{"op": "==", "left": {{"meta": {{"key": "iifname"}}}}, "right": "tap0"}}}},
+              {{"match": {{"op": "==", "left": {{"payload": {{"protocol": "ip", "field": "daddr"}}}}, "right": {{"prefix": {{"addr": "10.0.0.0", "len": 8}}}}}}}},
+              {{"drop": null}}]}}}},
+            {drop}
+            {{"rule": {{"family": "inet", "table": "slot-firewall", "chain": "postroute_mangle", "handle": 8, "expr": [
+              {{"match": {{"op": "==", "left": {{"meta": {{"key": "oifname"}}}}, "right": "eth0"}}}},
+              {{"mangle": {{"key": {{"payload": {{"protocol": "ip", "field": "dscp"}}}}, "value": "cs1"}}}}]}}}}]}}"#
+        );
+        Rulesets {
+            nft: Some(NftRuleset::parse(&json).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_drop_in_e2b_v2_postroute_mangle_names_that_chain() {
+        let at = |hook| Place {
+            hook,
+            table: Some("mangle"),
+            window: Some((-200, -149)),
+        };
+        let (before, after) = (slot_firewall(true), slot_firewall(true));
+        let r = name_rule(&before, &after, at(Hook::Postrouting));
+        assert_eq!(
+            (r.table.as_deref(), r.chain.as_deref()),
+            (Some("inet slot-firewall"), Some("postroute_mangle")),
+            "{r:?}"
+        );
+        assert!(
+            matches!(&r.note, Some(RuleNote::NoCounter(c)) if c.chain == "postroute_mangle" && c.priority == -150)
+        );
+        // The filter at prerouting, same priority, is named for drops there.
+        let r = name_rule(&before, &after, at(Hook::Prerouting));
+        assert_eq!(r.chain.as_deref(), Some("PREROUTE_FILTER"), "{r:?}");
+        // E2B's own DSCP rule never drops: nothing is named for it.
+        let plain = slot_firewall(false);
+        assert_eq!(
+            name_rule(&plain, &plain, at(Hook::Postrouting)),
+            RuleName::default()
+        );
+    }
 }

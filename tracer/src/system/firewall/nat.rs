@@ -31,12 +31,15 @@ impl Datapath {
     }
 }
 
-/// The chains E2B v2 adds to the slot firewall.
+/// The chains E2B v2 adds to the slot firewall: the NAT (`v2/ns_nat.go`), and the egress DSCP
+/// chain (`v2/dscp.go`: type filter, postrouting at mangle priority, -150), which exists on
+/// every v2 slot, empty when `SANDBOX_EGRESS_DSCP` is 0.
 pub const V2_TABLE: (&str, &str) = ("inet", "slot-firewall");
 pub const V2_NAT_CHAINS: [&str; 2] = ["preroute_nat", "postroute_nat"];
+pub const V2_MANGLE_CHAIN: &str = "postroute_mangle";
 
 /// Which datapath a namespace's rules say: where the DNAT is; without one (the DNAT may be
-/// the fault), whether v2's NAT chains exist, else whether iptables has a nat table with a
+/// the fault), whether v2's chains exist, else whether iptables has a nat table with a
 /// SNAT. None when nothing says.
 pub fn datapath_of(tables: &[Table]) -> Option<Datapath> {
     let of = |t: &Table| match t.source {
@@ -54,7 +57,9 @@ pub fn datapath_of(tables: &[Table]) -> Option<Datapath> {
     }
     let v2_chains = tables.iter().any(|t| {
         (t.family.as_str(), t.name.as_str()) == V2_TABLE
-            && t.chains.iter().any(|c| V2_NAT_CHAINS.contains(&c.name.as_str()))
+            && t.chains
+                .iter()
+                .any(|c| V2_NAT_CHAINS.contains(&c.name.as_str()) || c.name == V2_MANGLE_CHAIN)
     });
     if v2_chains {
         return Some(Datapath::V2);
@@ -164,6 +169,14 @@ mod tests {
             .collect();
         assert_eq!(datapath_of(&without_dnat), Some(Datapath::V2));
         assert_eq!(datapath_of(&empty.tables(&[])), None);
+        // With only the (empty) egress DSCP chain left of E2B v2's, still v2.
+        let mangle_only = NftRuleset::parse(
+            r#"{"nftables": [{"table": {"family": "inet", "name": "slot-firewall", "handle": 1}},
+              {"chain": {"family": "inet", "table": "slot-firewall", "name": "postroute_mangle", "handle": 5,
+                         "type": "filter", "hook": "postrouting", "prio": -150, "policy": "accept"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(datapath_of(&mangle_only.tables(&[])), Some(Datapath::V2));
     }
 
     #[test]

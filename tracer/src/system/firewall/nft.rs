@@ -245,6 +245,7 @@ fn rule_of(r: RuleJson) -> NftRule {
             let text = match k.as_str() {
                 "accept" | "drop" | "return" | "continue" => k.clone(),
                 "jump" | "goto" => format!("{k} {}", val["target"].as_str().unwrap_or("?")),
+                "mangle" => mangle_text(val),
                 other => other.to_string(),
             };
             if matches!(
@@ -451,7 +452,8 @@ fn match_left(left: &Value, right: &Value, op: &str) -> Cond {
     unknown()
 }
 
-/// What an nft `mangle` statement changes: `meta mark set`, `ct zone set`, `ip ttl set` ...
+/// What an nft `mangle` statement changes: `meta mark set`, `ct zone set`, `ip ttl set`,
+/// `ip dscp set cs1` (E2B v2's `postroute_mangle`) ...
 fn mangle_effect(val: &Value) -> Effect {
     let key = &val["key"];
     let num = val["value"].as_u64();
@@ -464,7 +466,35 @@ fn mangle_effect(val: &Value) -> Effect {
     } else if key["ct"]["key"] == "mark" {
         Effect::Other("ct mark".into())
     } else {
-        Effect::Other("mangle".into())
+        match mangle_key(key) {
+            Some(k) => Effect::Other(k),
+            None => Effect::Other("mangle".into()),
+        }
+    }
+}
+
+/// The field a `mangle` statement writes, as nft prints it (`ip dscp`, `meta mark`, `ct
+/// mark`); None for a key this model does not know (a raw payload, a future expression).
+fn mangle_key(key: &Value) -> Option<String> {
+    let name = |v: &Value, k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    if let Some(p) = key.get("payload") {
+        return Some(format!("{} {}", name(p, "protocol")?, name(p, "field")?));
+    }
+    if let Some(m) = key.get("meta") {
+        return Some(format!("meta {}", name(m, "key")?));
+    }
+    if let Some(c) = key.get("ct") {
+        return Some(format!("ct {}", name(c, "key")?));
+    }
+    None
+}
+
+/// A `mangle` statement as nft prints it: `ip dscp set cs1`, `meta mark set 1`; `mangle`
+/// when the key is not known.
+fn mangle_text(val: &Value) -> String {
+    match mangle_key(&val["key"]) {
+        Some(k) if !val["value"].is_null() => format!("{k} set {}", expr_text(&val["value"])),
+        _ => "mangle".into(),
     }
 }
 
@@ -576,6 +606,98 @@ mod tests {
         assert_eq!(c.rules[0].packets, Some(4));
         assert_eq!(c.rules[0].verdict.as_deref(), Some("drop"));
         assert_eq!(c.rules[0].text, "tcp dport 49983 counter drop");
+    }
+
+    /// E2B v2's egress DSCP chain as the lab's `nft -j list table inet slot-firewall` prints
+    /// it (nft 1.0.6; dscp.go's rule with `SANDBOX_EGRESS_DSCP=8`), with a drop put in front.
+    const POSTROUTE_MANGLE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+      {"table": {"family": "inet", "name": "slot-firewall", "handle": 1}},
+      {"chain": {"family": "inet", "table": "slot-firewall", "name": "postroute_mangle", "handle": 1, "type": "filter", "hook": "postrouting", "prio": -150, "policy": "accept"}},
+      {"rule": {"family": "inet", "table": "slot-firewall", "chain": "postroute_mangle", "handle": 3, "expr": [
+        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "sport"}}, "right": 49983}},
+        {"drop": null}]}},
+      {"rule": {"family": "inet", "table": "slot-firewall", "chain": "postroute_mangle", "handle": 2, "expr": [
+        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
+        {"mangle": {"key": {"payload": {"protocol": "ip", "field": "dscp"}}, "value": "cs1"}}]}}]}"#;
+
+    #[test]
+    fn e2b_v2_postroute_mangle_chain() {
+        let set = NftRuleset::parse(POSTROUTE_MANGLE).unwrap();
+        let c = &set.chains[0];
+        assert_eq!(
+            (c.name.as_str(), c.hook.as_deref(), c.priority, c.kind.as_deref()),
+            (
+                "postroute_mangle",
+                Some("postrouting"),
+                Some(-150),
+                Some("filter")
+            )
+        );
+        let [drop, dscp] = &c.rules[..] else {
+            panic!("{:?}", c.rules)
+        };
+        assert_eq!(
+            (drop.text.as_str(), drop.verdict.as_deref()),
+            ("oifname eth0 tcp sport 49983 drop", Some("drop"))
+        );
+        assert_eq!(
+            (dscp.text.as_str(), dscp.verdict.as_deref()),
+            ("oifname eth0 ip dscp set cs1", None)
+        );
+        let tables = set.tables(&[]);
+        let chain = &tables[0].chains[0];
+        assert_eq!(chain.hook, Some(HookPoint::Postrouting));
+        assert_eq!(chain.priority, -150);
+        assert!(!chain.is_nat && !chain.policy_drop);
+        assert_eq!(chain.rules[0].action, Action::Drop);
+        assert_eq!(chain.rules[0].handle, Some(3));
+        assert!(
+            matches!(&chain.rules[0].conds[..], [Cond::OutDev(d), Cond::SPort(p)] if d == &["eth0"] && p == &[(49983, 49983)])
+        );
+        // The mark is a change, not a verdict: packets go on to the next rule.
+        assert_eq!(
+            chain.rules[1].action,
+            Action::Set(Effect::Other("ip dscp".into()))
+        );
+        assert!(matches!(&chain.rules[1].conds[..], [Cond::OutDev(d)] if d == &["eth0"]));
+    }
+
+    #[test]
+    fn mangle_statements_are_named_and_unknown_ones_do_not_fail() {
+        let rule = |stmt: &str| {
+            let json = format!(
+                r#"{{"nftables": [{{"table": {{"family": "inet", "name": "t"}}}},
+                  {{"chain": {{"family": "inet", "table": "t", "name": "c", "type": "filter", "hook": "postrouting", "prio": -150}}}},
+                  {{"rule": {{"family": "inet", "table": "t", "chain": "c", "handle": 1, "expr": [{stmt}]}}}}]}}"#
+            );
+            let set = NftRuleset::parse(&json).unwrap();
+            let model = set.tables(&[])[0].chains[0].rules[0].clone();
+            (set.chains[0].rules[0].text.clone(), model.action)
+        };
+        let other = |w: &str| Action::Set(Effect::Other(w.into()));
+        assert_eq!(
+            rule(r#"{"mangle": {"key": {"payload": {"protocol": "ip6", "field": "dscp"}}, "value": 8}}"#),
+            ("ip6 dscp set 8".into(), other("ip6 dscp"))
+        );
+        assert_eq!(
+            rule(r#"{"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}"#),
+            ("meta mark set 1".into(), Action::Set(Effect::Mark(Some(1))))
+        );
+        assert_eq!(
+            rule(r#"{"mangle": {"key": {"meta": {"key": "priority"}}, "value": "1:2"}}"#),
+            ("meta priority set 1:2".into(), other("meta priority"))
+        );
+        // A raw payload write (`@nh,8,8 set 1`) or a key of a later nft: still one rule.
+        assert_eq!(
+            rule(r#"{"mangle": {"key": {"payload": {"base": "nh", "offset": 8, "len": 8}}, "value": 1}}"#),
+            ("mangle".into(), other("mangle"))
+        );
+        assert_eq!(
+            rule(r#"{"mangle": {"key": {"future": {"x": 1}}, "value": {"y": [1]}}}"#),
+            ("mangle".into(), other("mangle"))
+        );
+        assert_eq!(rule(r#"{"mangle": null}"#), ("mangle".into(), other("mangle")));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 
 use tracer_model::{
@@ -22,11 +22,14 @@ use tracer_model::{
 
 use crate::engine::judge::{Decided, Judge, Work};
 use crate::{
-    attach::bpf::{
-        ALL_PLAN, Filter, HOST_PLAN, Programs, SANDBOX_PLAN,
-        btf::{KernelBtf, ReasonNames},
-        features::{Features, kernel_release},
-        kallsyms::Kallsyms,
+    attach::{
+        bpf::{
+            Filter, Programs,
+            btf::{KernelBtf, ReasonNames},
+            features::{Features, kernel_release},
+            kallsyms::Kallsyms,
+        },
+        plan::{PathPlan, Side},
     },
     cli::TraceArgs,
     discovery::sandbox::Sandbox,
@@ -37,8 +40,6 @@ use crate::{
     report::pcapng::{Caps, Capture, Order},
     system::connect::{self, AttemptEvent},
     system::firewall::{Rulesets, naming::RuleBaseline},
-    system::netns::Netns,
-    system::netstate,
 };
 
 /// How often finished journeys are collected (bounds verdict latency with the settle time).
@@ -108,7 +109,8 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         Ok((btf.offsets()?, ReasonNames::load(&btf)?))
     });
     let attach_start = Instant::now();
-    let (mut attached, filter) = match attach(&path, host_ns.as_ref(), &sandbox_ns, &args) {
+    let plan = PathPlan::of(&path, host_ns.as_ref(), &sandbox_ns);
+    let (mut attached, filter) = match attach(&path, &plan, &args) {
         Ok(a) => a,
         // The kernel's own answer when it lacks a feature is an errno: say which feature.
         Err(e) => return Err(btf_facts.join().ok().and_then(Result::err).unwrap_or(e)),
@@ -127,21 +129,15 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
             baseline.insert(ns.inode, Arc::new(rules));
         }
     }
-    // Each namespace gets the hooks envd's packets cross there (one namespace for both, when
-    // a setup has no host side of its own: every hook, once).
-    let namespaces = match &host_ns {
-        Some(h) if h.inode == sandbox_ns.inode => vec![(&sandbox_ns, ALL_PLAN)],
-        Some(h) => vec![(h, HOST_PLAN), (&sandbox_ns, SANDBOX_PLAN)],
-        None => vec![(&sandbox_ns, SANDBOX_PLAN)],
-    };
-    for (ns, plan) in namespaces {
-        let present = baseline
-            .get(ns.inode)
+    // Each namespace gets the hooks envd's packets cross there, after its tables.
+    let present = |side: &Side<'_>| {
+        baseline
+            .get(side.ns.inode)
             .map(|r| r.hook_priorities())
-            .unwrap_or_default();
-        if let Err(e) = attached.programs.attach_netfilter(ns, &present, plan) {
-            return Err(btf_facts.join().ok().and_then(Result::err).unwrap_or(e));
-        }
+            .unwrap_or_default()
+    };
+    if let Err(e) = plan.attach_netfilter(&mut attached.programs, present, |_| false) {
+        return Err(btf_facts.join().ok().and_then(Result::err).unwrap_or(e));
     }
     let (offsets, reasons) = btf_facts
         .join()
@@ -254,22 +250,16 @@ fn announce(path: &ExpectedPath, devices: usize, attach_time: Duration, probe: b
     );
 }
 
-/// Loads the programs and attaches them to the path's devices and namespaces only.
-fn attach(
-    path: &ExpectedPath,
-    host_ns: Option<&Netns>,
-    sandbox_ns: &Netns,
-    args: &TraceArgs,
-) -> Result<(Attached, Filter)> {
-    let mut addrs = path.addresses();
+/// Loads the programs and attaches them to the path's devices only (the netfilter slots
+/// follow once the rulesets are read).
+fn attach(path: &ExpectedPath, plan: &PathPlan<'_>, args: &TraceArgs) -> Result<(Attached, Filter)> {
+    let mut addrs = plan.addrs.clone();
+    // One sandbox is followed: its guest's address names nothing of another sandbox's.
+    addrs.push(path.guest_ip);
     addrs.extend(&args.addrs);
     let filter = Filter {
         ports: args.ports.clone(),
-        netns: host_ns
-            .iter()
-            .map(|h| h.inode)
-            .chain([sandbox_ns.inode])
-            .collect(),
+        netns: plan.namespaces().collect(),
         addrs,
         ring_bytes: args.ring_size,
         detect_any_addr: false,
@@ -277,40 +267,8 @@ fn attach(
     };
     let mut programs = Programs::open(&filter)?;
     programs.attach_tracepoints(tracer_common::hooks::tracepoints(None))?;
-    let mut ifnames = HashMap::new();
-    let mut devices = 0;
-    let (mut blind_spots, mut first_error) = (Vec::new(), None);
-    let host_devs = [path.host_veth.as_str()];
-    let sandbox_devs = [
-        path.ns_veth.as_str(),
-        path.tap.as_str(),
-        path.bridge.as_deref().unwrap_or(""),
-    ];
-    let sides = host_ns.map(|h| (h, &host_devs[..])).into_iter();
-    for (ns, devs) in sides.chain([(sandbox_ns, &sandbox_devs[..])]) {
-        let snap = netstate::snapshot(ns).with_context(|| format!("read the links of {}", ns.label()))?;
-        for dev in devs.iter().filter(|d| !d.is_empty()) {
-            // A missing device (tap-missing, ...) is a finding of the trace, not an error.
-            let Some(link) = snap.link(dev) else { continue };
-            // One device that refuses (it went away meanwhile, another tool's limits) leaves
-            // a blind spot the verdicts name; if every device refuses, nothing is traced.
-            match attach_tcx(&mut programs, ns, dev, link.ifindex) {
-                Ok(()) => devices += 1,
-                Err(e) => {
-                    blind_spots.push(format!("{dev} in {} (tcx: {})", ns.label(), e.root_cause()));
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        ifnames.insert(
-            ns.inode,
-            snap.links.iter().map(|l| (l.ifindex, l.name.clone())).collect(),
-        );
-    }
-    if let Some(e) = first_error.filter(|_| devices == 0) {
-        return Err(e);
-    }
-    for b in &blind_spots {
+    let devices = plan.attach_devices(&mut programs)?;
+    for b in &devices.blind_spots {
         eprintln!(
             "tracer: warning: could not attach to {}",
             crate::output::escape(b)
@@ -319,22 +277,12 @@ fn attach(
     Ok((
         Attached {
             programs,
-            blind_spots,
-            ifnames,
-            devices,
+            blind_spots: devices.blind_spots,
+            ifnames: devices.ifnames.into_iter().collect(),
+            devices: devices.attached.len(),
         },
         filter,
     ))
-}
-
-fn attach_tcx(programs: &mut Programs, ns: &Netns, dev: &str, ifindex: u32) -> Result<()> {
-    // Test hook: an attach that fails on one device (TRACER_TEST_NO_TCX=tap0).
-    #[cfg(feature = "test-hooks")]
-    if std::env::var("TRACER_TEST_NO_TCX").is_ok_and(|d| d == dev) {
-        anyhow::bail!("refused by TRACER_TEST_NO_TCX");
-    }
-    let _ = dev;
-    programs.attach_tcx(ns, ifindex)
 }
 
 /// The event loop's state: turning events into journeys and handing finished ones to the

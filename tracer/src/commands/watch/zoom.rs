@@ -11,16 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use tracer_model::path::ExpectedPath;
 
 use super::registry::Key;
 use crate::{
-    attach::bpf::{HOST_PLAN, NfLayout, Programs, SANDBOX_PLAN},
+    attach::{
+        bpf::{NfLayout, Programs},
+        plan::{PathPlan, Side},
+    },
     discovery::sandbox::Sandbox,
     system::firewall::Rulesets,
     system::netns::Netns,
-    system::netstate::Rtnl,
 };
 
 /// What the loop asks for.
@@ -171,78 +173,50 @@ impl Attacher {
         let (path, _) = crate::discovery::target::path_of(sb, self.port)?;
         // Only a verified host side is attached; it is never guessed.
         let host_ns = sb.host_ns.clone();
-        let host_links = match &host_ns {
-            Some(h) => Rtnl::open(h)?.links()?,
-            None => Vec::new(),
-        };
-        let ns_links = Rtnl::open(&sb.netns)?.links()?;
-        let mut z = Zoomed {
-            ns: sb.netns.inode,
-            host_ns: host_ns.as_ref().map(|h| h.inode),
-            devices: Vec::new(),
-            addrs: Vec::new(),
-        };
-        let mut blind = Vec::new();
-        let host_devs = [path.host_veth.as_str()];
-        let ns_devs = [
-            path.ns_veth.as_str(),
-            path.tap.as_str(),
-            path.bridge.as_deref().unwrap_or(""),
-        ];
-        let host = host_ns.as_ref().map(|h| (h, &host_links, &host_devs[..]));
-        for (ns, links, devs) in host.into_iter().chain([(&sb.netns, &ns_links, &ns_devs[..])]) {
-            for dev in devs.iter().filter(|d| !d.is_empty()) {
-                let Some(l) = links.iter().find(|l| l.name == *dev) else {
-                    continue;
-                };
-                match self.programs.attach_tcx(ns, l.ifindex) {
-                    Ok(()) => z.devices.push((ns.inode, l.ifindex)),
-                    Err(e) => blind.push(format!("{dev} in {} (tcx: {})", ns.label(), e.root_cause())),
-                }
-            }
+        let plan = PathPlan::of(&path, host_ns.as_ref(), &sb.netns);
+        self.zooms.insert(
+            key,
+            Zoomed {
+                ns: sb.netns.inode,
+                host_ns: host_ns.as_ref().map(|h| h.inode),
+                devices: Vec::new(),
+                addrs: Vec::new(),
+            },
+        );
+        let devices = plan.attach_devices(&mut self.programs)?;
+        if let Some(z) = self.zooms.get_mut(&key) {
+            z.devices = devices.attached.clone();
         }
-        // The sandbox's rulesets as discovery read them say where its hook functions are.
-        let present = sb
-            .rules
-            .as_ref()
-            .map(|r| r.hook_priorities())
-            .unwrap_or_else(|| Rulesets::read(&sb.netns).hook_priorities());
-        self.zooms.insert(key, z);
-        self.programs
-            .attach_netfilter(&sb.netns, &present, SANDBOX_PLAN)?;
         let host_rules = host_ns.as_ref().map(|h| self.host_rules(h));
-        if let (Some(h), Some(rules)) = (&host_ns, &host_rules)
-            && !self.host_nf.contains_key(&h.inode)
+        // The sandbox's rulesets as discovery read them say where its hook functions are; the
+        // host side's slots are shared by every zoom-in on it.
+        let present = |side: &Side<'_>| match (&host_rules, side.is_host) {
+            (Some(r), true) => r.hook_priorities(),
+            _ => sb
+                .rules
+                .as_ref()
+                .map(|r| r.hook_priorities())
+                .unwrap_or_else(|| Rulesets::read(&sb.netns).hook_priorities()),
+        };
+        let host_nf = &self.host_nf;
+        let attached = plan.attach_netfilter(&mut self.programs, present, |side| {
+            side.is_host && host_nf.contains_key(&side.ns.inode)
+        })?;
+        for side in plan
+            .sides
+            .iter()
+            .filter(|s| s.is_host && attached.contains(&s.ns.inode))
         {
-            self.programs
-                .attach_netfilter(h, &rules.hook_priorities(), HOST_PLAN)?;
-            self.host_nf.insert(h.inode, ());
+            self.host_nf.insert(side.ns.inode, ());
         }
         self.programs.attach_tracepoints(zoom_tracepoints())?;
-        let addrs: Vec<Ipv4Addr> = [Some(path.host_ip), path.host_veth_ip, path.ns_veth_ip]
-            .into_iter()
-            .flatten()
-            .collect();
-        for a in &addrs {
+        for a in &plan.addrs {
             self.programs.add_addr(*a)?;
         }
         if let Some(z) = self.zooms.get_mut(&key) {
-            z.addrs = addrs;
+            z.addrs = plan.addrs.clone();
         }
-        let names = |links: &[crate::system::netstate::Link]| {
-            links.iter().map(|l| (l.ifindex, l.name.clone())).collect()
-        };
-        let mut ifnames = vec![(sb.netns.inode, names(&ns_links))];
-        if let Some(h) = &host_ns {
-            ifnames.push((h.inode, names(&host_links)));
-        }
-        if self.zooms.get(&key).is_none_or(|z| z.devices.is_empty()) && !blind.is_empty() {
-            return Err(anyhow!(
-                "no device of the path could be attached: {}",
-                blind.join("; ")
-            ));
-        }
-        Ok((path, ifnames, host_rules, blind))
+        Ok((path, devices.ifnames, host_rules, devices.blind_spots))
     }
 
     /// Detaches one zoom-in; the host side's slots and the tracepoints go with the last one.

@@ -28,7 +28,6 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("tests/lab/src/agent.rs", 624),
     ("tests/lab/src/campaign/grammar.rs", 1080),
     ("tests/lab/src/lab.rs", 1079),
-    ("tracer-model/src/verdict/outcome.rs", 671),
     ("tracer/src/attach/bpf/mod.rs", 726),
     ("tracer/src/commands/trace/session.rs", 772),
     ("tracer/src/commands/watch/mod.rs", 939),

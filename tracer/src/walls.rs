@@ -28,9 +28,6 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("tests/lab/src/agent.rs", 624),
     ("tests/lab/src/campaign/grammar.rs", 1080),
     ("tests/lab/src/lab.rs", 1028),
-    ("tracer-model/src/engine/attribute.rs", 1391),
-    ("tracer-model/src/journey.rs", 698),
-    ("tracer-model/src/verdict/outcome.rs", 671),
     ("tracer/src/attach/bpf/mod.rs", 726),
     ("tracer/src/commands/trace/session.rs", 772),
     ("tracer/src/commands/watch/mod.rs", 941),
@@ -38,7 +35,6 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("tracer/src/report/places.rs", 875),
     ("tracer/src/report/sentences.rs", 793),
     ("tracer/src/system/netstate.rs", 936),
-    ("xtask/src/deploy_check.rs", 915),
 ];
 
 fn src() -> PathBuf {

@@ -1,0 +1,116 @@
+//! What came back decides: a reset (from the namespace's own stack, from the guest, or made
+//! on the way), or a reply that arrived after the client had given up (late, with its fate).
+use crate::{
+    hop::HopKind,
+    journey::{Journey, Leg},
+    path::ExpectedPath,
+    tcp::{TCP_CLOSE, TCP_SYN_SENT},
+    verdict::{LateFate, LateInfo, Outcome, ReplyKind, ResetBy, ResetInfo, Verdict},
+};
+
+use super::ms;
+
+/// When the client gave up on the attempt (its socket closed from SYN_SENT).
+fn gave_up_at(j: &Journey) -> Option<u64> {
+    j.hops.iter().find_map(|(_, h)| match h.kind {
+        HopKind::Socket {
+            old_state: TCP_SYN_SENT,
+            new_state: TCP_CLOSE,
+            ..
+        } => Some(h.ts_ns),
+        _ => None,
+    })
+}
+
+/// The reply came after the client had given up: the guest answered, too late.
+pub(super) fn late(j: &Journey) -> Option<Verdict> {
+    let closed = gave_up_at(j)?;
+    let replies = || {
+        j.hops
+            .iter()
+            .enumerate()
+            .filter(|(_, (l, h))| *l == Leg::Reply && h.is_packet() && (h.is_syn_ack() || h.is_rst()))
+    };
+    // A reply before the client gave up is not late (it was lost on the way instead).
+    if replies().any(|(_, (_, h))| h.ts_ns <= closed) {
+        return None;
+    }
+    let (i, (_, first)) = replies().next()?;
+    let start = j.leg(Leg::Request).map(|h| h.ts_ns).min()?;
+    let fate = j.hops[i..].iter().find_map(|(l, h)| match &h.kind {
+        HopKind::Drop { reason } if *l == Leg::Reply => Some(LateFate::Dropped {
+            reason: reason.clone(),
+            netns: Some(h.ns_label()),
+            device: h.device.clone(),
+        }),
+        HopKind::SendReset { .. } if *l == Leg::Reply => Some(LateFate::ResetBy {
+            netns: Some(h.ns_label()),
+        }),
+        _ => None,
+    });
+    let mut v = Verdict::new(Outcome::Late);
+    v.late = Some(LateInfo {
+        reply: if first.is_rst() {
+            ReplyKind::Rst
+        } else {
+            ReplyKind::SynAck
+        },
+        reply_ms: ms(first.ts_ns.saturating_sub(start)),
+        timeout_ms: ms(closed.saturating_sub(start)),
+        after_timeout_ms: ms(first.ts_ns.saturating_sub(closed)),
+        fate,
+    });
+    v.failing_hop = Some(i);
+    Some(v)
+}
+
+/// A namespace's own stack answered the SYN with RST (nothing listening there).
+pub(super) fn stack_reset(j: &Journey) -> Option<Verdict> {
+    let (i, h) = j
+        .hops
+        .iter()
+        .enumerate()
+        .find(|(_, (l, h))| *l == Leg::Request && matches!(h.kind, HopKind::SendReset { .. }))?;
+    let mut v = Verdict::new(Outcome::Reset);
+    v.reset = Some(ResetInfo {
+        by: ResetBy::Stack,
+        netns: Some(h.1.ns_label()),
+        device: h.1.device.clone(),
+    });
+    v.failing_hop = Some(i);
+    Some(v)
+}
+
+/// The peer behind the tap (the guest) answered RST.
+pub(super) fn peer_reset(j: &Journey, path: Option<&ExpectedPath>) -> Option<Verdict> {
+    let (i, (_, h)) = j
+        .hops
+        .iter()
+        .enumerate()
+        .find(|(_, (l, h))| *l == Leg::Reply && h.is_rst())?;
+    // From the guest only if it came in at the tap: a RST made on the way (a REJECT rule, a
+    // stack) first appears elsewhere.
+    let from_guest = match path {
+        Some(p) => {
+            h.netns == p.sandbox_ns.inode
+                && (h.device.as_deref() == Some(p.tap.as_str()) || h.device.as_deref() == p.bridge.as_deref())
+                && matches!(h.kind, HopKind::Tcx { ingress: true } | HopKind::Receive)
+        }
+        None => true,
+    };
+    // A RST made on the way answers a SYN that was dropped there (REJECT): the drop decides.
+    let dropped_before = j.hops[..i]
+        .iter()
+        .any(|(l, x)| *l == Leg::Request && matches!(x.kind, HopKind::Drop { .. }));
+    if !from_guest && dropped_before {
+        return None;
+    }
+    let mut v = Verdict::new(Outcome::Reset);
+    v.reset = Some(ResetInfo {
+        by: if from_guest { ResetBy::Guest } else { ResetBy::Peer },
+        netns: Some(h.ns_label()),
+        device: h.device.clone(),
+    });
+    v.failing_hop = Some(i);
+    Some(v)
+}

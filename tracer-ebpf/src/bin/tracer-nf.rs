@@ -15,7 +15,7 @@ use tracer_ebpf::{
     emit::{event, send_packet, set_skb},
     filter::{
         any_tracked, armed, config, is_handshake, is_tracked, mark_foreign, marked_foreign, packet_matches,
-        port_matches, track,
+        port_matches, track, untrack,
     },
     kernel::{net_inum, read, skb_packet},
 };
@@ -64,6 +64,12 @@ fn on_hook(ctx: *mut c_void, slot: u8, by_content: bool) -> i32 {
     let followed = slot != 0 || (any_tracked() && is_tracked(skb));
     if !followed && !port_matches(cfg, pkt.sport, pkt.dport) {
         return pass();
+    }
+    // A followed skb only ever carries a handshake packet: anything else is another packet
+    // in a reused skb (the first was freed where no program saw it): it is let go.
+    if followed && !is_handshake(pkt.flags) {
+        untrack(skb);
+        return if slot == 0 { pass() } else { NF_ACCEPT };
     }
     let netns = net_inum(read(state, off.nf_state_net).unwrap_or(0), off);
     if !followed && !(is_handshake(pkt.flags) && packet_matches(cfg, &pkt, netns)) {

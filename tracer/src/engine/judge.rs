@@ -4,7 +4,7 @@
 //! event loop must keep draining the ring buffer and answering signals meanwhile.
 use std::{
     collections::HashMap,
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -42,8 +42,8 @@ use crate::{
 /// How long the doctor's checks and a fresh ruleset read stay valid for later failures.
 const FRESH: Duration = Duration::from_secs(5);
 
-/// What the event loop hands over.
-pub enum Work {
+/// One attempt to judge.
+pub enum Item {
     /// A finished journey, with the neighbour state the events last showed for the guest (the
     /// fallback when the live table says nothing) and the events lost while it ran.
     Journey {
@@ -59,14 +59,6 @@ pub enum Work {
         probe_route: Option<Box<ProbeRoute>>,
         host_side_problem: Option<String>,
     },
-    /// Print how often each failure repeated.
-    Repeats,
-}
-
-/// What the judge tells the event loop back.
-#[derive(Debug, Clone, Copy)]
-pub struct Decided {
-    pub outcome: Outcome,
 }
 
 /// Where a netfilter drop happened: namespace inode, hook, priority window.
@@ -132,39 +124,38 @@ impl Judge {
         self
     }
 
-    /// Judges work until the loop hangs up; tells it each outcome.
-    pub fn run(mut self, work: mpsc::Receiver<Work>, decided: mpsc::Sender<Decided>) -> Result<()> {
-        for w in work {
-            match w {
-                Work::Journey {
-                    journey,
-                    guest_neigh,
-                    lost_events,
+    /// Judges one item: the verdict printed by its reporter, and its record.
+    pub(super) fn judge_item(&mut self, item: Item) -> Result<(Outcome, JourneyRecord)> {
+        match item {
+            Item::Journey {
+                journey,
+                guest_neigh,
+                lost_events,
+                request_unanswered,
+            } => {
+                let given = ReadFacts {
                     request_unanswered,
-                } => {
-                    let given = ReadFacts {
-                        request_unanswered,
-                        ..Default::default()
-                    };
-                    let outcome = self.judge(&journey, guest_neigh, lost_events, given)?;
-                    let _ = decided.send(Decided { outcome });
-                }
-                Work::Withheld {
-                    journey,
-                    probe_route,
+                    ..Default::default()
+                };
+                self.judge(&journey, guest_neigh, lost_events, given)
+            }
+            Item::Withheld {
+                journey,
+                probe_route,
+                host_side_problem,
+            } => {
+                let given = ReadFacts {
+                    probe_route: probe_route.map(|r| *r),
                     host_side_problem,
-                } => {
-                    let given = ReadFacts {
-                        probe_route: probe_route.map(|r| *r),
-                        host_side_problem,
-                        ..Default::default()
-                    };
-                    let outcome = self.judge(&journey, None, 0, given)?;
-                    let _ = decided.send(Decided { outcome });
-                }
-                Work::Repeats => self.reporter.print_repeats()?,
+                    ..Default::default()
+                };
+                self.judge(&journey, None, 0, given)
             }
         }
+    }
+
+    /// What a judge says at its end: how often each failure repeated, where the capture is.
+    pub(super) fn finish(&mut self) -> Result<()> {
         self.reporter.print_repeats()?;
         if let Some(c) = &self.capture {
             eprintln!(
@@ -186,7 +177,7 @@ impl Judge {
         guest_neigh: Option<u32>,
         lost_events: u64,
         given: ReadFacts,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, JourneyRecord)> {
         let mut capture = self.capture.take();
         let r = self.with_judged(j, guest_neigh, lost_events, given, |reporter, judged| {
             // The capture comes first, so that the record printed says what it holds.
@@ -206,23 +197,11 @@ impl Judge {
                 context: context.as_ref(),
                 ..judged
             };
-            reporter.add(judged)?;
-            Ok(judged.verdict.outcome)
+            let record = reporter.add(judged)?;
+            Ok((judged.verdict.outcome, record))
         });
         self.capture = capture;
         r
-    }
-
-    /// The record of one journey, printed by nobody (the watcher prints incidents).
-    pub fn record(&mut self, j: &Journey, guest_neigh: Option<u32>, lost_events: u64) -> JourneyRecord {
-        self.with_judged(
-            j,
-            guest_neigh,
-            lost_events,
-            ReadFacts::default(),
-            |reporter, judged| Ok(reporter.record(judged).1),
-        )
-        .expect("recording does no I/O")
     }
 
     /// Decides `j`, names its rule, asks the doctor, and hands the result to `f`.

@@ -10,6 +10,7 @@
 pub mod judge;
 pub mod netlink;
 pub mod programs;
+pub mod thread;
 
 use std::collections::BTreeSet;
 

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::point;
 use tracer_ebpf::{
     emit::{event, send_packet, set_dev, set_skb},
-    filter::{any_tracked, config, is_handshake, is_tracked, packet_matches, track},
+    filter::{any_tracked, config, is_handshake, is_tracked, packet_matches, track, untrack},
     kernel::{is_ipv4, skb_packet},
 };
 
@@ -121,6 +121,12 @@ fn followed(skb: u64, dev: u64, at: u8) {
     let Some(pkt) = skb_packet(skb, off) else {
         return;
     };
+    // A followed skb only ever carries a handshake packet: anything else is another packet
+    // in a reused skb (the first was freed where no program saw it): it is let go.
+    if !is_handshake(pkt.flags) {
+        untrack(skb);
+        return;
+    }
     let mut ev = event(at);
     set_skb(&mut ev, skb, &pkt, off);
     if dev != 0 {

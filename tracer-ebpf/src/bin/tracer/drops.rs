@@ -51,6 +51,11 @@ fn on_free(ctx: &BtfTracePointContext, skb: u64, location: u64, reason: u32, at:
     let Some(pkt) = skb_packet(skb, off) else {
         return;
     };
+    // A followed skb only ever carries a handshake packet: anything else is another packet
+    // in a reused skb (the first was freed where no program saw it), and is not reported.
+    if was_tracked && !is_handshake(pkt.flags) {
+        return;
+    }
     if !was_tracked {
         let dev = skb_dev(skb, off);
         let net = if dev != 0 {

@@ -20,7 +20,10 @@ use tracer_model::{
     verdict::Outcome,
 };
 
-use crate::engine::judge::{Decided, Judge, Work};
+use crate::engine::{
+    judge::{Item, Judge},
+    thread::{JudgeThread, Work},
+};
 use crate::{
     attach::{
         bpf::{
@@ -34,7 +37,10 @@ use crate::{
     cli::TraceArgs,
     discovery::sandbox::Sandbox,
     error::{EXIT_FOUND, EXIT_OK, EnvError},
-    events::decode::{Clock, Names, Places, decode, decode_deep, hop_from_event},
+    events::{
+        decode::{Clock, Names, Places},
+        drain::Drain,
+    },
     output::{Format, Output},
     report::Reporter,
     report::pcapng::{Caps, Capture, Order},
@@ -174,10 +180,16 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         baseline,
         args.nft_trace,
     );
-    let judge = JudgeHandle::spawn(match (args.deep(), capture) {
+    let judge_thread = JudgeHandle::spawn()?;
+    let judge = match (args.deep(), capture) {
         (true, capture) => judge.with_deep(capture),
         (false, _) => judge,
-    })?;
+    };
+    judge_thread
+        .work
+        .send(Work::Add((), Box::new(judge)))
+        .map_err(|_| anyhow::anyhow!("the judge thread is gone"))?;
+    let judge = judge_thread;
     // A sandbox's slot passes to the next sandbox seconds after it ends: the trace stops
     // then, rather than judge the new sandbox's attempts under the old id.
     let slot_taken = sb
@@ -186,11 +198,13 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         .then(|| crate::discovery::target::watch_slot(&sb, SLOT_CHECK));
     let mut session = Session {
         slot_taken,
-        debug_events: std::env::var_os("TRACER_DEBUG_EVENTS").is_some(),
-        places: Places {
-            nf_layout: attached.programs.nf_layout().clone(),
-            ifnames: std::mem::take(&mut attached.ifnames),
-        },
+        drain: Drain::new(
+            names,
+            Places {
+                nf_layout: attached.programs.nf_layout().clone(),
+                ifnames: std::mem::take(&mut attached.ifnames),
+            },
+        ),
         correlator: Correlator::new(
             &args.ports,
             Timing {
@@ -201,14 +215,12 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
         path,
         host_ns_inode: host_ns.as_ref().map(|h| h.inode),
         site,
-        names,
         probe_ports: HashSet::new(),
         probing: args.probe,
         failures: 0,
         decided: None,
         in_judgement: 0,
         losses: LossLog::default(),
-        decode_errors: 0,
         not_sent: Vec::new(),
         answered: std::collections::HashMap::new(),
         awaiting: Vec::new(),
@@ -290,17 +302,14 @@ fn attach(path: &ExpectedPath, plan: &PathPlan<'_>, args: &TraceArgs) -> Result<
 struct Session {
     /// Says when another sandbox took the traced one's slot.
     slot_taken: Option<mpsc::Receiver<EnvError>>,
-    /// TRACER_DEBUG_EVENTS: every decoded event on stderr, for debugging the tracer itself.
-    debug_events: bool,
-    /// Slot priorities and device names, to complete netfilter hops.
-    places: Places,
+    /// Kernel records to named hops.
+    drain: Drain,
     correlator: Correlator,
     path: ExpectedPath,
     /// The verified host side's namespace (None: not known, not attached).
     host_ns_inode: Option<u32>,
     /// Where probe attempts are made from (None: nowhere, nothing is sent).
     site: Option<connect::ProbeSite>,
-    names: Names,
     probe_ports: HashSet<u16>,
     /// --probe: only our own attempts are reported, and the first verdict ends the run.
     probing: bool,
@@ -310,8 +319,6 @@ struct Session {
     /// Journeys handed to the judge and not yet decided.
     in_judgement: usize,
     losses: LossLog,
-    /// Records that could not be decoded (a bug, counted and shown).
-    decode_errors: u64,
     /// Probe attempts whose connect() failed at once: (when, errno).
     not_sent: Vec<(u64, i32)>,
     /// Probe attempts that ended, by local port: whether the request after the handshake
@@ -374,8 +381,6 @@ impl LossLog {
 /// How long an attempt that failed at connect() waits for its route events.
 const NOT_SENT_SETTLE_NS: u64 = 30_000_000;
 
-/// Event records handled per wakeup before timers and signals get their turn.
-const DRAIN_BUDGET: usize = 4096;
 /// How long a stop waits for the judge to finish what it was given.
 const JUDGE_GRACE: Duration = Duration::from_millis(500);
 
@@ -470,10 +475,10 @@ impl Session {
             }
         }
         self.finish(judge);
-        if self.decode_errors > 0 {
+        if self.drain.decode_errors > 0 {
             eprintln!(
                 "tracer: {} event records could not be decoded (a bug)",
-                self.decode_errors
+                self.drain.decode_errors
             );
         }
         if let Some(e) = gone {
@@ -482,26 +487,16 @@ impl Session {
         Ok(self.exit_code(args.probe))
     }
 
-    /// Turns up to [`DRAIN_BUDGET`] records into hops; true when the ring is empty.
+    /// Drains the ring into the correlator; true when it is empty.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, programs: &Programs) -> bool {
-        for _ in 0..DRAIN_BUDGET {
-            let Some(item) = ring.next() else {
-                return true;
-            };
-            let Some(ev) = decode(&item) else {
-                self.decode_errors += 1;
-                continue;
-            };
-            if let Some(mut hop) = hop_from_event(&ev, &mut self.names) {
-                hop.deep = decode_deep(&item, &self.names, |id| programs.stack(id).unwrap_or_default());
-                if self.debug_events {
-                    eprintln!("event: {hop:?}");
-                }
-                let hop = self.places.name(hop);
-                self.correlator.push(hop);
-            }
-        }
-        false
+        let correlator = &mut self.correlator;
+        let stack = |id| programs.stack(id).unwrap_or_default();
+        self.drain
+            .drain(ring, stack, |hop| {
+                correlator.push(hop);
+                Ok(())
+            })
+            .unwrap_or(true)
     }
 
     /// Attempts that failed at connect() become journeys once their route events had time to
@@ -555,16 +550,13 @@ impl Session {
                 .neigh_state(self.path.sandbox_ns.inode, self.path.guest_ip);
             let lost_events = self.losses.since(j.first_ns);
             let request_unanswered = self.probing && self.answered.get(&port_of(&j)) == Some(&false);
-            if judge
-                .work
-                .send(Work::Journey {
-                    journey: Box::new(j),
-                    guest_neigh,
-                    lost_events,
-                    request_unanswered,
-                })
-                .is_ok()
-            {
+            let item = Item::Journey {
+                journey: Box::new(j),
+                guest_neigh,
+                lost_events,
+                request_unanswered,
+            };
+            if judge.work.send(Work::Judge((), item)).is_ok() {
                 self.in_judgement += 1;
             }
         }
@@ -582,37 +574,11 @@ impl Session {
         }
     }
 
-    /// Lets the judge finish what it was given, for a bounded time (a hung tool must not keep
-    /// the tracer from exiting; the judge's children die with the process).
+    /// Lets the judge finish what it was given, for a bounded time.
     fn finish(&mut self, judge: JudgeHandle) {
-        let JudgeHandle {
-            work,
-            decided,
-            thread,
-        } = judge;
-        drop(work);
-        let deadline = Instant::now() + JUDGE_GRACE;
-        while !thread.is_finished() && Instant::now() < deadline {
-            match decided.recv_timeout(Duration::from_millis(10)) {
-                Ok(d) => {
-                    self.in_judgement = self.in_judgement.saturating_sub(1);
-                    if d.outcome != Outcome::Connected {
-                        self.failures += 1;
-                    }
-                    if self.probing && self.decided.is_none() {
-                        self.decided = Some(d.outcome);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                // The judge has returned: its thread ends at once.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    while !thread.is_finished() {
-                        std::thread::yield_now();
-                    }
-                }
-            }
-        }
-        while let Ok(d) = decided.try_recv() {
+        let (decided, ended) = judge.finish(JUDGE_GRACE);
+        for d in decided {
+            self.in_judgement = self.in_judgement.saturating_sub(1);
             if d.outcome != Outcome::Connected {
                 self.failures += 1;
             }
@@ -620,16 +586,12 @@ impl Session {
                 self.decided = Some(d.outcome);
             }
         }
-        if thread.is_finished() {
-            if let Ok(Err(e)) = thread.join()
-                && !crate::output::is_closed_pipe(&e)
-            {
-                eprintln!("tracer: {e:#}");
-            }
-        } else {
-            eprintln!(
+        match ended {
+            Some(Err(e)) if !crate::output::is_closed_pipe(&e) => eprintln!("tracer: {e:#}"),
+            Some(_) => {}
+            None => eprintln!(
                 "tracer: stopped while a verdict was still being worked out (a tool did not answer in time)"
-            );
+            ),
         }
     }
 
@@ -652,12 +614,12 @@ impl Session {
         let host = self.host_ns_inode.unwrap_or(0);
         let (probe_route, host_side_problem) = super::withheld::facts(w, &self.path, host);
         let journey = Journey::withheld(host, self.path.host_ip, self.path.port, Clock::now_mono_ns());
-        let work = Work::Withheld {
+        let item = Item::Withheld {
             journey: Box::new(journey),
             probe_route: probe_route.map(Box::new),
             host_side_problem,
         };
-        if judge.work.send(work).is_ok() {
+        if judge.work.send(Work::Judge((), item)).is_ok() {
             self.in_judgement += 1;
         }
     }
@@ -697,24 +659,5 @@ fn port_of(j: &Journey) -> u16 {
     j.client().map_or(0, |(_, p)| p)
 }
 
-/// The judge's thread and the channels to it.
-struct JudgeHandle {
-    work: mpsc::Sender<Work>,
-    decided: mpsc::Receiver<Decided>,
-    thread: std::thread::JoinHandle<Result<()>>,
-}
-
-impl JudgeHandle {
-    fn spawn(judge: Judge) -> Result<Self> {
-        let (work, work_rx) = mpsc::channel();
-        let (decided_tx, decided) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("judge".into())
-            .spawn(move || judge.run(work_rx, decided_tx))?;
-        Ok(Self {
-            work,
-            decided,
-            thread,
-        })
-    }
-}
+/// The judge's thread, with the trace's one judge.
+type JudgeHandle = JudgeThread<()>;

@@ -43,9 +43,15 @@ use crate::{
         kallsyms::Kallsyms,
     },
     cli::WatchArgs,
-    engine::judge::Judge,
+    engine::{
+        judge::{Item, Judge},
+        thread::{Decided, JudgeThread, Work},
+    },
     error::{EXIT_OK, EnvError, is_root},
-    events::decode::{Clock, Names, Places, decode, decode_deep, hop_from_event},
+    events::{
+        decode::{Clock, Names, Places},
+        drain::Drain,
+    },
     output::{Format, Output},
     report::{Reporter, record::JourneyRecord, record::SandboxRef},
     system::firewall::naming::RuleBaseline,
@@ -59,8 +65,6 @@ use zoom::{Attacher, Cmd, Reply};
 
 /// How often the loop looks at its channels and timers.
 const TICK: Duration = Duration::from_millis(5);
-/// Records drained from the ring per wakeup before the loop looks at its timers again.
-const DRAIN_BUDGET: usize = 4096;
 /// Failed attempts waiting for a scan to say whose they are, at most, and for how long.
 const MAX_UNATTRIBUTED: usize = 4096;
 const ATTRIBUTE_WAIT_NS: u64 = 2_000_000_000;
@@ -137,11 +141,10 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     std::thread::Builder::new()
         .name("scanner".into())
         .spawn(move || scanner.run(scan_asks, scan_tx))?;
-    let (to_judge, judge_rx) = mpsc::channel();
-    let (judge_tx, from_judge) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("judge".into())
-        .spawn(move || judge_thread(judge_rx, judge_tx))?;
+    // One judge per zoom-in (its path, its rule baseline, its doctor), all on the judge
+    // thread: rule naming and the doctor run tools, never on the loop.
+    let judges = JudgeThread::<Key>::spawn()?;
+    let to_judge = judges.work.clone();
     let (rt, stop) = crate::events::decode::runtime_with_stop()?;
     let clock = Clock::new();
     let stdout = crate::output::DetachedStdout::new(MAX_WAITING_LINES);
@@ -160,8 +163,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         ),
         args,
         clock,
-        names,
-        places: Places::default(),
+        drain: Drain::new(names, Places::default()),
         registry: Registry::default(),
         host_namespaces: pinned_host.iter().map(|n| n.inode).collect(),
         pinned_host: pinned_host.map(|n| n.inode),
@@ -175,7 +177,6 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         metrics,
         reports,
         out: Output::to_writer(Format::Json, Box::new(stdout)),
-        decode_errors: 0,
         scanned: false,
     };
     eprintln!(
@@ -184,12 +185,13 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         w.args.port,
         w.args.max_zoom
     );
-    let result = rt.block_on(w.run_loop(events, &from_scanner, &from_attacher, &from_judge, stop));
+    let result = rt.block_on(w.run_loop(events, &from_scanner, &from_attacher, &judges.decided, stop));
     // Last counts, then everything detaches with the programs.
     for r in w.incidents.repeats(Clock::now_mono_ns(), true) {
         let _ = w.print(&r);
     }
     drop(w);
+    let _ = judges.finish(Duration::from_millis(500));
     let deadline = Instant::now() + Duration::from_secs(2);
     while !attacher_thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -217,8 +219,8 @@ struct Attached {
 struct Watcher {
     args: WatchArgs,
     clock: Clock,
-    names: Names,
-    places: Places,
+    /// Kernel records to named hops.
+    drain: Drain,
     tracker: AttemptTracker,
     correlator: Correlator,
     registry: Registry,
@@ -233,12 +235,11 @@ struct Watcher {
     /// Failed attempts for a host IP no known sandbox explains yet (a scan was asked for).
     unattributed: Vec<(tracer_model::attempts::Attempt, u64)>,
     to_attacher: mpsc::Sender<Cmd>,
-    to_judge: mpsc::Sender<JudgeWork>,
+    to_judge: mpsc::Sender<Work<Key>>,
     ask_scan: mpsc::Sender<()>,
     metrics: Option<Arc<Metrics>>,
     reports: Option<ReportDir>,
     out: Output,
-    decode_errors: u64,
     /// The first scan arrived (until then the watcher is not "attached" for its users).
     scanned: bool,
 }
@@ -249,7 +250,7 @@ impl Watcher {
         events: RingBuf<MapData>,
         scans: &mpsc::Receiver<scanner::Update>,
         attacher: &mpsc::Receiver<Reply>,
-        judge: &mpsc::Receiver<JudgeDone>,
+        judge: &mpsc::Receiver<Decided<Key>>,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let mut fd = crate::events::decode::ring_fd(events)?;
@@ -294,28 +295,25 @@ impl Watcher {
         self.metrics.as_deref()
     }
 
-    /// Turns up to [`DRAIN_BUDGET`] records into hops; true when the ring is empty.
+    /// Drains the ring (a bounded number of records); true when it is empty.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
-        for _ in 0..DRAIN_BUDGET {
-            let Some(item) = ring.next() else {
-                return Ok(true);
-            };
-            let Some(ev) = decode(&item) else {
-                self.decode_errors += 1;
-                if let Some(m) = self.metrics() {
-                    m.decode_errors.inc();
-                }
-                continue;
-            };
-            let facts = decode_deep(&item, &self.names, |_| Vec::new());
-            drop(item);
-            if let Some(mut hop) = hop_from_event(&ev, &mut self.names) {
-                hop.deep = facts;
-                let hop = self.places.name(hop);
-                self.hop(hop)?;
-            }
+        let mut hops = Vec::new();
+        let errors = self.drain.decode_errors;
+        let empty = self.drain.drain(
+            ring,
+            |_| Vec::new(),
+            |h| {
+                hops.push(h);
+                Ok(())
+            },
+        )?;
+        if let Some(m) = self.metrics() {
+            m.decode_errors.inc_by(self.drain.decode_errors - errors);
         }
-        Ok(false)
+        for h in hops {
+            self.hop(h)?;
+        }
+        Ok(empty)
     }
 
     fn hop(&mut self, hop: Hop) -> Result<()> {
@@ -524,7 +522,7 @@ impl Watcher {
     fn unzoom(&mut self, key: Key) {
         if self.zooms.remove(&key).is_some() {
             let _ = self.to_attacher.send(Cmd::Unzoom(key));
-            let _ = self.to_judge.send(JudgeWork::Remove(key));
+            let _ = self.to_judge.send(Work::Remove(key));
         }
         while self.zooms.len() < self.args.max_zoom {
             let Some(next) = self.queue.pop_front() else { break };
@@ -556,8 +554,8 @@ impl Watcher {
                     return Ok(());
                 };
                 tracing::debug!(ms = took.as_millis() as u64, "zoomed in on {}", z.sandbox.label());
-                self.places.nf_layout = layout;
-                self.places.ifnames.extend(ifnames);
+                self.drain.places.nf_layout = layout;
+                self.drain.places.ifnames.extend(ifnames);
                 let addrs: Vec<Ipv4Addr> = [Some(path.host_ip), path.host_veth_ip, path.ns_veth_ip]
                     .into_iter()
                     .flatten()
@@ -588,10 +586,7 @@ impl Watcher {
                 let ns = sb.netns.clone();
                 // The watcher follows the orchestrator's own attempts: it never probes.
                 let judge = Judge::new(*path, sb, (host_ns, ns), None, reporter, baseline, false);
-                let _ = self.to_judge.send(JudgeWork::Add {
-                    key,
-                    judge: Box::new(judge),
-                });
+                let _ = self.to_judge.send(Work::Add(key, Box::new(judge)));
                 self.gauges();
             }
             Reply::ZoomFailed { key, why } => {
@@ -629,7 +624,7 @@ impl Watcher {
         Ok(())
     }
 
-    fn judged(&mut self, d: JudgeDone) -> Result<()> {
+    fn judged(&mut self, d: Decided<Key>) -> Result<()> {
         let r = *d.record;
         if let (Some(m), Some(drop)) = (self.metrics(), &r.drop) {
             let netns_kind = match &r.sandbox {
@@ -812,11 +807,13 @@ impl Watcher {
         });
         let Some(key) = key else { return };
         let guest_neigh = None;
-        let _ = self.to_judge.send(JudgeWork::Journey {
-            key,
+        let item = Item::Journey {
             journey: Box::new(j),
             guest_neigh,
-        });
+            lost_events: 0,
+            request_unanswered: false,
+        };
+        let _ = self.to_judge.send(Work::Judge(key, item));
     }
 
     fn gauges(&self) {
@@ -884,58 +881,4 @@ fn unreachable_sandbox(e: &Entry) -> Option<String> {
         e.label(),
         ns.label()
     ))
-}
-
-/// What the loop hands the judge thread.
-enum JudgeWork {
-    Add {
-        key: Key,
-        judge: Box<Judge>,
-    },
-    Journey {
-        key: Key,
-        journey: Box<Journey>,
-        guest_neigh: Option<u32>,
-    },
-    Remove(Key),
-}
-
-struct JudgeDone {
-    key: Key,
-    record: Box<JourneyRecord>,
-}
-
-/// Judges the zoom-ins' journeys, one judge per zoom-in (its path, its rule baseline, its
-/// doctor). Rule naming and the doctor run tools: here, never on the loop.
-fn judge_thread(work: mpsc::Receiver<JudgeWork>, done: mpsc::Sender<JudgeDone>) {
-    let mut judges: HashMap<Key, Box<Judge>> = HashMap::new();
-    for w in work {
-        match w {
-            JudgeWork::Add { key, judge } => {
-                judges.insert(key, judge);
-            }
-            JudgeWork::Journey {
-                key,
-                journey,
-                guest_neigh,
-            } => {
-                let Some(judge) = judges.get_mut(&key) else {
-                    continue;
-                };
-                let record = judge.record(&journey, guest_neigh, 0);
-                if done
-                    .send(JudgeDone {
-                        key,
-                        record: Box::new(record),
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            JudgeWork::Remove(key) => {
-                judges.remove(&key);
-            }
-        }
-    }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_get_current_task, macros::btf_tracepoint, programs::
 use tracer_common::{Config, Event, Offsets, Packet, point};
 use tracer_ebpf::{
     emit::{event, send, set_dev, set_skb},
-    filter::{addr_matches, arm, config, detect_matches, netns_matches, port_matches},
+    filter::{addr_matches, any_tracked, arm, config, detect_matches, netns_matches, port_matches},
     kernel::{net_inum, read, sk_net, skb_packet},
 };
 
@@ -124,13 +124,20 @@ pub fn fib_table_lookup(ctx: BtfTracePointContext) -> i32 {
     if cfg.flags & tracer_common::CFG_ANY_ADDR != 0 || !addr_matches(cfg, daddr, daddr) {
         return 0;
     }
+    // Input lookups run per received packet (a busy stream to the same address makes one for
+    // every segment): they only matter while a packet is followed (it is tracked before it
+    // is routed: at tcx ingress or the entry slot). Output lookups run per
+    // connection (a socket keeps its route) and may be all a failed connect() leaves.
+    let iif: u32 = read(flp, off.flowi4_iif).unwrap_or(0);
+    if iif != LOOPBACK_IFINDEX && !any_tracked() {
+        return 0;
+    }
     let nhc: u64 = ctx.arg(2);
     let mut ev = event(point::FIB_LOOKUP);
     ev.pkt.daddr = daddr;
     ev.pkt.saddr = read(flp, off.flowi4_saddr).unwrap_or(0);
     ev.aux = ctx.arg::<u32>(0);
     ev.reason = ctx.arg::<u32>(3);
-    let iif: u32 = read(flp, off.flowi4_iif).unwrap_or(0);
     let dev: u64 = read(nhc, off.nhc_dev).unwrap_or(0);
     if dev != 0 {
         set_dev(&mut ev, dev, off);

@@ -184,9 +184,11 @@ fn full(t: &mut Steps, lab: &mut Lab, tracer: &Path, id: &str) {
         (
             Fault::NoDnat,
             &[
-                ("cause.kind", "no_dnat"),
-                ("cause.hook", "PREROUTING"),
-                ("cause.table", "nat"),
+                ("divergence.field", "destination"),
+                ("divergence.netns", "ns-1"),
+                ("cause_actor.id.kind", "missing_rule"),
+                ("cause_actor.id.table", "nat"),
+                ("cause_actor.id.chain", "PREROUTING"),
             ],
         ),
         (
@@ -333,10 +335,23 @@ fn probe_with(tracer: &Path, id: &str, extra: &[&str]) -> Result<(i32, Value)> {
     Ok((code, v))
 }
 
+/// `path` is dotted (`drop.hook`); `cause_actor` is the actor whose role is `cause`.
 fn expect_field(v: &Value, path: &str, want: &str) -> Result<()> {
-    let got = path.split('.').fold(v, |v, k| &v[k]);
+    let got = field(v, path);
     ensure!(got == want, "{path} = {got}, expected {want:?}; verdict: {v}");
     Ok(())
+}
+
+/// A dotted path into a record (Null when absent); `cause_actor` is the actor whose role is
+/// `cause`.
+fn field<'v>(v: &'v Value, path: &str) -> &'v Value {
+    path.split('.').fold(v, |v, k| match k {
+        "cause_actor" => v["actors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["role"] == "cause"))
+            .unwrap_or(&Value::Null),
+        _ => &v[k],
+    })
 }
 
 /// Runs the tracer to completion (bounded): (exit code, stdout, stderr).

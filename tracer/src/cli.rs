@@ -96,6 +96,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PID", conflicts_with_all = ["vm", "netns"])]
     pub pid: Option<u32>,
 
+    /// The orchestrator's namespace: `root` (the node's init namespace), /proc/PID/ns/net, or a
+    /// name under /var/run/netns. The sandbox's host side must be there (probes are sent from
+    /// it); default: wherever the peer of the sandbox's veth is (the root namespace in
+    /// production).
+    #[arg(long, value_name = "NETNS", requires = "target")]
+    pub host_netns: Option<String>,
+
     /// TCP port(s) to follow (source or destination), up to 4.
     #[arg(long = "port", value_name = "PORT", default_value = "49983",
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -217,9 +224,10 @@ queued zoom-ins, 4096 attempts awaiting attribution (2 s), --max-zoom zoom-ins a
 bounded by --report-max-files and --report-max-bytes. Every external command has a timeout."
 )]
 pub struct WatchArgs {
-    /// The orchestrator's namespace (a name under /var/run/netns). Default: the namespaces that
-    /// hold the sandboxes' veth peers (the root namespace in production).
-    #[arg(long, value_name = "NAME")]
+    /// The orchestrator's namespace: `root` (the node's init namespace), /proc/PID/ns/net, or a
+    /// name under /var/run/netns. Sandboxes' host sides are looked for there only. Default: the
+    /// namespaces that hold the sandboxes' veth peers (the root namespace in production).
+    #[arg(long, value_name = "NETNS")]
     pub host_netns: Option<String>,
 
     /// envd's TCP port.
@@ -293,6 +301,11 @@ pub struct DoctorArgs {
     /// Skip the one short connection attempt to envd.
     #[arg(long)]
     pub no_connect: bool,
+    /// The orchestrator's namespace: `root` (the node's init namespace), /proc/PID/ns/net, or a
+    /// name under /var/run/netns. The host side must be there; default: wherever the peer of
+    /// the sandbox's veth is (the root namespace in production).
+    #[arg(long, value_name = "NETNS")]
+    pub host_netns: Option<String>,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
@@ -412,6 +425,21 @@ mod tests {
         assert!(parse_duration("inf").is_err());
         let two = Cli::try_parse_from(["tracer", "trace", "--netns", "a", "--netns", "b"]);
         assert!(two.is_err(), "one --netns");
+    }
+
+    #[test]
+    fn host_netns_goes_with_a_sandbox() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tracer"][..], args].concat());
+        assert!(
+            parse(&["trace", "--host-netns", "root"]).is_err(),
+            "no sandbox: no host side"
+        );
+        for ns in ["root", "/proc/1/ns/net", "e2b-host"] {
+            assert!(parse(&["trace", "--vm", "x", "--probe", "--host-netns", ns]).is_ok());
+            assert!(parse(&["doctor", "--vm", "x", "--host-netns", ns]).is_ok());
+            assert!(parse(&["doctor", "--all", "--host-netns", ns]).is_ok());
+            assert!(parse(&["watch", "--host-netns", ns]).is_ok());
+        }
     }
 
     #[test]

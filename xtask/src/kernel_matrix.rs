@@ -7,6 +7,10 @@
 //! are there as they are here, and nothing the VM does reaches the host's files. The VM has
 //! no network device at all. Its serial console comes back on a pipe; the `KTEST` lines are
 //! the results, the whole console goes to target/kernel-test/<version>.log.
+//!
+//! The VM's kernel command line carries [`lab::topology::KERNEL_MATRIX_TOKEN`]: with
+//! `--root-host` the workload builds the lab in the VM's own root namespace (the production
+//! layout), which the lab allows only where that token is and no network hardware exists.
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
@@ -65,7 +69,24 @@ fn expectation(version: &str) -> Result<Expect> {
     }
 }
 
-pub fn run(versions: &[String], accel: Accel, timeout: Duration) -> Result<()> {
+/// Which self-test the VM runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// kernel_selftest.rs: the lab with its `e2b-host` namespace.
+    Lab,
+    /// kernel_root_host.rs: the orchestrator side in the VM's root namespace, as on a node.
+    RootHost,
+}
+
+pub fn run(versions: &[String], accel: Accel, timeout: Duration, mode: Mode) -> Result<()> {
+    if mode == Mode::RootHost {
+        for version in versions {
+            ensure!(
+                expectation(version)? == Expect::Full,
+                "--root-host traces sandboxes, which needs tcx and netfilter links (Linux 6.6+); {version} has neither"
+            );
+        }
+    }
     setup::run()?;
     let tracer = tasks::build(true)?;
     let release = tracer.parent().context("no target dir")?.to_path_buf();
@@ -76,31 +97,33 @@ pub fn run(versions: &[String], accel: Accel, timeout: Duration) -> Result<()> {
         let expect = expectation(version)?;
         let image = build_image(&vmm, version)?;
         let start = Instant::now();
-        let result = boot(
-            &image,
-            version,
-            accel,
-            timeout,
-            &[
-                runner.to_str().context("non-UTF-8 path")?,
-                "kernel-selftest",
-                "--expect",
-                match expect {
-                    Expect::Full => "full",
-                    Expect::Refuse => "refuse",
-                },
-                "--tracer",
-                tracer.to_str().context("non-UTF-8 path")?,
-                "--vmm",
-                vmm.to_str().context("non-UTF-8 path")?,
-            ],
-        );
+        let mut command = vec![
+            runner.to_str().context("non-UTF-8 path")?,
+            "kernel-selftest",
+            "--expect",
+            match expect {
+                Expect::Full => "full",
+                Expect::Refuse => "refuse",
+            },
+            "--tracer",
+            tracer.to_str().context("non-UTF-8 path")?,
+            "--vmm",
+            vmm.to_str().context("non-UTF-8 path")?,
+        ];
+        let name = match mode {
+            Mode::Lab => version.clone(),
+            Mode::RootHost => {
+                command.push("--root-host");
+                format!("{version}-root-host")
+            }
+        };
+        let result = boot(&image, &name, accel, timeout, &command);
         let secs = start.elapsed().as_secs_f64();
         match result {
-            Ok(passed) => eprintln!("kernel {version}: {passed} steps passed in {secs:.0} s"),
+            Ok(passed) => eprintln!("kernel {name}: {passed} steps passed in {secs:.0} s"),
             Err(e) => {
-                eprintln!("kernel {version}: FAILED after {secs:.0} s: {e:#}");
-                failed.push(version.clone());
+                eprintln!("kernel {name}: FAILED after {secs:.0} s: {e:#}");
+                failed.push(name);
             }
         }
     }
@@ -109,24 +132,29 @@ pub fn run(versions: &[String], accel: Accel, timeout: Duration) -> Result<()> {
 }
 
 /// Boots the image with `command` as the VM's workload; Ok(steps passed) when it reported
-/// `KTEST done` without a failure.
-fn boot(image: &Path, version: &str, accel: Accel, timeout: Duration, command: &[&str]) -> Result<u32> {
+/// `KTEST done` without a failure. `name` names the run (its log is target/kernel-test/NAME.log).
+fn boot(image: &Path, name: &str, accel: Accel, timeout: Duration, command: &[&str]) -> Result<u32> {
     ensure!(
         command.iter().all(|a| !a.contains(char::is_whitespace)),
         "the kernel command line cannot carry paths with spaces: {command:?}"
     );
     let log_path = tasks::target_dir()
         .join("kernel-test")
-        .join(format!("{version}.log"));
+        .join(format!("{name}.log"));
     std::fs::create_dir_all(log_path.parent().context("log dir")?)?;
     let mut log =
         std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
     let release = std::fs::read_to_string(image.join("release"))?.trim().to_string();
     eprintln!(
-        "kernel {version}: booting {release} under QEMU ({accel:?}); console in {}",
+        "kernel {name}: booting {release} under QEMU ({accel:?}); console in {}",
         log_path.display()
     );
-    let append = format!("console=ttyS0 quiet loglevel=3 panic=-1 -- {}", command.join(" "));
+    // The token marks this VM (see the module's comment); the kernel ignores it.
+    let append = format!(
+        "console=ttyS0 quiet loglevel=3 panic=-1 {} -- {}",
+        lab::topology::KERNEL_MATRIX_TOKEN,
+        command.join(" ")
+    );
     let mut qemu = Qemu(
         Command::new("qemu-system-x86_64")
             .args([

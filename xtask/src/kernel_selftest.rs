@@ -10,6 +10,8 @@
 //! - `refuse` (before 6.6): `trace --vm` and `watch` exit 2 naming tcx and netfilter links
 //!   with the versions that have them; `trace --port` still reports the drop with its reason;
 //!   doctor works; nothing stays loaded.
+//!
+//! With `--root-host` the VM runs the production layout instead (kernel_root_host.rs).
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -41,14 +43,20 @@ pub struct SelftestArgs {
     /// The lab's VMM binary.
     #[arg(long)]
     pub vmm: PathBuf,
+    /// The production layout: the host side in the VM's root namespace (kernel_root_host.rs).
+    #[arg(long)]
+    pub root_host: bool,
 }
 
 /// Probe attempts under emulation: a TCG guest misses a 50 ms attempt now and then.
-const PROBE: &[&str] = &["--timeout", "1s"];
+pub(crate) const PROBE: &[&str] = &["--timeout", "1s"];
 
 pub fn run(args: SelftestArgs) -> Result<()> {
     // SAFETY: nothing else runs yet (no thread has been started).
     unsafe { std::env::set_var("LAB_VMM_BIN", &args.vmm) };
+    if args.root_host {
+        return crate::kernel_root_host::run(&args.tracer);
+    }
     let mut t = Steps::default();
     let tracer = args.tracer.as_path();
     t.step("check", || check(tracer, args.expect));
@@ -82,13 +90,13 @@ pub fn run(args: SelftestArgs) -> Result<()> {
 }
 
 #[derive(Default)]
-struct Steps {
-    passed: u32,
-    failed: u32,
+pub(crate) struct Steps {
+    pub(crate) passed: u32,
+    pub(crate) failed: u32,
 }
 
 impl Steps {
-    fn step(&mut self, name: &str, f: impl FnOnce() -> Result<()>) {
+    pub(crate) fn step(&mut self, name: &str, f: impl FnOnce() -> Result<()>) {
         let start = Instant::now();
         match f() {
             Ok(()) => self.ok(&format!("{name} ({} ms)", start.elapsed().as_millis())),
@@ -96,12 +104,12 @@ impl Steps {
         }
     }
 
-    fn ok(&mut self, name: &str) {
+    pub(crate) fn ok(&mut self, name: &str) {
         self.passed += 1;
         println!("KTEST ok {name}");
     }
 
-    fn fail(&mut self, name: &str, why: &str) {
+    pub(crate) fn fail(&mut self, name: &str, why: &str) {
         self.failed += 1;
         // One line per failure: the host reads the console line by line.
         println!("KTEST FAIL {name}: {}", why.replace('\n', " | "));
@@ -184,9 +192,11 @@ fn full(t: &mut Steps, lab: &mut Lab, tracer: &Path, id: &str) {
         (
             Fault::NoDnat,
             &[
-                ("cause.kind", "no_dnat"),
-                ("cause.hook", "PREROUTING"),
-                ("cause.table", "nat"),
+                ("divergence.field", "destination"),
+                ("divergence.netns", "ns-1"),
+                ("cause_actor.id.kind", "missing_rule"),
+                ("cause_actor.id.table", "nat"),
+                ("cause_actor.id.chain", "PREROUTING"),
             ],
         ),
         (
@@ -310,7 +320,7 @@ fn doctor(lab: &mut Lab, tracer: &Path, id: &str) -> Result<()> {
 }
 
 /// No BPF program is left loaded (nothing else loads any in this VM).
-fn nothing_loaded() -> Result<()> {
+pub(crate) fn nothing_loaded() -> Result<()> {
     let left = crate::bpfstats::read(|_| true);
     ensure!(
         left.is_empty(),
@@ -324,7 +334,7 @@ fn probe(tracer: &Path, id: &str) -> Result<(i32, Value)> {
     probe_with(tracer, id, &[])
 }
 
-fn probe_with(tracer: &Path, id: &str, extra: &[&str]) -> Result<(i32, Value)> {
+pub(crate) fn probe_with(tracer: &Path, id: &str, extra: &[&str]) -> Result<(i32, Value)> {
     let mut args = vec!["trace", "--vm", id, "--probe", "--json"];
     args.extend_from_slice(PROBE);
     args.extend_from_slice(extra);
@@ -333,14 +343,27 @@ fn probe_with(tracer: &Path, id: &str, extra: &[&str]) -> Result<(i32, Value)> {
     Ok((code, v))
 }
 
-fn expect_field(v: &Value, path: &str, want: &str) -> Result<()> {
-    let got = path.split('.').fold(v, |v, k| &v[k]);
+/// `path` is dotted (`drop.hook`); `cause_actor` is the actor whose role is `cause`.
+pub(crate) fn expect_field(v: &Value, path: &str, want: &str) -> Result<()> {
+    let got = field(v, path);
     ensure!(got == want, "{path} = {got}, expected {want:?}; verdict: {v}");
     Ok(())
 }
 
+/// A dotted path into a record (Null when absent); `cause_actor` is the actor whose role is
+/// `cause`.
+pub(crate) fn field<'v>(v: &'v Value, path: &str) -> &'v Value {
+    path.split('.').fold(v, |v, k| match k {
+        "cause_actor" => v["actors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["role"] == "cause"))
+            .unwrap_or(&Value::Null),
+        _ => &v[k],
+    })
+}
+
 /// Runs the tracer to completion (bounded): (exit code, stdout, stderr).
-fn tracer_out(tracer: &Path, args: &[&str]) -> Result<(i32, String, String)> {
+pub(crate) fn tracer_out(tracer: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     let mut child = Command::new(tracer)
         .args(args)
         .stdin(Stdio::null())
@@ -383,7 +406,7 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Result<i32> {
     }
 }
 
-fn run_ok(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run_ok(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
@@ -397,7 +420,7 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
 }
 
 /// A tracer left running: its stdout lines on a channel, its stderr in a file.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: PathBuf,
@@ -405,7 +428,7 @@ struct Running {
 
 impl Running {
     /// Starts it and waits (bounded) until it says it is attached.
-    fn start(tracer: &Path, args: &[&str]) -> Result<Self> {
+    pub(crate) fn start(tracer: &Path, args: &[&str]) -> Result<Self> {
         let stderr = std::env::temp_dir().join(format!("ktest-{}.err", std::process::id()));
         let mut child = Command::new(tracer)
             .args(args)
@@ -431,17 +454,17 @@ impl Running {
         Ok(run)
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    fn next_json(&self, within: Duration) -> Option<Value> {
+    pub(crate) fn next_json(&self, within: Duration) -> Option<Value> {
         let line = self.lines.recv_timeout(within).ok()?;
         serde_json::from_str(&line).ok()
     }
 
     /// SIGINT, then its exit code (bounded).
-    fn stop(&mut self) -> Result<i32> {
+    pub(crate) fn stop(&mut self) -> Result<i32> {
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         wait_bounded(&mut self.child, Duration::from_secs(30))

@@ -119,6 +119,9 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                     Datapaths::V2 => Network::V2,
                     Datapaths::Mixed => Network::Mixed,
                 },
+                // The root-host layout runs only inside the kernel-matrix VM (test --kernel V
+                // --root-host): never from here.
+                host: lab::HostNs::Named,
             };
             let start = std::time::Instant::now();
             let lab = Lab::up(config)?;

@@ -10,6 +10,7 @@ mod deploy_check;
 mod faults;
 mod fuzz;
 mod kernel_matrix;
+mod kernel_root_host;
 mod kernel_selftest;
 mod lab_cmd;
 mod setup;
@@ -59,6 +60,13 @@ enum Task {
         /// Give up on a kernel's VM after this many seconds.
         #[arg(long, default_value_t = 900, requires = "kernel")]
         kernel_timeout: u64,
+        /// With --kernel (6.6+): the production layout instead. The lab's orchestrator side
+        /// (the client, the veths' host ends, the routes and the host firewall) is built in the
+        /// VM's root namespace, and `list`, `doctor`, `trace --vm --probe` (host-side, sandbox,
+        /// reply-path drops and a missing DNAT, each against the e2b-host lab's verdict) and a
+        /// short `watch` run there.
+        #[arg(long, requires = "kernel")]
+        root_host: bool,
     },
     /// The newcomer's first run: a lab sandbox with a broken path, and the tracer naming it.
     Demo {
@@ -95,11 +103,21 @@ fn main() {
             kernel,
             accel,
             kernel_timeout,
+            root_host,
         } => {
             if kernel.is_empty() {
                 tasks::test(&filters)
             } else {
-                kernel_matrix::run(&kernel, accel, std::time::Duration::from_secs(kernel_timeout))
+                let mode = match root_host {
+                    true => kernel_matrix::Mode::RootHost,
+                    false => kernel_matrix::Mode::Lab,
+                };
+                kernel_matrix::run(
+                    &kernel,
+                    accel,
+                    std::time::Duration::from_secs(kernel_timeout),
+                    mode,
+                )
             }
         }
         Task::Demo { fault } => demo::run(&fault),

@@ -1,4 +1,5 @@
-//! The orchestrator stand-in: what E2B's orchestrator does to reach envd, from `e2b-host`.
+//! The orchestrator stand-in: what E2B's orchestrator does to reach envd, from the lab's host
+//! side (`e2b-host`, or the root namespace: [`crate::topology::HostNs`]).
 //! Each attempt is a new TCP connection to host IP:49983 with `POST /init`, a 50 ms
 //! per-attempt timeout and 5 ms between attempts.
 use std::{
@@ -81,7 +82,8 @@ impl ConnectReport {
     }
 }
 
-/// Makes `attempts` attempts, stopping at the first success when `stop_on_success`.
+/// Makes `attempts` attempts from the namespace named `host_ns` (under /var/run/netns),
+/// stopping at the first success when `stop_on_success`.
 pub fn connect(
     host_ns: &str,
     host_ip: Ipv4Addr,
@@ -90,6 +92,19 @@ pub fn connect(
     stop_on_success: bool,
 ) -> Result<ConnectReport> {
     let ns_path = Path::new("/var/run/netns").join(host_ns);
+    connect_in(&ns_path, host_ip, port, attempts, stop_on_success)
+}
+
+/// Like [`connect`], from the namespace of a namespace file (`/proc/1/ns/net` for the root
+/// namespace: [`crate::topology::HostNs::path`]).
+pub fn connect_in(
+    ns_path: &Path,
+    host_ip: Ipv4Addr,
+    port: u16,
+    attempts: u32,
+    stop_on_success: bool,
+) -> Result<ConnectReport> {
+    let ns_path = ns_path.to_path_buf();
     let target = SocketAddr::from((host_ip, port));
     // Attempts run on a thread of their own, moved into the orchestrator's namespace.
     let worker = std::thread::spawn(move || -> Result<Vec<Attempt>> {
@@ -124,11 +139,17 @@ pub struct Loop {
 }
 
 impl Loop {
+    /// From the namespace named `host_ns` (under /var/run/netns).
     pub fn start(host_ns: &str, targets: Vec<Ipv4Addr>, port: u16) -> Self {
+        Self::start_in(&Path::new("/var/run/netns").join(host_ns), targets, port)
+    }
+
+    /// From the namespace of a namespace file (`/proc/1/ns/net` for the root namespace).
+    pub fn start_in(ns_path: &Path, targets: Vec<Ipv4Addr>, port: u16) -> Self {
         use std::sync::{Arc, atomic::AtomicBool};
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let ns_path = Path::new("/var/run/netns").join(host_ns);
+        let ns_path = ns_path.to_path_buf();
         let handle = std::thread::spawn(move || -> Result<u64> {
             enter_netns(&ns_path)?;
             let mut rounds = 0;

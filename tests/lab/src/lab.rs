@@ -8,15 +8,18 @@ use crate::{
     connect::{self, ConnectReport},
     faults::Fault,
     guest::{self, GuestKind},
-    sh::{ip, run_in, run_in_with_input, sysctl},
+    sh::{ip, run_in, run_in_with_input, sysctl, sysctl_get_in},
     state::{self, LabLock, SandboxState, State},
     topology::{
-        BRIDGE_NAME, Datapath, ENVD_PORT, GUEST_IP, HOST_NS, IptablesBackend, LAB_ALIAS, Network,
-        ORCHESTRATOR_IN_SANDBOX_IP, PROXY_OTHER_PORT, PROXY_REDIRECTS, SERVICE_REDIRECTS, Slot, TAP_IP,
-        TAP_MAC, TAP_NAME, TAP_PREFIX, Topology, UPLINK,
+        BRIDGE_NAME, Datapath, ENVD_PORT, GUEST_IP, HOST_NS, HostNs, IptablesBackend, LAB_ALIAS, Network,
+        Slot, TAP_IP, TAP_MAC, TAP_NAME, TAP_PREFIX, Topology,
     },
     v2,
 };
+
+mod host;
+
+pub use host::root_host_refusal;
 
 /// How to build a lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +30,10 @@ pub struct LabConfig {
     pub topology: Topology,
     #[serde(default)]
     pub network: Network,
+    /// Where the orchestrator side lives: `e2b-host` (default), or the root namespace as in
+    /// production, which [`Lab::up`] allows only inside the kernel-matrix VM.
+    #[serde(default)]
+    pub host: HostNs,
 }
 
 impl Default for LabConfig {
@@ -37,6 +44,7 @@ impl Default for LabConfig {
             iptables: IptablesBackend::Nft,
             topology: Topology::E2b,
             network: Network::V1,
+            host: HostNs::Named,
         }
     }
 }
@@ -70,11 +78,18 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the lab: `e2b-host`, then slot 1..=N. Waits for another lab user (a test) to
-    /// finish first; refuses when a lab handed to the CLI is up.
+    /// Builds the lab: `e2b-host` (or, with [`HostNs::Root`], the host side in the root
+    /// namespace), then slot 1..=N. Waits for another lab user (a test) to finish first;
+    /// refuses when a lab handed to the CLI is up.
     pub fn up(config: LabConfig) -> Result<Self> {
         if config.sandboxes == 0 {
             bail!("a lab needs at least one sandbox");
+        }
+        // Before anything else: nothing may touch this machine's root namespace.
+        if config.host == HostNs::Root
+            && let Some(why) = root_host_refusal()
+        {
+            bail!("{why}");
         }
         let lock = LabLock::acquire()?;
         if let Some(existing) = state::load()? {
@@ -93,10 +108,16 @@ impl Lab {
                 faults: vec![],
             })
             .collect();
+        // What the root namespace's forwarding was, to set it back at teardown.
+        let root_ip_forward = match config.host {
+            HostNs::Root => Some(sysctl_get_in(None, "net.ipv4.ip_forward")?),
+            HostNs::Named => None,
+        };
         let state = State {
             config,
             sandboxes,
             owner_pid: Some(std::process::id()),
+            root_ip_forward,
         };
         // Written first: whatever happens next, `lab down` knows what to remove.
         state::save(&state)?;
@@ -148,6 +169,16 @@ impl Lab {
         &self.state.config
     }
 
+    /// Where the orchestrator side is.
+    pub fn host_ns(&self) -> HostNs {
+        self.state.config.host
+    }
+
+    /// The host side for `ip netns exec` (None: the root namespace, where the lab runs).
+    fn host(&self) -> Option<&'static str> {
+        self.state.config.host.netns()
+    }
+
     pub fn sandboxes(&self) -> &[SandboxState] {
         &self.state.sandboxes
     }
@@ -163,7 +194,7 @@ impl Lab {
 
     /// The orchestrator stand-in looping over every sandbox (see [`connect::Loop`]).
     pub fn orchestrator_loop(&self) -> connect::Loop {
-        connect::Loop::start(HOST_NS, self.host_ips(), ENVD_PORT)
+        connect::Loop::start_in(&self.host_ns().path(), self.host_ips(), ENVD_PORT)
     }
 
     /// Index of a sandbox by id (or by slot number, for convenience).
@@ -188,17 +219,6 @@ impl Lab {
         }
     }
 
-    fn create_host(&mut self) -> Result<()> {
-        ip(None, &["netns", "add", HOST_NS])?;
-        ip(Some(HOST_NS), &["link", "set", "lo", "up"])?;
-        // As on an E2B host (forwarding serves the sandboxes' internet egress).
-        sysctl(HOST_NS, "net.ipv4.ip_forward", "1")?;
-        if self.state.config.network.has_v2() {
-            run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &v2::host_firewall())?;
-        }
-        Ok(())
-    }
-
     fn datapath(&self, slot: Slot) -> Datapath {
         self.state.config.network.datapath(slot)
     }
@@ -216,19 +236,21 @@ impl Lab {
         let nsr = Some(ns.as_str());
         ip(None, &["netns", "add", &ns])?;
         ip(nsr, &["link", "set", "lo", "up"])?;
-        // Created directly in both namespaces: nothing ever appears in the root namespace.
+        // Created directly in both namespaces: nothing appears in the root namespace unless it
+        // is the host side (HostNs::Root).
+        let host = self.host();
         ip(
-            Some(HOST_NS),
+            host,
             &[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ],
         )?;
         ip(nsr, &["link", "set", "eth0", "alias", LAB_ALIAS])?;
         ip(
-            Some(HOST_NS),
+            host,
             &["addr", "add", &format!("{}/31", slot.veth_ip()), "dev", &veth],
         )?;
-        ip(Some(HOST_NS), &["link", "set", &veth, "up"])?;
+        ip(host, &["link", "set", &veth, "up"])?;
         ip(
             nsr,
             &["addr", "add", &format!("{}/31", slot.peer_ip()), "dev", "eth0"],
@@ -266,23 +288,6 @@ impl Lab {
         ip(nsr, &["link", "set", TAP_NAME, "up"]).map(|_| ())
     }
 
-    /// Route to `slot`'s host IP through `via`'s veth (via ≠ slot only for a slot mix-up).
-    fn add_host_route(&self, slot: Slot, via: Slot) -> Result<()> {
-        ip(
-            Some(HOST_NS),
-            &[
-                "route",
-                "replace",
-                &format!("{}/32", slot.host_ip()),
-                "via",
-                &via.peer_ip().to_string(),
-                "dev",
-                &via.veth(),
-            ],
-        )
-        .map(|_| ())
-    }
-
     /// E2B's rules inside the sandbox namespace: the slot firewall (nftables), and the NAT:
     /// v1 with iptables, v2 as chains of the slot firewall.
     fn sandbox_rules(&self, slot: Slot) -> Result<()> {
@@ -315,46 +320,6 @@ impl Lab {
         }
         firewall += "}\n";
         run_in_with_input(Some(&ns), "nft", &["-f", "-"], &firewall).map(|_| ())
-    }
-
-    /// E2B's rules on the host side: FORWARD accepts to and from the uplink (iptables, both
-    /// datapaths); v1: the egress REDIRECTs and masquerading in iptables; v2: the slot's veth
-    /// and host IP in the sets of `inet v2-host-firewall`, whose rules do the same.
-    fn host_rules(&self, slot: Slot) -> Result<()> {
-        let (veth, host_ip) = (slot.veth(), slot.host_ip());
-        let mut rules = format!(
-            "*filter\n-A FORWARD -i {veth} -o {UPLINK} -j ACCEPT\n-A FORWARD -i {UPLINK} -o {veth} -j ACCEPT\nCOMMIT\n"
-        );
-        if self.datapath(slot) == Datapath::V1 {
-            rules += "*nat\n";
-            for (dport, to) in SERVICE_REDIRECTS {
-                rules += &format!(
-                    "-A PREROUTING -d {ORCHESTRATOR_IN_SANDBOX_IP}/32 -i {veth} -p tcp -m tcp --dport {dport} -j REDIRECT --to-ports {to}\n"
-                );
-            }
-            for (dport, to) in PROXY_REDIRECTS {
-                rules += &format!(
-                    "-A PREROUTING -i {veth} -p tcp -m tcp --dport {dport} -j REDIRECT --to-ports {to}\n"
-                );
-            }
-            rules += &format!(
-                "-A PREROUTING -i {veth} -p tcp -j REDIRECT --to-ports {PROXY_OTHER_PORT}\n\
-                 -A POSTROUTING -s {host_ip}/32 -o {UPLINK} -j MASQUERADE\nCOMMIT\n"
-            );
-        } else {
-            let elements = format!(
-                "add element inet v2-host-firewall v2_veths {{ \"{veth}\" }}\n\
-                 add element inet v2-host-firewall v2_host_cidrs {{ {host_ip}/32 }}\n"
-            );
-            run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &elements)?;
-        }
-        run_in_with_input(
-            Some(HOST_NS),
-            self.state.config.iptables.restore(),
-            &["--noflush"],
-            &rules,
-        )
-        .map(|_| ())
     }
 
     fn start_guest(&mut self, i: usize) -> Result<()> {
@@ -433,7 +398,7 @@ impl Lab {
                 api_sock: sb.api_sock().display().to_string(),
                 datapath: self.state.config.network.datapath(sb.slot),
                 faults: sb.faults.clone(),
-                healthy: connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, 3, true)
+                healthy: connect::connect_in(&self.host_ns().path(), sb.slot.host_ip(), ENVD_PORT, 3, true)
                     .map(|r| r.succeeded())
                     .unwrap_or(false),
             })
@@ -443,14 +408,26 @@ impl Lab {
     /// The orchestrator stand-in against one sandbox.
     pub fn connect(&self, i: usize, attempts: u32) -> Result<ConnectReport> {
         let sb = &self.state.sandboxes[i];
-        connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, attempts, false)
+        connect::connect_in(
+            &self.host_ns().path(),
+            sb.slot.host_ip(),
+            ENVD_PORT,
+            attempts,
+            false,
+        )
     }
 
     /// Like [`Lab::connect`], stopping at the first answer: the orchestrator also retries
     /// until one attempt works (an emulated guest under load can miss a 50 ms attempt).
     pub fn reachable(&self, i: usize, attempts: u32) -> Result<ConnectReport> {
         let sb = &self.state.sandboxes[i];
-        connect::connect(HOST_NS, sb.slot.host_ip(), ENVD_PORT, attempts, true)
+        connect::connect_in(
+            &self.host_ns().path(),
+            sb.slot.host_ip(),
+            ENVD_PORT,
+            attempts,
+            true,
+        )
     }
 
     /// Injects a fault into sandbox `i`.
@@ -506,6 +483,7 @@ impl Lab {
         let (add, del) = ("-I", "-D");
         let op = if on { add } else { del };
         let ipt_ns = |args: &[&str]| run_in(Some(&ns), ipt, args).map(|_| ());
+        let host = self.host();
         match fault {
             Fault::ForwardDrop => ipt_ns(&split(&format!(
                 "{op} FORWARD -i eth0 -o {tap} -p tcp -m tcp --dport {ENVD_PORT} -j DROP"
@@ -540,7 +518,7 @@ impl Lab {
                     "{verb} element inet v2-host-firewall v2_veths {{ \"{}\" }}\n",
                     slot.veth()
                 );
-                run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
+                run_in_with_input(host, "nft", &["-f", "-"], &text).map(|_| ())
             }
             Fault::V2CidrNotInSet => {
                 let verb = if on { "delete" } else { "add" };
@@ -548,7 +526,7 @@ impl Lab {
                     "{verb} element inet v2-host-firewall v2_host_cidrs {{ {}/32 }}\n",
                     slot.host_ip()
                 );
-                run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
+                run_in_with_input(host, "nft", &["-f", "-"], &text).map(|_| ())
             }
             Fault::V2HostDrop => {
                 let chain = format!("lab-input-{}", slot.0);
@@ -566,7 +544,7 @@ impl Lab {
                 } else {
                     format!("flush chain inet v2-host-firewall {chain}\n{text}")
                 };
-                run_in_with_input(Some(HOST_NS), "nft", &["-f", "-"], &text).map(|_| ())
+                run_in_with_input(host, "nft", &["-f", "-"], &text).map(|_| ())
             }
             Fault::V2ReplyDrop => slot_firewall_rule(
                 &ns,
@@ -595,7 +573,7 @@ impl Lab {
                 }
             }
             Fault::HostInputDrop => run_in(
-                Some(HOST_NS),
+                host,
                 ipt,
                 &split(&format!(
                     "{op} INPUT -i {} -p tcp -m tcp --sport {ENVD_PORT} -j DROP",
@@ -623,9 +601,9 @@ impl Lab {
                     // The kernel notices a tap lost its reader asynchronously (link watch):
                     // the fault is in place once the carrier is gone, and a bridge has
                     // disabled the port (else the first packets still reach the tap).
-                    self.wait_link(&ns, TAP_NAME, "NO-CARRIER")?;
+                    self.wait_link(Some(&ns), TAP_NAME, "NO-CARRIER")?;
                     if self.state.config.topology == Topology::Bridge {
-                        self.wait_link(&ns, TAP_NAME, "state disabled")?;
+                        self.wait_link(Some(&ns), TAP_NAME, "state disabled")?;
                     }
                     Ok(())
                 } else {
@@ -650,11 +628,7 @@ impl Lab {
             }
             Fault::HostRouteMissing => {
                 if on {
-                    ip(
-                        Some(HOST_NS),
-                        &["route", "del", &format!("{}/32", slot.host_ip())],
-                    )
-                    .map(|_| ())
+                    ip(host, &["route", "del", &format!("{}/32", slot.host_ip())]).map(|_| ())
                 } else {
                     self.add_host_route(slot, slot)
                 }
@@ -670,26 +644,26 @@ impl Lab {
                 )?;
                 if on {
                     // The host's end loses its carrier asynchronously (link watch).
-                    self.wait_link(HOST_NS, &slot.veth(), "NO-CARRIER")
+                    self.wait_link(host, &slot.veth(), "NO-CARRIER")
                 } else {
                     // Down took the default route with it; the carrier comes back
                     // asynchronously too.
                     let via = slot.veth_ip().to_string();
                     ip(Some(&ns), &["route", "replace", "default", "via", &via])?;
-                    self.wait_link(HOST_NS, &slot.veth(), "LOWER_UP")?;
+                    self.wait_link(host, &slot.veth(), "LOWER_UP")?;
                     // ARP entries left INCOMPLETE meanwhile retry only after a second.
-                    ip(Some(HOST_NS), &["neigh", "flush", "dev", &slot.veth()]).map(|_| ())
+                    ip(host, &["neigh", "flush", "dev", &slot.veth()]).map(|_| ())
                 }
             }
             Fault::HostVethDown => {
                 ip(
-                    Some(HOST_NS),
+                    host,
                     &["link", "set", &slot.veth(), if on { "down" } else { "up" }],
                 )?;
                 if on {
                     Ok(())
                 } else {
-                    self.wait_link(&ns, "eth0", "LOWER_UP")?;
+                    self.wait_link(Some(&ns), "eth0", "LOWER_UP")?;
                     ip(Some(&ns), &["neigh", "flush", "dev", "eth0"])?;
                     self.add_host_route(slot, slot)
                 }
@@ -697,7 +671,7 @@ impl Lab {
             Fault::BlackholeRoute => {
                 if on {
                     let dst = format!("{}/32", slot.host_ip());
-                    ip(Some(HOST_NS), &["route", "replace", "blackhole", &dst]).map(|_| ())
+                    ip(host, &["route", "replace", "blackhole", &dst]).map(|_| ())
                 } else {
                     self.add_host_route(slot, slot)
                 }
@@ -706,7 +680,7 @@ impl Lab {
                 let dst = format!("{}/32", slot.host_ip());
                 let verb = if on { "add" } else { "del" };
                 let args = ["rule", verb, "to", &dst, "prohibit", "pref", "100"];
-                ip(Some(HOST_NS), &args).map(|_| ())
+                ip(host, &args).map(|_| ())
             }
             Fault::VmmStopped => self.signal_guest(i, if on { libc::SIGSTOP } else { libc::SIGCONT }),
             Fault::TapQueueFull => {
@@ -743,9 +717,9 @@ impl Lab {
                 let dev = slot.veth();
                 if on {
                     let args = ["qdisc", "add", "dev", &dev, "root", "pfifo", "limit", "0"];
-                    run_in(Some(HOST_NS), "tc", &args).map(|_| ())
+                    run_in(host, "tc", &args).map(|_| ())
                 } else {
-                    run_in(Some(HOST_NS), "tc", &["qdisc", "del", "dev", &dev, "root"]).map(|_| ())
+                    run_in(host, "tc", &["qdisc", "del", "dev", &dev, "root"]).map(|_| ())
                 }
             }
             Fault::SlowGuest => {
@@ -790,18 +764,24 @@ impl Lab {
         Ok(())
     }
 
-    /// Waits (bounded) until `ip -d link show DEV` in `ns` mentions `needle`.
-    fn wait_link(&self, ns: &str, dev: &str, needle: &str) -> Result<()> {
+    /// Waits (bounded) until `ip -d link show DEV` in `ns` (None: the root namespace)
+    /// mentions `needle`.
+    fn wait_link(&self, ns: Option<&str>, dev: &str, needle: &str) -> Result<()> {
         crate::testing::wait_for(
             std::time::Duration::from_secs(5),
             std::time::Duration::from_millis(5),
             || {
-                ip(Some(ns), &["-d", "link", "show", dev])
+                ip(ns, &["-d", "link", "show", dev])
                     .is_ok_and(|o| o.contains(needle))
                     .then_some(())
             },
         )
-        .ok_or_else(|| anyhow!("{dev} in {ns} never showed {needle:?}"))
+        .ok_or_else(|| {
+            anyhow!(
+                "{dev} in {} never showed {needle:?}",
+                ns.unwrap_or(crate::topology::ROOT_LABEL)
+            )
+        })
     }
 
     /// Tears the lab down (also what Drop does for an owned lab).
@@ -822,14 +802,22 @@ impl Lab {
             let _ = self.stop_guest(i);
         }
         let mut errors = Vec::new();
+        if self.host().is_none() {
+            errors.extend(self.revert_root_faults());
+        }
         for sb in &self.state.sandboxes {
             if let Err(e) = delete_netns(&sb.slot.netns()) {
                 errors.push(e.to_string());
             }
             let _ = fs::remove_file(sb.log_path());
         }
-        if let Err(e) = delete_netns(HOST_NS) {
-            errors.push(e.to_string());
+        match self.host() {
+            Some(ns) => {
+                if let Err(e) = delete_netns(ns) {
+                    errors.push(e.to_string());
+                }
+            }
+            None => errors.extend(self.clean_root_host()),
         }
         state::remove()?;
         if !errors.is_empty() {
@@ -922,7 +910,12 @@ fn delete_netns(ns: &str) -> Result<()> {
 fn check_free(config: &LabConfig) -> Result<()> {
     let list = ip(None, &["netns", "list"])?;
     let existing: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    let wanted = std::iter::once(HOST_NS.to_string()).chain((1..=config.sandboxes).map(|n| Slot(n).netns()));
+    let wanted = config
+        .host
+        .netns()
+        .map(str::to_string)
+        .into_iter()
+        .chain((1..=config.sandboxes).map(|n| Slot(n).netns()));
     for ns in wanted {
         if existing.contains(&ns.as_str()) {
             bail!(
@@ -1040,6 +1033,21 @@ mod tests {
             snat_rule(Slot(300)),
             "-s 169.254.0.21/32 -o eth0 -j SNAT --to-source 10.11.1.44"
         );
+    }
+
+    /// On this machine (not the kernel-matrix VM) the root-host lab refuses before it takes the
+    /// lab lock or touches anything.
+    #[test]
+    fn the_root_host_lab_refuses_outside_the_vm() {
+        let Some(why) = root_host_refusal() else {
+            return; // inside the kernel-matrix VM: allowed there.
+        };
+        let config = LabConfig {
+            host: HostNs::Root,
+            ..LabConfig::default()
+        };
+        let err = Lab::up(config).err().expect("refused");
+        assert_eq!(err.to_string(), why);
     }
 
     #[test]

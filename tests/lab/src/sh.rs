@@ -79,10 +79,20 @@ pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<String> {
 
 /// Writes a sysctl inside a namespace.
 pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
-    run_in(Some(netns), "sysctl", &["-q", "-w", &format!("{key}={value}")]).map(|_| ())
+    sysctl_in(Some(netns), key, value)
+}
+
+/// Writes a sysctl inside `netns` (None = the current namespace).
+pub fn sysctl_in(netns: Option<&str>, key: &str, value: &str) -> Result<()> {
+    run_in(netns, "sysctl", &["-q", "-w", &format!("{key}={value}")]).map(|_| ())
 }
 
 /// Reads a sysctl inside a namespace.
 pub fn sysctl_get(netns: &str, key: &str) -> Result<String> {
-    Ok(run_in(Some(netns), "sysctl", &["-n", key])?.trim().to_string())
+    sysctl_get_in(Some(netns), key)
+}
+
+/// Reads a sysctl inside `netns` (None = the current namespace).
+pub fn sysctl_get_in(netns: Option<&str>, key: &str) -> Result<String> {
+    Ok(run_in(netns, "sysctl", &["-n", key])?.trim().to_string())
 }

@@ -31,6 +31,10 @@ pub struct State {
     pub sandboxes: Vec<SandboxState>,
     /// Whether a process owns the lab (tests) or it was handed to the CLI (`lab up`).
     pub owner_pid: Option<u32>,
+    /// With the host side in the root namespace: `net.ipv4.ip_forward` there before the lab
+    /// set it, restored at teardown.
+    #[serde(default)]
+    pub root_ip_forward: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

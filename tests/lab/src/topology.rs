@@ -5,6 +5,51 @@ use serde::{Deserialize, Serialize};
 
 /// The orchestrator-side namespace (the root namespace in production).
 pub const HOST_NS: &str = "e2b-host";
+/// A token on the kernel command line of the kernel-matrix VM (xtask/src/kernel_matrix.rs
+/// sets it): the lab's [`HostNs::Root`] mode runs only where it is.
+pub const KERNEL_MATRIX_TOKEN: &str = "tracer.kernel_matrix=1";
+/// How the tracer names the root namespace (tracer/src/netns.rs `ROOT_LABEL`).
+pub const ROOT_LABEL: &str = "root";
+
+/// Where the orchestrator side (the stand-in client, the veths' host ends, the routes to the
+/// host IPs and the host firewall) lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostNs {
+    /// A namespace `e2b-host` with no uplink and no default route: safe on any machine.
+    #[default]
+    Named,
+    /// The root (init) namespace of the machine, as on an E2B node. It changes that namespace,
+    /// so the lab allows it only inside the kernel-matrix VM, which has no network device.
+    Root,
+}
+
+impl HostNs {
+    /// The name for `ip netns exec` / `ip -n`; None: the root namespace, which the lab itself
+    /// runs in.
+    pub fn netns(self) -> Option<&'static str> {
+        match self {
+            Self::Named => Some(HOST_NS),
+            Self::Root => None,
+        }
+    }
+
+    /// The namespace file the orchestrator stand-in enters.
+    pub fn path(self) -> std::path::PathBuf {
+        match self {
+            Self::Named => std::path::Path::new("/var/run/netns").join(HOST_NS),
+            Self::Root => "/proc/1/ns/net".into(),
+        }
+    }
+
+    /// How the tracer names it in its output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Named => HOST_NS,
+            Self::Root => ROOT_LABEL,
+        }
+    }
+}
 /// Guest address inside every VM, and the tap's address (its gateway).
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
 pub const TAP_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 22);

@@ -24,6 +24,9 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
     if !is_root() {
         return Err(EnvError::NoPrivileges.into());
     }
+    if let Some(arg) = &args.host_netns {
+        sandbox::pin_host_arg(arg)?;
+    }
     let connect = !args.no_connect;
     let mut out = Output::stdout(Format::from_json_flag(args.json));
     let reports = match &args.vm {

@@ -715,7 +715,7 @@ fn neighbour_fix(v: &Verdict, path: Option<&ExpectedPath>) -> String {
     for f in &v.facts {
         match f {
             FactUsed::Link(l) if !l.up => {
-                return match ns(l.netns) {
+                return match ns(l.netns).filter(|n| n != crate::system::netns::ROOT_LABEL) {
                     Some(n) => format!("bring {} up: ip -n {n} link set {} up", l.name, l.name),
                     None => format!("bring {} up: ip link set {} up", l.name, l.name),
                 };
@@ -748,8 +748,8 @@ fn queued_fix(v: &Verdict) -> String {
             "start the sandbox's VMM again (Firecracker): no process reads the tap".into()
         }
         (QueueKind::Qdisc, _) => format!(
-            "look at the device's queue: ip netns exec {} tc -s qdisc show dev {}",
-            q.netns.as_deref().unwrap_or("<netns>"),
+            "look at the device's queue: {}tc -s qdisc show dev {}",
+            super::cause::in_ns(q.netns.as_deref().unwrap_or("<netns>")),
             q.device.as_deref().unwrap_or("<dev>")
         ),
     }
@@ -757,31 +757,30 @@ fn queued_fix(v: &Verdict) -> String {
 
 fn drop_fix(f: Facts<'_>, class: ReasonClass, ns: &str) -> String {
     let rule = f.rule;
+    let exec = super::cause::in_ns(ns);
     match class {
         ReasonClass::Netfilter => match rule.and_then(|r| r.rule.as_ref()) {
             Some(RuleText::Iptables(text)) => format!(
-                "remove or narrow that rule: ip netns exec {ns} iptables -t {} -D {}",
+                "remove or narrow that rule: {exec}iptables -t {} -D {}",
                 f.table().unwrap_or_else(|| "filter".into()),
                 text.strip_prefix("-A ").unwrap_or(text)
             ),
             Some(RuleText::Policy { chain, .. }) => format!(
-                "accept envd traffic before the policy applies, or change it: ip netns exec {ns} iptables -P {chain} ACCEPT"
+                "accept envd traffic before the policy applies, or change it: {exec}iptables -P {chain} ACCEPT"
             ),
             Some(RuleText::NftPolicy { chain, .. }) => format!(
-                "accept envd traffic before the policy applies, or change it: ip netns exec {ns} nft chain {} {chain} '{{ policy accept; }}'",
+                "accept envd traffic before the policy applies, or change it: {exec}nft chain {} {chain} '{{ policy accept; }}'",
                 f.table().unwrap_or_else(|| "?".into())
             ),
             Some(RuleText::Nft { handle, .. }) => format!(
-                "delete that rule: ip netns exec {ns} nft delete rule {} {} handle {handle}",
+                "delete that rule: {exec}nft delete rule {} {} handle {handle}",
                 f.table().unwrap_or_else(|| "?".into()),
                 rule.and_then(|r| r.chain.clone()).unwrap_or_else(|| "?".into())
             ),
-            None => format!(
-                "find the dropping rule: ip netns exec {ns} nft list ruleset (or rerun with --nft-trace)"
-            ),
+            None => format!("find the dropping rule: {exec}nft list ruleset (or rerun with --nft-trace)"),
         },
         ReasonClass::RpFilter => format!(
-            "the return path is asymmetric: fix the routes, or relax rp_filter: ip netns exec {ns} sysctl net.ipv4.conf.all.rp_filter=2"
+            "the return path is asymmetric: fix the routes, or relax rp_filter: {exec}sysctl net.ipv4.conf.all.rp_filter=2"
         ),
         ReasonClass::TapNotRead | ReasonClass::QdiscDrop => {
             "the VMM does not read the tap: check that Firecracker is running and attached (tracer doctor)"
@@ -1113,6 +1112,43 @@ mod tests {
             }
         }
         assert!(checked > 100, "{checked}");
+    }
+
+    /// A drop's fix names no `ip netns exec` in the node's root namespace (where E2B's host side
+    /// is), and still does in a named one.
+    #[test]
+    fn commands_in_the_root_namespace_need_no_netns_exec() {
+        let j = forward_drop();
+        let p = path();
+        let v = decide(&j, Some(&p), &ReadFacts::default());
+        let rule = RuleName {
+            table: Some("filter".into()),
+            chain: Some("INPUT".into()),
+            rule: Some(RuleText::Iptables(
+                "-A INPUT -i veth-1 -p tcp -m tcp --sport 49983 -j DROP".into(),
+            )),
+            note: None,
+        };
+        let f = Facts {
+            journey: &j,
+            verdict: &v,
+            rule: Some(&rule),
+            path: Some(&p),
+        };
+        let root = crate::system::netns::ROOT_LABEL;
+        assert_eq!(
+            drop_fix(f, ReasonClass::Netfilter, root),
+            "remove or narrow that rule: iptables -t filter -D INPUT -i veth-1 -p tcp -m tcp --sport 49983 -j DROP"
+        );
+        assert_eq!(
+            drop_fix(f, ReasonClass::Netfilter, "e2b-host"),
+            "remove or narrow that rule: ip netns exec e2b-host iptables -t filter -D INPUT -i veth-1 -p tcp -m tcp --sport 49983 -j DROP"
+        );
+        let f = Facts { rule: None, ..f };
+        for class in [ReasonClass::Netfilter, ReasonClass::RpFilter] {
+            let fix = drop_fix(f, class, root);
+            assert!(!fix.contains("netns"), "{fix}");
+        }
     }
 
     #[test]

@@ -176,6 +176,85 @@ pub fn root() -> Option<Netns> {
     Netns::from_path(Path::new("/proc/1/ns/net"), None).ok()
 }
 
+/// The forms `--host-netns` takes, for messages.
+pub const NETNS_ARG_FORMS: &str = "root, /proc/PID/ns/net or a name under /var/run/netns";
+
+/// A namespace as given on the command line (`--host-netns`): `root` (the node's init
+/// namespace, pid 1's), an absolute path to a network namespace file (`/proc/PID/ns/net`,
+/// `/var/run/netns/NAME`), or a name under /var/run/netns. Held open from here on. Err is one
+/// sentence saying what is wrong with `arg`.
+pub fn from_arg(arg: &str) -> Result<Netns, String> {
+    let bad = |why: String| format!("{arg:?} {why}; give {NETNS_ARG_FORMS}");
+    if arg.is_empty() {
+        return Err(bad("is empty".into()));
+    }
+    if arg == ROOT_LABEL {
+        let path = Path::new("/proc/1/ns/net");
+        let mut ns = open_netns_file(path).map_err(|e| bad(format!("cannot be opened ({e})")))?;
+        ns.name = names().get(&ns.inode).cloned();
+        return Ok(ns);
+    }
+    if arg.starts_with('/') {
+        let path = Path::new(arg);
+        let mut ns = open_netns_file(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => match proc_pid(arg) {
+                Some(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                    bad(format!("names no namespace: there is no process {pid}"))
+                }
+                _ => bad("does not exist".into()),
+            },
+            io::ErrorKind::InvalidInput => bad("is not a network namespace file".into()),
+            _ => bad(format!("cannot be opened ({e})")),
+        })?;
+        ns.name = names().get(&ns.inode).cloned();
+        return Ok(ns);
+    }
+    if arg.contains('/') || arg == "." || arg == ".." || arg.starts_with('-') {
+        return Err(bad("is not a namespace name".into()));
+    }
+    let path = Path::new(NETNS_DIR).join(arg);
+    let ns = open_netns_file(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => bad(format!(
+            "is not a network namespace: there is no {}",
+            path.display()
+        )),
+        io::ErrorKind::InvalidInput => bad(format!(
+            "is not a network namespace: {} is not a namespace file",
+            path.display()
+        )),
+        _ => bad(format!("cannot be opened ({e})")),
+    })?;
+    Ok(Netns {
+        name: Some(arg.to_string()),
+        ..ns
+    })
+}
+
+/// PID of a `/proc/PID/ns/net` path.
+fn proc_pid(path: &str) -> Option<u32> {
+    path.strip_prefix("/proc/")?.strip_suffix("/ns/net")?.parse().ok()
+}
+
+/// Opens a file and checks that it is a network namespace (`NS_GET_NSTYPE`): InvalidInput
+/// when it is anything else.
+fn open_netns_file(path: &Path) -> io::Result<Netns> {
+    /// `_IO(0xb7, 0x3)` from linux/nsfs.h.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let file = File::open(path)?;
+    // SAFETY: an ioctl without argument on an fd we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a network namespace",
+        ));
+    }
+    let inode = fs_inode(&file)?;
+    let ns = Netns::new(inode, None, path.to_path_buf());
+    let _ = ns.fd.set(Ok(file.into()));
+    Ok(ns)
+}
+
 /// Inode → name for every namespace under /var/run/netns.
 pub fn names() -> HashMap<u32, String> {
     let Ok(dir) = fs::read_dir(NETNS_DIR) else {
@@ -224,6 +303,46 @@ impl Drop for Entered {
                 "cannot return to the original network namespace: {}",
                 io::Error::last_os_error()
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_netns_arguments() {
+        // Wrong forms: one sentence naming the value and the forms that work.
+        for (arg, why) in [
+            ("", "is empty"),
+            ("a/b", "is not a namespace name"),
+            ("..", "is not a namespace name"),
+            (
+                "no-such-ns-for-a-test",
+                "there is no /var/run/netns/no-such-ns-for-a-test",
+            ),
+            ("/etc/hostname", "is not a network namespace file"),
+            ("/proc/self/ns/uts", "is not a network namespace file"),
+            ("/nonexistent/netns", "does not exist"),
+            ("/proc/4294967294/ns/net", "there is no process 4294967294"),
+        ] {
+            let err = from_arg(arg).unwrap_err();
+            assert!(err.contains(why), "{arg:?}: {err}");
+            assert!(err.starts_with(&format!("{arg:?} ")), "{err}");
+            assert!(err.ends_with(NETNS_ARG_FORMS), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        // A path: this process's namespace.
+        let own = from_arg("/proc/self/ns/net").unwrap();
+        assert_eq!(own.inode, inode_of(Path::new("/proc/self/ns/net")).unwrap());
+        assert!(own.fd().is_ok());
+        // `root` is pid 1's namespace (readable as root only, and not in every container).
+        if root_inode().is_some() {
+            let root = from_arg("root").unwrap();
+            assert_eq!(Some(root.inode), root_inode());
+            assert!(root.is_root());
+            assert_eq!(from_arg("/proc/1/ns/net").unwrap().inode, root.inode);
         }
     }
 }

@@ -29,6 +29,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     if !is_root() {
         return Err(EnvError::NoPrivileges.into());
     }
+    if let Some(arg) = &args.host_netns {
+        crate::discovery::sandbox::pin_host_arg(arg)?;
+    }
     let started = std::time::Instant::now();
     match crate::discovery::target::sandbox_of(&args)? {
         Some(sb) => session::run(args, sb, started),

@@ -79,6 +79,10 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     if !is_root() {
         return Err(EnvError::NoPrivileges.into());
     }
+    let pinned_host = match &args.host_netns {
+        Some(arg) => Some(crate::discovery::sandbox::pin_host_arg(arg)?),
+        None => None,
+    };
     let started = Instant::now();
     // The kernel's BTF is read for offsets and reason names, then let go: a watcher runs for
     // days and has no use for tens of MB of type information.
@@ -90,10 +94,6 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     };
     let names = Names::new(reasons, Kallsyms::load()?);
     let own = Netns::current()?;
-    let pinned_host = match &args.host_netns {
-        Some(name) => Some(Netns::named(name).map_err(|e| EnvError::Usage(format!("--host-netns: {e:#}")))?),
-        None => None,
-    };
     let filter = Filter {
         ports: vec![args.port],
         netns: vec![pinned_host.as_ref().unwrap_or(&own).inode],

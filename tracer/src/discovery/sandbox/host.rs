@@ -33,9 +33,31 @@ pub(super) struct Shared {
     vmm_pids: Option<Vec<u32>>,
 }
 
+/// The host side given with `--host-netns`: set once, before any discovery.
+static PINNED: OnceLock<Netns> = OnceLock::new();
+
+/// `--host-netns`: from now on, a sandbox's host side is looked for in `ns` only; a veth
+/// whose peer is elsewhere leaves the host side unknown (it is never guessed).
+pub fn pin_host_side(ns: Netns) {
+    let _ = PINNED.set(ns);
+}
+
+/// The namespace given with `--host-netns`, if any.
+pub fn pinned_host_side() -> Option<&'static Netns> {
+    PINNED.get()
+}
+
 impl Shared {
     pub(super) fn new(vmms: Option<&[Vmm]>) -> Self {
         let names = netns::names();
+        if let Some(pinned) = pinned_host_side() {
+            return Self {
+                names,
+                likely: vec![pinned.clone()],
+                unlikely: OnceLock::from(Vec::new()),
+                vmm_pids: None,
+            };
+        }
         let own = own_netns(&names);
         // The node's root namespace holds the host side in production, also when the tracer
         // itself runs in another namespace (a container, a test's namespace).
@@ -166,10 +188,17 @@ pub(super) fn set_host_side(
         return Ok(());
     };
     let Some(host) = host_ns_for(nsid, &sb.netns, rtnl, shared, cache)? else {
-        let problem = format!(
-            "the peer of {} (ifindex {peer}) is in a namespace that is neither the root namespace, this process's, nor one named under /var/run/netns",
-            veth.name
-        );
+        let problem = match pinned_host_side() {
+            Some(p) => format!(
+                "the peer of {} (ifindex {peer}) is not in {}, the namespace given with --host-netns",
+                veth.name,
+                p.label()
+            ),
+            None => format!(
+                "the peer of {} (ifindex {peer}) is in a namespace that is neither the root namespace, this process's, nor one named under /var/run/netns",
+                veth.name
+            ),
+        };
         sb.warnings.push(problem.clone());
         sb.host_side_problem = Some(problem);
         return Ok(());

@@ -26,6 +26,7 @@ pub use vmm::{E2B_CGROUP_DIR, Skipped, is_tun};
 
 use crate::{error::EnvError, system::firewall::Rulesets, system::netns::Netns};
 use host::{HostCache, Shared};
+pub use host::{pin_host_side, pinned_host_side};
 use resolve::{resolve_in, resolve_vmm};
 use vmm::{
     Vmm, cgroup_id_of, cgroup_sandboxes, known_ids, merge_cgroups, scan_vmms, tap_holder_in, vmm_from_cgroup,
@@ -126,6 +127,14 @@ impl Sandbox {
             (None, None) => self.netns.label(),
         }
     }
+}
+
+/// `--host-netns ARG`: the namespace it names, pinned as every sandbox's host side from now
+/// on; a usage error (exit 2, one sentence) when it names no network namespace.
+pub fn pin_host_arg(arg: &str) -> Result<Netns> {
+    let ns = crate::system::netns::from_arg(arg).map_err(|e| EnvError::Usage(format!("--host-netns {e}")))?;
+    pin_host_side(ns.clone());
+    Ok(ns)
 }
 
 /// Every VMM on this host: processes with `--api-sock` (Firecracker, the lab's lab-vmm), plus

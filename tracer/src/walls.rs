@@ -29,8 +29,6 @@ const STILL_LONG: &[(&str, usize)] = &[
     ("tests/lab/src/campaign/grammar.rs", 1080),
     ("tests/lab/src/lab.rs", 1021),
     ("tracer/src/attach/bpf/mod.rs", 726),
-    ("tracer/src/commands/trace/session.rs", 772),
-    ("tracer/src/commands/watch/mod.rs", 941),
     ("tracer/src/diagnose/checks/routing.rs", 649),
     ("tracer/src/report/places.rs", 875),
     ("tracer/src/report/sentences.rs", 793),

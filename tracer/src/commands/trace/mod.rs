@@ -1,7 +1,9 @@
 //! `tracer trace`: with a sandbox, follow its path and judge every attempt (`session`);
 //! without one, print every dropped packet on the port (`droplog`).
 pub mod droplog;
+mod losses;
 pub mod session;
+mod setup;
 pub mod withheld;
 
 use anyhow::Result;

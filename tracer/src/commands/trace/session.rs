@@ -1,7 +1,7 @@
 //! A trace of one sandbox's path: attach to its devices and namespaces, correlate events
 //! into journeys, decide, report. The one-shot `--probe` and the passive watch share it.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     net::SocketAddrV4,
     sync::{
         Arc,
@@ -20,6 +20,10 @@ use tracer_model::{
     verdict::Outcome,
 };
 
+use super::{
+    losses::LossLog,
+    setup::{announce, attach},
+};
 use crate::engine::{
     judge::{Item, Judge},
     thread::{JudgeThread, Work},
@@ -27,7 +31,7 @@ use crate::engine::{
 use crate::{
     attach::{
         bpf::{
-            Filter, Programs,
+            Programs,
             btf::{KernelBtf, ReasonNames},
             features::{Features, kernel_release},
             kallsyms::Kallsyms,
@@ -54,16 +58,6 @@ const TICK: Duration = Duration::from_millis(5);
 const SLOT_CHECK: Duration = Duration::from_millis(500);
 /// With --probe: how long to wait for a verdict after the last attempt ended.
 const PROBE_GRACE: Duration = Duration::from_millis(1500);
-
-/// Everything attached for one sandbox.
-struct Attached {
-    programs: Programs,
-    /// Devices on the path whose programs could not be attached, and why.
-    blind_spots: Vec<String>,
-    /// ifindex → device name, per namespace inode (to name netfilter in/out devices).
-    ifnames: HashMap<u32, HashMap<u32, String>>,
-    devices: usize,
-}
 
 pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     let port = args.ports.first().copied().unwrap_or(49983);
@@ -238,65 +232,6 @@ pub fn run(args: TraceArgs, sb: Sandbox, started: Instant) -> Result<i32> {
     Ok(result)
 }
 
-/// The one stderr line that says what is attached (tests and scripts wait for "attached").
-fn announce(path: &ExpectedPath, devices: usize, attach_time: Duration, probe: bool) {
-    let mode = if probe {
-        "probing"
-    } else {
-        "watching (Ctrl-C to stop)"
-    };
-    let (host, namespaces) = match &path.host_ns {
-        Some(h) if !path.host_veth.is_empty() => (format!("{} {}", h.label(), path.host_veth), 2),
-        Some(h) => (h.label(), 2),
-        None => ("host side not known".to_string(), 1),
-    };
-    eprintln!(
-        "tracer: sandbox {} — {host} → {} {} ({} → {}); attached to {devices} devices, {namespaces} namespace{} in {} ms; {mode}",
-        path.sandbox_id.as_deref().unwrap_or("-"),
-        path.sandbox_ns.label(),
-        path.tap,
-        path.host_ip,
-        path.guest_ip,
-        if namespaces == 1 { "" } else { "s" },
-        attach_time.as_millis(),
-    );
-}
-
-/// Loads the programs and attaches them to the path's devices only (the netfilter slots
-/// follow once the rulesets are read).
-fn attach(path: &ExpectedPath, plan: &PathPlan<'_>, args: &TraceArgs) -> Result<(Attached, Filter)> {
-    let mut addrs = plan.addrs.clone();
-    // One sandbox is followed: its guest's address names nothing of another sandbox's.
-    addrs.push(path.guest_ip);
-    addrs.extend(&args.addrs);
-    let filter = Filter {
-        ports: args.ports.clone(),
-        netns: plan.namespaces().collect(),
-        addrs,
-        ring_bytes: args.ring_size,
-        detect_any_addr: false,
-        deep: args.deep(),
-    };
-    let mut programs = Programs::open(&filter)?;
-    programs.attach_tracepoints(tracer_common::hooks::tracepoints(None))?;
-    let devices = plan.attach_devices(&mut programs)?;
-    for b in &devices.blind_spots {
-        eprintln!(
-            "tracer: warning: could not attach to {}",
-            crate::output::escape(b)
-        );
-    }
-    Ok((
-        Attached {
-            programs,
-            blind_spots: devices.blind_spots,
-            ifnames: devices.ifnames.into_iter().collect(),
-            devices: devices.attached.len(),
-        },
-        filter,
-    ))
-}
-
 /// The event loop's state: turning events into journeys and handing finished ones to the
 /// judge. Nothing here blocks.
 struct Session {
@@ -329,53 +264,6 @@ struct Session {
     awaiting: Vec<(Journey, Instant)>,
     /// A probe attempt's timeout.
     attempt_timeout: Duration,
-}
-
-/// Events the kernel could not queue, as the loop noticed them over time.
-#[derive(Default)]
-struct LossLog {
-    total: u64,
-    /// (when noticed, monotonic ns; how many), the last minute of them.
-    recent: std::collections::VecDeque<(u64, u64)>,
-    last_warned: Option<Instant>,
-}
-
-impl LossLog {
-    /// Takes the kernel's running count; says on stderr (at most once a second) when it grew.
-    fn observe(&mut self, total: u64, now_ns: u64) {
-        if total <= self.total {
-            return;
-        }
-        let new = total - self.total;
-        self.total = total;
-        self.recent.push_back((now_ns, new));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| *t + 60_000_000_000 < now_ns)
-        {
-            self.recent.pop_front();
-        }
-        if self
-            .last_warned
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.last_warned = Some(Instant::now());
-            eprintln!(
-                "tracer: {new} events lost (ring buffer full; {} in all); verdicts of this moment may rest on fewer events",
-                self.total
-            );
-        }
-    }
-
-    /// Events lost since `from_ns` (monotonic).
-    fn since(&self, from_ns: u64) -> u64 {
-        self.recent
-            .iter()
-            .filter(|(t, _)| *t >= from_ns)
-            .map(|(_, n)| n)
-            .sum()
-    }
 }
 
 /// How long an attempt that failed at connect() waits for its route events.

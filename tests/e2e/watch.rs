@@ -131,6 +131,81 @@ fn twenty_sandboxes_three_faults_three_incidents_and_a_resolution() {
     );
 }
 
+/// Issue 27 (failure storms): one host-side rule breaks every sandbox but one; with one
+/// zoom-in slot, the first verdict's rule is confirmed on the waiting sandboxes' own attempts
+/// (`localized: "shared"`), and the sandbox the rule does not match keeps waiting for its own
+/// zoom-in, which finds its own cause.
+#[test]
+fn a_host_side_rule_is_shared_with_the_sandboxes_it_matches_and_no_other() {
+    let Some(mut lab) = lab_up(
+        "watch_shared",
+        LabConfig {
+            sandboxes: 8,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let ids = lab.sandbox_ids();
+    let spared = 5;
+    let spared_ip = lab.host_ips()[spared].to_string();
+    lab.break_fault(spared, Fault::ForwardDrop).unwrap();
+    // Removed with the lab's host namespace.
+    lab::sh::run_in(
+        Some("e2b-host"),
+        "iptables",
+        &[
+            "-I", "OUTPUT", "-p", "tcp", "--dport", "49983", "!", "-d", &spared_ip, "-j", "DROP",
+        ],
+    )
+    .unwrap();
+    let t = watch(&["--max-zoom", "1"]);
+    let orchestrator = lab.orchestrator_loop();
+    let mut incidents: HashMap<String, Value> = HashMap::new();
+    while incidents.len() < ids.len() {
+        let (v, _) = t.next_json(Duration::from_secs(30), |v| v["type"] == "incident");
+        incidents.insert(s(&v, "sandbox.id").to_string(), v);
+    }
+    orchestrator.stop().unwrap();
+    t.stop_and_collect();
+    let own = &incidents[&ids[spared]];
+    assert_eq!(s(own, "localized"), "followed", "{own}");
+    assert_eq!(
+        (s(own, "drop.netns"), s(own, "drop.hook")),
+        (format!("ns-{}", spared + 1).as_str(), "FORWARD"),
+        "{own}"
+    );
+    let followed: Vec<&str> = incidents
+        .values()
+        .filter(|v| v["localized"] == "followed")
+        .map(|v| s(v, "incident_id"))
+        .collect();
+    let mut shared = 0;
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != spared) {
+        let v = &incidents[id];
+        assert_eq!(
+            (s(v, "outcome"), s(v, "drop.netns"), s(v, "drop.hook")),
+            ("dropped", "e2b-host", "OUTPUT"),
+            "sandbox {i}: {v}"
+        );
+        let rule = v["actors"][0]["text"].as_str().unwrap_or("");
+        assert!(rule.contains("--dport 49983") && rule.contains("DROP"), "{v}");
+        if v["localized"] == "shared" {
+            shared += 1;
+            assert!(v["hops"].as_array().unwrap().is_empty(), "{v}");
+            assert!(
+                followed.contains(&s(v, "shared_from.incident_id")),
+                "shared from a followed verdict: {v}"
+            );
+            assert!(!v["evidence"][0]["text"].as_str().unwrap_or("").is_empty(), "{v}");
+        }
+    }
+    assert!(
+        shared >= 1,
+        "with one zoom-in slot, the waiting sandboxes share the verdict"
+    );
+}
+
 #[test]
 fn a_recycled_slot_is_reported_under_the_new_id() {
     let Some(mut lab) = lab_up(
@@ -220,7 +295,7 @@ fn a_failure_nobody_retries_still_gets_an_incident_saying_so() {
         "{inc}"
     );
     // Decided by the engine like any verdict, and said to be not localized.
-    assert_eq!(inc["localized"], false, "{inc}");
+    assert_eq!(inc["localized"], "detection", "{inc}");
     assert_eq!(inc["schema_version"], 2, "{inc}");
     assert!(
         inc["evidence"]

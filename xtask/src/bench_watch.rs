@@ -42,6 +42,13 @@ pub struct WatchBenchArgs {
     /// Sandboxes broken one at a time for the incident latency.
     #[arg(long, default_value_t = 10)]
     pub broken: usize,
+    /// Which phases to run: idle, latency, storm (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "idle,latency,storm")]
+    pub phases: Vec<String>,
+    /// Which failure storms: `slots` (a rule in every sandbox's namespace: as many places as
+    /// sandboxes) and `node` (one host-side rule that breaks every sandbox).
+    #[arg(long, value_delimiter = ',', default_value = "slots,node")]
+    pub storms: Vec<String>,
 }
 
 pub fn run(args: WatchBenchArgs) -> Result<()> {
@@ -62,9 +69,19 @@ pub fn run(args: WatchBenchArgs) -> Result<()> {
 }
 
 fn phases(args: &WatchBenchArgs, lab: &mut Lab, tracer: &std::path::Path) -> Result<()> {
-    idle(args, lab, tracer)?;
-    latency(args, lab, tracer)?;
-    storm(lab, tracer)
+    let on = |p: &str| args.phases.iter().any(|x| x == p);
+    if on("idle") {
+        idle(args, lab, tracer)?;
+    }
+    if on("latency") {
+        latency(args, lab, tracer)?;
+    }
+    if on("storm") {
+        for kind in &args.storms {
+            storm(lab, tracer, kind)?;
+        }
+    }
+    Ok(())
 }
 
 /// Watcher attached vs not, the stand-in looping over every (healthy) sandbox throughout.
@@ -145,21 +162,40 @@ fn latency(args: &WatchBenchArgs, lab: &mut Lab, tracer: &std::path::Path) -> Re
 
 /// Every sandbox broken at once (as fast as the lab applies the rule), then every one
 /// started as the orchestrator does: its own retry loop, every ~55 ms for 10 s.
-fn storm(lab: &mut Lab, tracer: &std::path::Path) -> Result<()> {
+/// The orchestrator's budget for a sandbox's first connection: incidents later than this
+/// came after it gave up.
+const BUDGET_S: f64 = 10.0;
+
+/// Every sandbox broken at once, each retried like the orchestrator does: how many incidents
+/// come within the budget, how many carry their own hop timeline and how many rest on a
+/// confirmed shared localization. `kind`: `slots` (a FORWARD drop in every sandbox's
+/// namespace) or `node` (one host-side OUTPUT drop of envd's SYNs).
+fn storm(lab: &mut Lab, tracer: &std::path::Path, kind: &str) -> Result<()> {
     let n = lab.sandbox_ids().len();
     let w = Watcher::start(tracer, &["--metrics", "127.0.0.1:9464"])?;
-    for i in 0..n {
-        lab.break_fault(i, Fault::ForwardDrop)?;
+    let host_rule = ["OUTPUT", "-p", "tcp", "--dport", "49983", "-j", "DROP"];
+    match kind {
+        "node" => {
+            lab::sh::run_in(Some("e2b-host"), "iptables", &[&["-I"], &host_rule[..]].concat())?;
+        }
+        _ => {
+            for i in 0..n {
+                lab.break_fault(i, Fault::ForwardDrop)?;
+            }
+        }
     }
     let start = Instant::now();
+    let start_ms = now_unix_ms();
     let retries: Vec<_> = lab.host_ips().into_iter().map(retry_for_10s).collect();
-    let (mut incidents, mut max_queue, mut rss) = (0usize, 0i64, 0f64);
+    let (mut at, mut hops, mut shared, mut max_queue, mut rss) = (Vec::new(), 0usize, 0usize, 0i64, 0f64);
     let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
     let cpu0 = w.cpu_s();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while incidents < n && Instant::now() < deadline {
-        if let Some((v, _)) = w.next(&|v| v["type"] == "incident", Duration::from_millis(500)) {
-            incidents += 1;
+    while at.len() < n && Instant::now() < deadline {
+        if let Some((v, when)) = w.next(&|v| v["type"] == "incident", Duration::from_millis(500)) {
+            at.push((when - start_ms) / 1000.0);
+            hops += usize::from(v["hops"].as_array().is_some_and(|h| !h.is_empty()));
+            shared += usize::from(v["localized"] == "shared");
             *outcomes
                 .entry(v["outcome"].as_str().unwrap_or("?").to_string())
                 .or_default() += 1;
@@ -176,11 +212,21 @@ fn storm(lab: &mut Lab, tracer: &std::path::Path) -> Result<()> {
         let _ = r.join();
     }
     w.stop();
-    for i in 0..n {
-        lab.heal(i)?;
+    match kind {
+        "node" => {
+            lab::sh::run_in(Some("e2b-host"), "iptables", &[&["-D"], &host_rule[..]].concat())?;
+        }
+        _ => {
+            for i in 0..n {
+                lab.heal(i)?;
+            }
+        }
     }
+    let within = at.iter().filter(|t| **t <= BUDGET_S).count();
+    let last = at.iter().copied().fold(0.0, f64::max);
     println!(
-        "  failure storm ({n} sandboxes failing at once, each retried every ~55 ms for 10 s): {incidents}/{n} incidents in {took:.1} s ({outcomes:?}); zoom-in queue up to {max_queue}; watcher CPU {cpu:.0} % of a core, RSS {rss:.0} MB; events lost {}",
+        "  failure storm `{kind}` ({n} sandboxes failing at once, each retried every ~55 ms for 10 s): {}/{n} incidents, {within} within {BUDGET_S:.0} s (last at {last:.1} s); {hops} with their own hop timeline, {shared} on a confirmed shared localization ({outcomes:?}); zoom-in queue up to {max_queue}; watcher CPU {cpu:.0} % of a core, RSS {rss:.0} MB; events lost {}",
+        at.len(),
         metric(&metrics, "tracer_events_lost_total").unwrap_or(f64::NAN)
     );
     Ok(())

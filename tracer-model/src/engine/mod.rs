@@ -12,6 +12,7 @@ pub mod expect;
 pub mod fib;
 pub mod inventory;
 pub mod observe;
+pub mod share;
 
 pub use actor::{Actor, ActorId, How, Role};
 pub use diverge::{Divergence, Field};

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 use tracer_model::{
-    facts::{LinkFact, NeighFact, ProbeRoute, ReadFacts, ReaderFact, RouteBlock},
+    facts::{LinkFact, NeighFact, ProbeRoute, ReadFacts, RouteBlock},
     hook::Hook,
     journey::Journey,
     path::ExpectedPath,
@@ -20,15 +20,13 @@ use tracer_model::{
     verdict::{self, Outcome, Verdict},
 };
 
+pub use super::reads::HostCache;
+use super::reads::{Snapshots, reader, routing_point};
 use crate::{
     diagnose::Check,
     discovery::sandbox::Sandbox,
     report::pcapng::Capture,
-    report::{
-        Judged, Reporter,
-        deep::{DeepContext, RoutingPoint},
-        record::JourneyRecord,
-    },
+    report::{Judged, Reporter, deep::DeepContext, record::JourneyRecord},
     system::connect::ProbeSite,
     system::conntrack::CtTuple,
     system::firewall::{
@@ -65,6 +63,12 @@ pub enum Item {
 type DropPlace = (u32, Hook, Option<(i32, i32)>);
 
 pub struct Judge {
+    /// Host-side inventories shared with the watcher's other judges (None: read each time).
+    host_cache: Option<Arc<HostCache>>,
+    /// The doctor's tie-in only when the engine named no cause.
+    doctor_only_unnamed: bool,
+    /// The host side's inventory read for the last verdict (taken by the judge thread).
+    pub host_inventory: Option<Arc<tracer_model::engine::inventory::NsInventory>>,
     pub path: ExpectedPath,
     pub sandbox: Sandbox,
     /// The verified host side (None: not known, nothing read there).
@@ -110,11 +114,23 @@ impl Judge {
             baseline,
             nft_trace,
             rules_now: HashMap::new(),
+            host_inventory: None,
+            host_cache: None,
+            doctor_only_unnamed: false,
             named: HashMap::new(),
             doctor: None,
             deep: false,
             capture: None,
         }
+    }
+
+    /// The watcher's judges: host-side inventories shared with the others, and the doctor's
+    /// tie-in only for verdicts the engine found no cause for (it costs a verdict as much
+    /// again, and in a storm every judge's time is another sandbox's wait).
+    pub fn for_watcher(mut self, cache: Arc<HostCache>) -> Self {
+        self.host_cache = Some(cache);
+        self.doctor_only_unnamed = true;
+        self
     }
 
     /// Deep mode, with a capture file or not.
@@ -217,13 +233,29 @@ impl Judge {
         // facts a failure rests on and deep mode's routing points come from the same read.
         // A handshake whose request went unanswered failed too: its facts are read alike.
         let failed = !verdict::is_connected(j) || given.request_unanswered;
+        let t0 = Instant::now();
         let snaps = (failed || self.deep).then(|| self.snapshots());
+        let t1 = Instant::now();
         let v = self.decide(j, guest_neigh, snaps.as_ref(), given);
+        let t2 = Instant::now();
         let rule = self.name_rule(j, &v);
+        let t3 = Instant::now();
+        let named = v
+            .actors
+            .iter()
+            .any(|a| a.role == tracer_model::engine::Role::Cause);
         let explained_by = match v.outcome {
             Outcome::Connected => Vec::new(),
+            _ if named && self.doctor_only_unnamed => Vec::new(),
             _ => crate::diagnose::explain(&v, self.doctor_checks()),
         };
+        tracing::debug!(
+            snapshots_ms = (t1 - t0).as_millis() as u64,
+            decide_ms = (t2 - t1).as_millis() as u64,
+            rule_ms = (t3 - t2).as_millis() as u64,
+            doctor_ms = t3.elapsed().as_millis() as u64,
+            "judged"
+        );
         let context = match (self.deep, &snaps) {
             (true, Some(snaps)) => Some(self.deep_context(j, &v, snaps)),
             _ => None,
@@ -249,7 +281,7 @@ impl Judge {
 
     /// `given`: facts read before the journey reached the judge (a withheld probe's route).
     fn decide(
-        &self,
+        &mut self,
         j: &Journey,
         guest_neigh: Option<u32>,
         snaps: Option<&Snapshots>,
@@ -277,7 +309,16 @@ impl Judge {
                 mac: None,
             });
         }
-        verdict::decide(j, Some(&self.path), &facts)
+        let v = verdict::decide(j, Some(&self.path), &facts);
+        // What the host side's inventory was, for the watcher to confirm a host-side actor
+        // on other sandboxes (see `thread::Work::Confirm`).
+        let host = self.host_ns.as_ref().map(|h| h.inode);
+        self.host_inventory = facts
+            .namespaces
+            .into_iter()
+            .find(|n| Some(n.netns) == host)
+            .map(Arc::new);
+        v
     }
 
     /// The state the packets found, read now: both namespaces' devices and neighbours, the
@@ -342,9 +383,42 @@ impl Judge {
             .chain([&self.sandbox_ns])
             .cloned()
             .chain(super::other_namespaces(j, &self.path));
+        // The devices that matter: the path's, and every one the journey's packets were seen
+        // on (a redirect to `lo`, a route out another veth).
+        let devices: std::collections::BTreeSet<String> = [
+            self.path.host_veth.clone(),
+            self.path.ns_veth.clone(),
+            self.path.tap.clone(),
+            "lo".to_string(),
+        ]
+        .into_iter()
+        .chain(self.path.bridge.clone())
+        .chain(j.hops.iter().flat_map(|(_, h)| {
+            let nf = match &h.kind {
+                tracer_model::hop::HopKind::Netfilter { in_dev, out_dev, .. } => {
+                    [in_dev.clone(), out_dev.clone()]
+                }
+                _ => [None, None],
+            };
+            h.device.clone().into_iter().chain(nf.into_iter().flatten())
+        }))
+        .filter(|d| !d.is_empty())
+        .collect();
+        let decided = j.decided_at.unwrap_or(j.last_ns);
+        let host = self.host_ns.as_ref().map(|h| h.inode);
         for ns in namespaces {
+            let now = crate::events::decode::Clock::now_mono_ns();
+            let shared = self.host_cache.as_ref().filter(|_| Some(ns.inode) == host);
+            if let Some(inv) = shared.and_then(|c| c.get(ns.inode, decided, now)) {
+                facts.namespaces.push(inv);
+                continue;
+            }
             let before = self.baseline.get(ns.inode).map(|r| r.as_ref());
-            facts.namespaces.push(super::read_namespace(&ns, before, None));
+            let inv = super::read_namespace(&ns, before, None, &devices);
+            if let Some(c) = shared {
+                c.put(ns.inode, now, &inv);
+            }
+            facts.namespaces.push(inv);
         }
         facts.client = super::programs::on_client_cgroup();
     }
@@ -454,69 +528,6 @@ impl Judge {
             .find(|n| n.inode == inode)
             .cloned()
     }
-}
-
-/// The network state of both sides of the path, as read for one journey.
-struct Snapshots {
-    host: Option<netstate::Snapshot>,
-    sandbox: Option<netstate::Snapshot>,
-}
-
-/// The route a namespace has for `dst` and the neighbour entry of its next hop.
-fn routing_point(
-    snap: &netstate::Snapshot,
-    ns: &Netns,
-    direction: &str,
-    dst: std::net::Ipv4Addr,
-) -> RoutingPoint {
-    let dev = |i: Option<u32>| {
-        i.and_then(|i| snap.link_by_index(i))
-            .map_or("?".to_string(), |l| l.name.clone())
-    };
-    let route = snap.route_to(dst);
-    let next = route.and_then(|r| r.gateway).unwrap_or(dst);
-    let neighbour = route.and_then(|r| {
-        snap.neighbours
-            .iter()
-            .find(|n| n.addr == next && Some(n.ifindex) == r.oif)
-    });
-    RoutingPoint {
-        netns: ns.label(),
-        direction: direction.into(),
-        destination: dst.to_string(),
-        route: route.map(|r| {
-            format!(
-                "{}/{}{} dev {} ({})",
-                r.dst,
-                r.prefix,
-                r.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
-                dev(r.oif),
-                r.kind
-            )
-        }),
-        neighbour: neighbour.map(|n| {
-            format!(
-                "{} lladdr {} {} on {}",
-                n.addr,
-                n.mac.as_deref().unwrap_or("-"),
-                n.state,
-                dev(Some(n.ifindex))
-            )
-        }),
-    }
-}
-
-/// The VMM process as /proc shows it now; None when it is gone.
-fn reader(pid: u32, tap: &str) -> Option<ReaderFact> {
-    let stat = crate::system::proc::stat(pid).filter(|s| !s.is_dead())?;
-    Some(ReaderFact {
-        pid,
-        comm: stat.comm,
-        state: stat.state,
-        holds_tap: crate::discovery::sandbox::taps_held_by(pid)
-            .iter()
-            .any(|t| t == tap),
-    })
 }
 
 /// The record of attempts the watcher could not follow (it could not zoom in, or none came

@@ -10,6 +10,7 @@
 pub mod judge;
 pub mod netlink;
 pub mod programs;
+mod reads;
 pub mod thread;
 
 use std::collections::BTreeSet;
@@ -33,8 +34,15 @@ const CONF_KEYS: &[&str] = &[
 ];
 
 /// Reads one namespace's inventory. `before`: its rulesets when the trace started (for the
-/// counters); `now`: read now (or read here when None).
-pub fn read_namespace(ns: &Netns, before: Option<&Rulesets>, now: Option<&Rulesets>) -> NsInventory {
+/// counters); `now`: read now (or read here when None); `devices`: the devices whose
+/// programs and sysctls are read (the path's and the journey's: a node's host side has a veth
+/// per sandbox, and reading every one's would cost each verdict hundreds of reads).
+pub fn read_namespace(
+    ns: &Netns,
+    before: Option<&Rulesets>,
+    now: Option<&Rulesets>,
+    devices: &BTreeSet<String>,
+) -> NsInventory {
     let mut inv = NsInventory {
         netns: ns.inode,
         label: ns.label(),
@@ -55,7 +63,12 @@ pub fn read_namespace(ns: &Netns, before: Option<&Rulesets>, now: Option<&Rulese
     let Ok(read) = Rtnl::open(ns).and_then(|mut r| netlink::read(&mut r)) else {
         return inv;
     };
-    let devices: Vec<(u32, String)> = read.links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
+    let devices: Vec<(u32, String)> = read
+        .links
+        .iter()
+        .filter(|l| devices.contains(&l.name))
+        .map(|l| (l.ifindex, l.name.clone()))
+        .collect();
     let xdp: Vec<(u32, u32)> = read.xdp.iter().map(|(i, p)| (*i, *p)).collect();
     let tc_bpf: Vec<(u32, String, u32, bool)> = read
         .filters

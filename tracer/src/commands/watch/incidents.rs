@@ -194,7 +194,36 @@ impl Incidents {
         now_unix: u64,
         mono_ns: u64,
     ) -> Option<Value> {
-        self.reported(key, record, true, now_unix, mono_ns)
+        self.reported(key, record, "followed", now_unix, mono_ns)
+    }
+
+    /// Another sandbox's verdict named a host-side actor that the engine confirmed on this
+    /// sandbox's own attempt: the incident record (once), saying whose verdict it shares.
+    pub fn shared(
+        &mut self,
+        key: Key,
+        record: &JourneyRecord,
+        from: Key,
+        now_unix: u64,
+        mono_ns: u64,
+    ) -> Option<Value> {
+        let source = self.open.get(&from).map(|i| (i.id.clone(), i.sandbox_value()));
+        let mut v = self.reported(key, record, "shared", now_unix, mono_ns)?;
+        if let (Some(obj), Some((id, sandbox))) = (v.as_object_mut(), source) {
+            obj.insert(
+                "shared_from".into(),
+                json!({"incident_id": id, "sandbox": sandbox}),
+            );
+        }
+        Some(v)
+    }
+
+    /// Open incidents still waiting for their verdict (localizing or queued).
+    pub fn waiting(&self) -> impl Iterator<Item = Key> + '_ {
+        self.open
+            .iter()
+            .filter(|(_, i)| matches!(i.state, State::Localizing | State::Queued))
+            .map(|(k, _)| *k)
     }
 
     /// No attempt could be followed (the VMM or the namespace is gone, the zoom-in failed or
@@ -207,15 +236,18 @@ impl Incidents {
         now_unix: u64,
         mono_ns: u64,
     ) -> Option<Value> {
-        self.reported(key, record, false, now_unix, mono_ns)
+        self.reported(key, record, "detection", now_unix, mono_ns)
     }
 
     /// The incident record: the verdict's record as decided, with the incident's fields.
+    /// `localized`: how its verdict was made — `followed` (a zoom-in followed an attempt),
+    /// `detection` (what detection alone saw), `shared` (another sandbox's verdict, confirmed
+    /// on this one).
     fn reported(
         &mut self,
         key: Key,
         record: &JourneyRecord,
-        localized: bool,
+        localized: &str,
         now_unix: u64,
         mono_ns: u64,
     ) -> Option<Value> {
@@ -425,8 +457,8 @@ mod tests {
         assert!(inc.seen_drop(&key(1)).is_some());
         let v = inc.unlocalized(key(1), &record(Outcome::Dropped), 2, 1).unwrap();
         assert_eq!(
-            (v["type"].as_str(), v["localized"].as_bool()),
-            (Some("incident"), Some(false))
+            (v["type"].as_str(), v["localized"].as_str()),
+            (Some("incident"), Some("detection"))
         );
         assert_eq!(v["sandbox"]["id"], "ia");
         // Nothing seen for another sandbox.

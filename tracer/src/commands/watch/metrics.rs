@@ -55,6 +55,7 @@ pub struct Metrics {
     pub events_lost: Counter,
     pub decode_errors: Counter,
     pub attach_failures: Counter,
+    pub shared_localizations: Counter,
     pub probes_refused: Family<ReasonLabels, Counter>,
     pub host_side_unverified: Counter,
     pub program_runs: Family<ProgramLabels, Counter>,
@@ -76,6 +77,7 @@ impl Metrics {
             events_lost: Counter::default(),
             decode_errors: Counter::default(),
             attach_failures: Counter::default(),
+            shared_localizations: Counter::default(),
             probes_refused: Family::default(),
             host_side_unverified: Counter::default(),
             program_runs: Family::default(),
@@ -132,6 +134,11 @@ impl Metrics {
             "tracer_attach_failures",
             "zoom-ins or devices the programs could not attach to",
             m.attach_failures.clone(),
+        );
+        registry.register(
+            "tracer_shared_localizations",
+            "incidents localized by another sandbox's host-side verdict, confirmed on their own attempt",
+            m.shared_localizations.clone(),
         );
         registry.register(
             "tracer_probes_refused",

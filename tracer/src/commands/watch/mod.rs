@@ -33,6 +33,7 @@ use aya::maps::{MapData, RingBuf};
 use serde_json::Value;
 use tracer_model::{
     attempts::{AttemptTracker, Detected, End},
+    engine::{inventory::NsInventory, share},
     hop::{Hop, HopKind},
     journey::{Correlator, Journey, JourneyId, Timing},
     verdict::Outcome,
@@ -46,8 +47,8 @@ use crate::{
     },
     cli::WatchArgs,
     engine::{
-        judge::{Item, Judge},
-        thread::{Decided, JudgeThread, Work},
+        judge::{HostCache, Item, Judge},
+        thread::{Decided, JudgeThread, Shared, Work},
     },
     error::{EXIT_OK, EnvError, is_root},
     events::{
@@ -65,6 +66,11 @@ use registry::{Entry, Key, Registry};
 use reports::ReportDir;
 use zoom::{Attacher, Cmd, Reply};
 
+/// Judge threads at most: a zoom-in's verdict reads both namespaces' rulesets, links and
+/// programs, mostly waiting on tools and netlink; in a storm several read side by side.
+const JUDGE_WORKERS: usize = 4;
+/// Verdicts kept for the confirmations of their host-side actor on other sandboxes.
+const MAX_SHARED_SOURCES: usize = 256;
 /// How often the loop looks at its channels and timers.
 const TICK: Duration = Duration::from_millis(5);
 /// Failed attempts waiting for a scan to say whose they are, at most, and for how long.
@@ -145,7 +151,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         .spawn(move || scanner.run(scan_asks, scan_tx))?;
     // One judge per zoom-in (its path, its rule baseline, its doctor), all on the judge
     // thread: rule naming and the doctor run tools, never on the loop.
-    let judges = JudgeThread::<Key>::spawn()?;
+    let judges = JudgeThread::<Key>::spawn_pool(args.max_zoom.clamp(1, JUDGE_WORKERS))?;
     let to_judge = judges.work.clone();
     let (rt, stop) = crate::events::decode::runtime_with_stop()?;
     let clock = Clock::new();
@@ -179,6 +185,8 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         metrics,
         reports,
         out: Output::to_writer(Format::Json, Box::new(stdout)),
+        shared_sources: HashMap::new(),
+        host_cache: Arc::default(),
         scanned: false,
     };
     eprintln!(
@@ -207,6 +215,8 @@ struct Zoom {
     asked_at: Instant,
     /// Set once attached: the addresses and namespace its hops carry, and when it ends.
     attached: Option<Attached>,
+    /// A journey of it went to its judge (the first decides the zoom-in).
+    handed: bool,
 }
 
 struct Attached {
@@ -242,6 +252,11 @@ struct Watcher {
     metrics: Option<Arc<Metrics>>,
     reports: Option<ReportDir>,
     out: Output,
+    /// Verdicts whose host-side actor is being confirmed on other sandboxes, by key (at most
+    /// [`MAX_SHARED_SOURCES`]).
+    shared_sources: HashMap<Key, Arc<JourneyRecord>>,
+    /// The host side's inventory, shared by the zoom-ins' judges.
+    host_cache: Arc<HostCache>,
     /// The first scan arrived (until then the watcher is not "attached" for its users).
     scanned: bool,
 }

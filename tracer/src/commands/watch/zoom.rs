@@ -183,7 +183,9 @@ impl Attacher {
                 addrs: Vec::new(),
             },
         );
+        let t0 = Instant::now();
         let devices = plan.attach_devices(&mut self.programs)?;
+        let t1 = Instant::now();
         if let Some(z) = self.zooms.get_mut(&key) {
             z.devices = devices.attached.clone();
         }
@@ -209,7 +211,14 @@ impl Attacher {
         {
             self.host_nf.insert(side.ns.inode, ());
         }
+        let t2 = Instant::now();
         self.programs.attach_tracepoints(zoom_tracepoints())?;
+        tracing::debug!(
+            devices_ms = (t1 - t0).as_millis() as u64,
+            netfilter_ms = (t2 - t1).as_millis() as u64,
+            tracepoints_ms = t2.elapsed().as_millis() as u64,
+            "zoom-in attached"
+        );
         for a in &plan.addrs {
             self.programs.add_addr(*a)?;
         }
@@ -221,6 +230,12 @@ impl Attacher {
 
     /// Detaches one zoom-in; the host side's slots and the tracepoints go with the last one.
     fn unzoom(&mut self, key: Key) {
+        let t = Instant::now();
+        self.unzoom_now(key);
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "zoom-in detached");
+    }
+
+    fn unzoom_now(&mut self, key: Key) {
         let Some(z) = self.zooms.remove(&key) else { return };
         for (ns, ifindex) in z.devices {
             let _ = self.programs.detach_tcx(ns, ifindex);

@@ -12,6 +12,7 @@ impl Watcher {
                 sandbox: sandbox.clone(),
                 asked_at: Instant::now(),
                 attached: None,
+                handed: false,
             },
         );
         let _ = self.to_attacher.send(Cmd::Zoom { key, sandbox });
@@ -86,7 +87,8 @@ impl Watcher {
                 let reporter = Reporter::new(out, false, Some(&path)).with_blind_spots(blind_spots);
                 let ns = sb.netns.clone();
                 // The watcher follows the orchestrator's own attempts: it never probes.
-                let judge = Judge::new(*path, sb, (host_ns, ns), None, reporter, baseline, false);
+                let judge = Judge::new(*path, sb, (host_ns, ns), None, reporter, baseline, false)
+                    .for_watcher(self.host_cache.clone());
                 let _ = self.to_judge.send(Work::Add(key, Box::new(judge)));
                 self.gauges();
             }
@@ -126,7 +128,12 @@ impl Watcher {
     }
 
     pub(super) fn judged(&mut self, d: Decided<Key>) -> Result<()> {
-        let r = *d.record;
+        if let Some(s) = d.shared {
+            return self.shared(d.key, s);
+        }
+        let Some(r) = d.record.map(|r| *r) else {
+            return Ok(());
+        };
         if let (Some(m), Some(drop)) = (self.metrics(), &r.drop) {
             let netns_kind = match &r.sandbox {
                 Some(s) if drop.netns.as_deref() == Some(s.netns.as_str()) => "sandbox",
@@ -149,8 +156,88 @@ impl Watcher {
             }
         } else if let Some(v) = self.incidents.localized(d.key, &r, self.clock.unix_ns(now), now) {
             self.report(&v, Some(&r))?;
+            self.share(d.key, &r, d.host_inventory);
         }
         self.unzoom(d.key);
+        Ok(())
+    }
+
+    /// A verdict whose cause is on the host side: the other sandboxes of that host side still
+    /// waiting for theirs are handed to the judge thread, which confirms the actor on each
+    /// one's own attempt (never by the verdict's signature alone).
+    fn share(&mut self, from: Key, r: &JourneyRecord, inventory: Option<Arc<NsInventory>>) {
+        let Some(inventory) = inventory else { return };
+        let Some(source) = self.registry.get(&from).map(|e| e.sandbox.clone()) else {
+            return;
+        };
+        let Some(host) = source.host_ns.as_ref() else {
+            return;
+        };
+        let label = host.label();
+        let Some(actor) = r
+            .actors
+            .iter()
+            .find(|a| {
+                a.role == Some(tracer_model::engine::Role::Cause)
+                    && a.netns.as_deref() == Some(label.as_str())
+            })
+            .and_then(actor_of)
+        else {
+            return;
+        };
+        let candidates: Vec<(Key, share::Attempt)> = self
+            .incidents
+            .waiting()
+            .filter(|k| *k != from)
+            .filter_map(|k| {
+                let sb = &self.registry.get(&k)?.sandbox;
+                (sb.host_ns.as_ref()?.inode == host.inode).then_some(())?;
+                let attempt = share::Attempt {
+                    client: sb.host_veth_ip?,
+                    host_ip: sb.host_ip?,
+                    port: self.args.port,
+                    host_veth: sb.host_veth.clone(),
+                };
+                Some((k, attempt))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        if self.shared_sources.len() >= MAX_SHARED_SOURCES {
+            self.shared_sources.clear();
+        }
+        self.shared_sources.insert(from, Arc::new(r.clone()));
+        let _ = self.to_judge.send(Work::Confirm {
+            from,
+            actor: Box::new(actor),
+            inventory,
+            candidates,
+        });
+    }
+
+    /// The judge thread confirmed another sandbox's host-side actor on this one: its incident
+    /// rests on that confirmation.
+    fn shared(&mut self, key: Key, s: Shared<Key>) -> Result<()> {
+        let Some(source) = self.shared_sources.get(&s.from).cloned() else {
+            return Ok(());
+        };
+        let target = self.registry.get(&key).and_then(|e| e.sandbox.host_ip);
+        let record = shared_record(&source, &s, target.map(|ip| (ip, self.args.port)));
+        let now = Clock::now_mono_ns();
+        if let Some(v) = self
+            .incidents
+            .shared(key, &record, s.from, self.clock.unix_ns(now), now)
+        {
+            self.report(&v, Some(&record))?;
+            if let Some(m) = self.metrics() {
+                m.shared_localizations.inc();
+            }
+        }
+        // Its zoom-in (if it had one) is no longer needed: the slot goes to the next.
+        if self.zooms.contains_key(&key) {
+            self.unzoom(key);
+        }
         Ok(())
     }
 
@@ -254,6 +341,12 @@ impl Watcher {
             (ours && j.first_ns >= a.since_ns && starts_here(&j)).then_some(*k)
         });
         let Some(key) = key else { return };
+        // The zoom-in ends at its first verdict: later attempts would only be judged in vain
+        // (and in a storm, each costs a judge the reads another sandbox is waiting for).
+        match self.zooms.get_mut(&key) {
+            Some(z) if !z.handed => z.handed = true,
+            _ => return,
+        }
         let guest_neigh = None;
         let item = Item::Journey {
             journey: Box::new(j),
@@ -263,4 +356,77 @@ impl Watcher {
         };
         let _ = self.to_judge.send(Work::Judge(key, item));
     }
+}
+
+/// The engine's actor back from its record.
+fn actor_of(a: &crate::report::record::ActorRecord) -> Option<tracer_model::engine::Actor> {
+    Some(tracer_model::engine::Actor {
+        role: a.role?,
+        how: a.how?,
+        netns: a.netns.clone(),
+        device: a.device.clone(),
+        place: a.place.clone().unwrap_or_default(),
+        does: a.does.clone().unwrap_or_default(),
+        id: a.id.clone()?,
+    })
+}
+
+/// The record of a sandbox whose verdict is shared from `source`'s: the same outcome and
+/// actor, confirmed on its own attempt; no hops (its attempts were not followed), no device
+/// of the source's path.
+fn shared_record(
+    source: &JourneyRecord,
+    s: &Shared<Key>,
+    target: Option<(std::net::Ipv4Addr, u16)>,
+) -> JourneyRecord {
+    use crate::report::{
+        evidence::EvidenceRecord,
+        record::{ActorRecord, ClauseRecord},
+    };
+    let a = &s.actor;
+    let mut r = source.clone();
+    let name = a.id.name();
+    let at = a.netns.as_deref().unwrap_or("the host side");
+    r.summary = format!(
+        "{name} in {at}, which stopped another sandbox's attempt, acts on this sandbox's too: {}; its own attempts were not followed",
+        s.confirmation
+    );
+    r.evidence = vec![EvidenceRecord {
+        id: 0,
+        kind: "read".into(),
+        about: "shared".into(),
+        hop: None,
+        source: Some("the engine's evaluators, over the host side's inventory".into()),
+        text: s.confirmation.clone(),
+    }];
+    r.actors = vec![ActorRecord {
+        role: Some(tracer_model::engine::Role::Cause),
+        how: Some(tracer_model::engine::How::Evaluated),
+        kind: Some(crate::report::evidence::id_kind(&a.id).into()),
+        netns: a.netns.clone(),
+        device: None,
+        place: Some(a.place.clone()),
+        does: Some(a.does.clone()),
+        text: Some(name.clone()),
+        id: Some(a.id.clone()),
+        evidence: Some(0),
+    }];
+    r.clauses = vec![ClauseRecord {
+        part: crate::report::sentences::Part::Effect,
+        text: r.summary.clone(),
+        evidence: vec![0],
+    }];
+    r.hops = Vec::new();
+    r.failing_hop = None;
+    r.divergence = None;
+    r.explained_by = Vec::new();
+    r.client = None;
+    r.target = target.map(|(ip, p)| format!("{ip}:{p}"));
+    r.lost_events = 0;
+    if let Some(d) = r.drop.as_mut() {
+        // The source's devices are not this sandbox's.
+        d.device = None;
+        d.out_device = None;
+    }
+    r
 }

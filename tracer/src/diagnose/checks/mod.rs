@@ -4,6 +4,7 @@
 //! tap) is left out: the missing subject is the problem, reported once.
 use std::net::Ipv4Addr;
 
+mod devices;
 mod filter;
 mod routing;
 mod vmm;
@@ -17,10 +18,10 @@ use crate::{
     system::netns::Netns,
     system::netstate::{Link, Route, Snapshot},
 };
+use devices::{guest_neighbour, host_veth, mtu, ns_veth, qdisc};
 use filter::{conntrack, dnat, firewall_checks, snat};
 use routing::{
-    guest_neighbour, guest_route, host_route, host_veth, ip_forward, mtu, ns_default_route, ns_return_route,
-    ns_veth, qdisc, rp_filter, v2_host_sets,
+    guest_route, host_route, ip_forward, ns_default_route, ns_return_route, rp_filter, v2_host_sets,
 };
 use vmm::{netns_exists, stray_tap, tap_addr, tap_exists, tap_reader, tap_up, tun_device, vmm_alive};
 

@@ -276,6 +276,21 @@ pub struct WatchArgs {
     /// Size of the kernel's event ring buffer (a power of two, 4096 to 1 GiB; default 4 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_size: Option<u32>,
+
+    /// The node's name, in every record (`node`). E2B's Nomad job passes
+    /// ${node.unique.name}. Default: the host name.
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node: Option<String>,
+}
+
+/// A node name: 1 to 253 printable characters, no spaces.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{s:?} is not a node name (1 to 253 characters, no spaces)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -401,6 +416,16 @@ mod tests {
             );
             assert!(w.report_dir.is_some());
         }
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(parse_node_name("node-a.eu").is_ok());
+        assert!(parse_node_name("${node.unique.name}").is_ok());
+        for bad in ["", "a b", "a\nb"] {
+            assert!(parse_node_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_node_name(&"n".repeat(254)).is_err());
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! Threads, data flowing one way: the scanner (VMMs found and gone) → the event loop (kernel
 //! events → attempts, journeys, incidents; prints) ⇄ the attacher (owns the programs: zoom-ins
 //! attach and detach there) and the judge (verdicts, rule naming, the doctor). Nothing blocks
-//! the loop.
+//! the loop. Every record leaves through one place, [`Watcher::print`] (stamped with the
+//! fields a log pipeline indexes, `records`).
 mod detection;
 mod incidents;
 pub mod metrics;
+mod records;
 mod registry;
 pub mod reports;
 mod scanner;
@@ -127,6 +129,10 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         }
         None => None,
     };
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => records::host_name()?,
+    };
     let reports = match &args.report_dir {
         Some(dir) => Some(ReportDir::new(dir, args.report_max_files, args.report_max_bytes)?),
         None => None,
@@ -178,6 +184,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         ask_scan,
         metrics,
         reports,
+        node,
         out: Output::to_writer(Format::Json, Box::new(stdout)),
         scanned: false,
     };
@@ -241,6 +248,8 @@ struct Watcher {
     ask_scan: mpsc::Sender<()>,
     metrics: Option<Arc<Metrics>>,
     reports: Option<ReportDir>,
+    /// The node's name, in every record.
+    node: String,
     out: Output,
     /// The first scan arrived (until then the watcher is not "attached" for its users).
     scanned: bool,
@@ -289,7 +298,21 @@ impl Watcher {
         Ok(())
     }
 
+    /// Prints a record: the one way out for every kind, stamped first.
     fn print(&mut self, v: &Value) -> Result<()> {
+        let v = self.stamped(v);
+        self.emit(&v)
+    }
+
+    /// A record with the fields every record carries (`records::stamp`).
+    fn stamped(&self, v: &Value) -> Value {
+        let mut v = v.clone();
+        records::stamp(&mut v, &self.node, records::now_unix_ns());
+        v
+    }
+
+    /// A stamped record to stdout.
+    fn emit(&mut self, v: &Value) -> Result<()> {
         self.out.json_line(v).context("write to stdout")
     }
 

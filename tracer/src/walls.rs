@@ -335,8 +335,9 @@ fn only_the_firewall_runs_iptables_and_nft() {
 }
 
 /// A probe is a packet on a production network: only `system/connect.rs`, where every
-/// connection is cleared by the route check first, opens an IP socket. (Netlink sockets and
-/// the metrics listener are not IP clients.)
+/// probe is cleared by the route check first, opens an IP socket (its one other connection,
+/// `connect_log_sink`, goes to the operator's log collector). (Netlink sockets and the
+/// metrics listener are not IP clients.)
 #[test]
 fn only_connect_rs_opens_ip_sockets() {
     let needles = [

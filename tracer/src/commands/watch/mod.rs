@@ -12,9 +12,11 @@
 //! events → attempts, journeys, incidents; prints) ⇄ the attacher (owns the programs: zoom-ins
 //! attach and detach there) and the judge (verdicts, rule naming, the doctor). Nothing blocks
 //! the loop. Every record leaves through one place, [`Watcher::print`] (stamped with the
-//! fields a log pipeline indexes, `records`).
+//! fields a log pipeline indexes, `records`), to stdout and, with `--log-http`, to the
+//! log-http thread's queue (`logship`).
 mod detection;
 mod incidents;
+mod logship;
 pub mod metrics;
 mod records;
 mod registry;
@@ -133,6 +135,10 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         Some(n) => n.clone(),
         None => records::host_name()?,
     };
+    let ship = match &args.log_http {
+        Some(url) => Some(logship::LogShip::start(url.clone(), metrics.clone())?),
+        None => None,
+    };
     let reports = match &args.report_dir {
         Some(dir) => Some(ReportDir::new(dir, args.report_max_files, args.report_max_bytes)?),
         None => None,
@@ -185,6 +191,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         metrics,
         reports,
         node,
+        ship,
         out: Output::to_writer(Format::Json, Box::new(stdout)),
         scanned: false,
     };
@@ -198,6 +205,26 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     // Last counts, then everything detaches with the programs.
     for r in w.incidents.repeats(Clock::now_mono_ns(), true) {
         let _ = w.print(&r);
+    }
+    // What still waits for the collector is posted, for a bounded time.
+    if let Some(ship) = w.ship.take() {
+        let url = ship.url().to_string();
+        let c = ship.finish(logship::EXIT_FLUSH);
+        let why: Vec<String> = logship::Dropped::ALL
+            .iter()
+            .filter(|d| c.dropped(**d) > 0)
+            .map(|d| format!("{} {}", c.dropped(*d), d.label()))
+            .collect();
+        eprintln!(
+            "tracer: watch: --log-http: {} records posted to {url}, {} dropped{}",
+            c.sent,
+            c.dropped_total(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join(", "))
+            }
+        );
     }
     drop(w);
     let _ = judges.finish(Duration::from_millis(500));
@@ -250,6 +277,8 @@ struct Watcher {
     reports: Option<ReportDir>,
     /// The node's name, in every record.
     node: String,
+    /// `--log-http`: records also go to the collector, from a thread of their own.
+    ship: Option<logship::LogShip>,
     out: Output,
     /// The first scan arrived (until then the watcher is not "attached" for its users).
     scanned: bool,
@@ -311,8 +340,13 @@ impl Watcher {
         v
     }
 
-    /// A stamped record to stdout.
+    /// A stamped record to the collector's queue (never waiting for it) and to stdout.
     fn emit(&mut self, v: &Value) -> Result<()> {
+        if let Some(ship) = &self.ship {
+            let mut line = serde_json::to_vec(v)?;
+            line.push(b'\n');
+            ship.push(line);
+        }
         self.out.json_line(v).context("write to stdout")
     }
 

@@ -1,6 +1,6 @@
 # tracer watch as a Nomad system job: one per node, beside the orchestrator (which E2B also
-# runs as a system job with the raw_exec driver). Incidents are JSON lines on stdout (ship
-# them with the node's log agent, e.g. Vector to Loki); metrics on 127.0.0.1:9464 for the
+# runs as a system job with the raw_exec driver). Incidents are JSON lines on stdout and are
+# posted to the node's Vector (--log-http, on to Loki); metrics on 127.0.0.1:9464 for the
 # node's collector (otel-collector's Prometheus receiver).
 #
 #   nomad job run deploy/tracer-watch.nomad.hcl
@@ -43,8 +43,12 @@ job "tracer-watch" {
           "--metrics", "127.0.0.1:9464",
           "--report-dir", "/var/lib/tracer/reports",
           "--max-zoom", "8",
-          # Post the records to the node's Vector as NDJSON batches too (vector-tracer.toml):
-          # "--log-http", "http://127.0.0.1:30007/",
+          # The records also go to the node's Vector, as NDJSON batches (vector-tracer.toml),
+          # each with the node's name as Nomad knows it. Without that Vector source the
+          # watcher retries, then drops the oldest (tracer_log_records_dropped_total);
+          # stdout keeps every record either way.
+          "--log-http", "http://127.0.0.1:30007/",
+          "--node", "${node.unique.name}",
         ]
       }
 

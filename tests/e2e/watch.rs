@@ -1,8 +1,9 @@
 //! Issue 12: `tracer watch` on the lab: one incident per broken sandbox with the right id and
 //! cause, none for healthy ones, `resolved` after healing, recycled slots attributed to the
 //! new id, late replies as one `late` incident with their delays, Prometheus scraping its
-//! metrics, Markdown reports, and nothing left attached after SIGKILL. Root; the lab lock
-//! serializes these tests.
+//! metrics, Markdown reports, and nothing left attached after SIGKILL. Issue 27: `--log-http`
+//! posting every record, stamped for E2B's log pipeline, to a real HTTP receiver. Root; the
+//! lab lock serializes these tests.
 mod common;
 
 use std::{
@@ -448,6 +449,286 @@ fn sigkill_leaves_nothing_attached_and_a_restart_picks_up() {
     orchestrator.stop().unwrap();
     assert_eq!(s(&inc, "outcome"), "late", "{inc}");
     t.stop();
+}
+
+/// Issue 27: `watch --log-http` posts every record to an HTTP receiver (this test's, on
+/// 127.0.0.1 inside the lab's orchestrator namespace, where the watcher runs) as NDJSON
+/// batches, each record stamped with sandboxID, timestamp, service and node; a refused post is
+/// retried; at exit, what waits is posted; nothing is posted twice or left behind. The records
+/// posted are kept in target/test-artifacts/watch-log-http.ndjson.
+#[test]
+fn records_are_posted_as_ndjson_batches_to_an_http_receiver() {
+    let Some(mut lab) = lab_up("watch_log_http", LabConfig::default()) else {
+        return;
+    };
+    let id = lab.sandbox_ids()[0].clone();
+    lab.break_fault(0, Fault::ForwardDrop).unwrap();
+    // The first post is answered 503: the watcher retries it (backoff 0.5 s).
+    let receiver = Receiver::start("/var/run/netns/e2b-host", 1);
+    let url = format!("http://127.0.0.1:{}/tracer", receiver.port);
+    let started = tracer::report::format::rfc3339(unix_ns());
+    let t = watch(&["--log-http", &url, "--node", "lab-node-7", "--repeat-every", "1s"]);
+    let orchestrator = lab.orchestrator_loop();
+    let (inc, mut printed) = next(&t, "incident", &id, Duration::from_secs(20));
+    printed.push(inc.clone());
+    let (rep, before) = next(&t, "repeat", &id, Duration::from_secs(20));
+    printed.extend(before);
+    printed.push(rep);
+    // The incident has been posted (batches go within 1 s, the retry 0.5 s later).
+    let posted = lab::testing::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        receiver
+            .accepted()
+            .iter()
+            .any(|v| v["type"] == "incident")
+            .then_some(())
+    });
+    assert!(posted.is_some(), "no incident posted; stderr: {}", t.stderr());
+    orchestrator.stop().unwrap();
+    // SIGINT: the last repeat counts are printed and posted before the watcher exits.
+    let (rest, stderr) = t.stop_and_collect_with_stderr();
+    printed.extend(rest);
+    let ended = tracer::report::format::rfc3339(unix_ns());
+    let posts = receiver.stop();
+
+    assert!(posts.len() >= 2, "the refused post and its retry: {posts:?}");
+    assert_eq!(posts[0].status, 503);
+    for p in &posts {
+        assert_eq!((p.method.as_str(), p.path.as_str()), ("POST", "/tracer"), "{p:?}");
+        assert_eq!(p.content_type, "application/x-ndjson", "{p:?}");
+        assert!(!p.body.is_empty() && p.body.ends_with(b"\n"), "NDJSON: {p:?}");
+    }
+    let accepted = receiver_records(posts.iter().filter(|p| p.status == 200));
+    assert!(!accepted.is_empty());
+    // What the receiver took is kept, as a log pipeline would see it.
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let bodies: Vec<u8> = posts
+        .iter()
+        .filter(|p| p.status == 200)
+        .flat_map(|p| p.body.clone())
+        .collect();
+    std::fs::write(artifacts.join("watch-log-http.ndjson"), bodies).unwrap();
+    for v in &accepted {
+        assert_eq!(
+            v["sandboxID"],
+            id.as_str(),
+            "the broken sandbox's id at the top level: {v}"
+        );
+        assert_eq!(v["sandboxID"], v["sandbox"]["id"], "{v}");
+        assert_eq!((s(v, "service"), s(v, "node")), ("tracer", "lab-node-7"), "{v}");
+        let ts = s(v, "timestamp");
+        let shape = ts.len() == 24
+            && ts.ends_with('Z')
+            && ts.as_bytes()[10] == b'T'
+            && ts.as_bytes()[19] == b'.'
+            && ts[20..23].bytes().all(|b| b.is_ascii_digit());
+        assert!(shape, "RFC 3339, UTC, with milliseconds: {v}");
+        assert!(
+            started.as_str() <= ts && ts <= ended.as_str(),
+            "made during the test ({started} .. {ended}): {v}"
+        );
+    }
+    let incident = accepted
+        .iter()
+        .find(|v| v["type"] == "incident")
+        .expect("an incident posted");
+    assert_eq!(
+        (s(incident, "outcome"), s(incident, "incident_id")),
+        ("dropped", s(&inc, "incident_id")),
+        "{incident}"
+    );
+    // Nothing left behind: what stdout printed was posted, once each, and nothing else.
+    let key = |v: &Value| serde_json::to_string(v).unwrap();
+    let mut on_stdout: Vec<String> = printed.iter().map(key).collect();
+    let mut on_http: Vec<String> = accepted.iter().map(key).collect();
+    on_stdout.sort();
+    on_http.sort();
+    assert_eq!(
+        on_http, on_stdout,
+        "stdout and the receiver differ; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{} records posted to {url}, 0 dropped", on_http.len())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("failed (it answered 503)"), "{stderr}");
+    let released = lab::testing::wait_for(Duration::from_secs(5), Duration::from_millis(20), || {
+        loaded_program_names()
+            .iter()
+            .all(|n| !our_programs().contains(&n.as_str()))
+            .then_some(())
+    });
+    assert!(released.is_some(), "{:?}", loaded_program_names());
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Every record of the posts' NDJSON bodies, each line checked to be one JSON object.
+fn receiver_records<'a>(posts: impl Iterator<Item = &'a Post>) -> Vec<Value> {
+    posts
+        .flat_map(|p| p.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
+        .map(|l| {
+            let v: Value = serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(l)));
+            assert!(v.is_object(), "one object per line: {v}");
+            v
+        })
+        .collect()
+}
+
+/// One request the receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Post {
+    method: String,
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+    status: u16,
+}
+
+/// An HTTP receiver on 127.0.0.1 inside a namespace (Vector's `http_server` as the watcher
+/// sees it): answers the first `refuse` requests 503, the rest 200, and keeps them all.
+struct Receiver {
+    port: u16,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<Post>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(netns: &str, refuse: usize) -> Self {
+        use std::{
+            net::TcpListener,
+            os::fd::AsRawFd as _,
+            sync::{Arc, Mutex, atomic::AtomicBool},
+        };
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let netns = netns.to_string();
+        let (p, st) = (posts.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&netns).expect("open netns");
+            // SAFETY: plain syscall; this thread lives and ends in that namespace.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).unwrap();
+            port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let status = if p.lock().unwrap().len() < refuse {
+                            503
+                        } else {
+                            200
+                        };
+                        if let Some(post) = serve(conn, status) {
+                            p.lock().unwrap().push(post);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the receiver listens");
+        Self {
+            port,
+            posts,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The records of the posts answered 200 so far.
+    fn accepted(&self) -> Vec<Value> {
+        let posts = self.posts.lock().unwrap().clone();
+        receiver_records(posts.iter().filter(|p| p.status == 200))
+    }
+
+    fn stop(mut self) -> Vec<Post> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("receiver thread");
+        }
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Reads one request (head, then Content-Length bytes) and answers `status`.
+fn serve(mut conn: std::net::TcpStream, status: u16) -> Option<Post> {
+    use std::io::{Read as _, Write as _};
+    conn.set_nonblocking(false).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let len: usize = header("content-length").parse().ok()?;
+    while data.len() < head_end + len {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let mut first = head.lines().next().unwrap_or_default().split_whitespace();
+    let post = Post {
+        method: first.next().unwrap_or_default().to_string(),
+        path: first.next().unwrap_or_default().to_string(),
+        content_type: header("content-type"),
+        body: data[head_end..head_end + len].to_vec(),
+        status,
+    };
+    let reason = if status == 200 {
+        "OK"
+    } else {
+        "Service Unavailable"
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    Some(post)
 }
 
 fn which(tool: &str) -> Option<std::path::PathBuf> {

@@ -276,6 +276,133 @@ pub struct WatchArgs {
     /// Size of the kernel's event ring buffer (a power of two, 4096 to 1 GiB; default 4 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_size: Option<u32>,
+
+    /// Also post every record to this HTTP endpoint, e.g. the node's Vector (an http_server
+    /// source, deploy/vector-tracer.toml: http://127.0.0.1:30007/), as NDJSON batches
+    /// (Content-Type: application/x-ndjson) of up to 500 records or 1 MiB, sent within 1 s.
+    /// Plain http:// only, no TLS: it is meant for a collector on the node itself. A thread of
+    /// its own posts them, so a slow or absent collector never delays the watcher: records wait
+    /// in memory, at most 10000 records and 8 MiB (beyond that the oldest are dropped), failed
+    /// posts are retried with exponential backoff (0.5 s doubling up to 30 s; connect timeout
+    /// 2 s, 5 s for a whole post), and drops are counted (tracer_log_records_dropped_total).
+    /// At exit, what waits is posted for at most 3 s. Records still go to stdout.
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    pub log_http: Option<HttpUrl>,
+
+    /// The node's name, in every record (`node`). E2B's Nomad job passes
+    /// ${node.unique.name}. Default: the host name.
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node: Option<String>,
+}
+
+/// An `http://host[:port][/path]` endpoint (`--log-http`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// A name or an address (an IPv6 one without its brackets).
+    pub host: String,
+    pub port: u16,
+    /// The request target: the path and query, `/` at least.
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// The `Host` header's value.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority(), self.path)
+    }
+}
+
+/// `http://host[:port][/path]`: plain HTTP, a host (a name, an IPv4 address or a bracketed IPv6
+/// one), no user info, no fragment.
+pub fn parse_http_url(s: &str) -> Result<HttpUrl, String> {
+    let Some(rest) = s
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("http://"))
+        .map(|_| &s[7..])
+    else {
+        return Err(if s.to_ascii_lowercase().starts_with("https://") {
+            format!("{s:?}: https is not supported (plain http:// to a collector on the node)")
+        } else {
+            format!("{s:?} is not an http:// URL (e.g. http://127.0.0.1:30007/)")
+        });
+    };
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) || s.contains('#') {
+        return Err(format!(
+            "{s:?}: no spaces, control characters or #fragment in the URL"
+        ));
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path
+    };
+    if authority.contains('@') {
+        return Err(format!("{s:?}: no user info in the URL"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: an IPv6 address needs its closing ]"))?;
+        host.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{s:?}: {host:?} is not an IPv6 address"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let name_ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':')
+    };
+    if !name_ok(host) {
+        return Err(format!("{s:?}: {host:?} is not a host name or address"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{s:?}: {p:?} is not a port"))?,
+    };
+    Ok(HttpUrl {
+        host: host.to_string(),
+        port,
+        path,
+    })
+}
+
+/// A node name: 1 to 253 printable characters, no spaces.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{s:?} is not a node name (1 to 253 characters, no spaces)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -390,7 +517,7 @@ mod tests {
             .unwrap();
         let args = job.split("args = [").nth(1).unwrap().split(']').next().unwrap();
         let nomad = [quoted(command), quoted(args)].concat();
-        for argv in [systemd, nomad] {
+        for (which, argv) in [("systemd", systemd), ("nomad", nomad)] {
             let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
             let Command::Watch(w) = cli.command else {
                 panic!("{argv:?} is not `tracer watch`")
@@ -400,7 +527,71 @@ mod tests {
                 Some("127.0.0.1:9464")
             );
             assert!(w.report_dir.is_some());
+            if which == "nomad" {
+                // The Nomad job: records to the node's Vector, named as Nomad names the node.
+                assert_eq!(
+                    w.log_http.map(|u| u.to_string()).as_deref(),
+                    Some("http://127.0.0.1:30007/")
+                );
+                assert_eq!(w.node.as_deref(), Some("${node.unique.name}"));
+            }
         }
+    }
+
+    #[test]
+    fn log_http_urls() {
+        let ok = |s: &str| parse_http_url(s).unwrap_or_else(|e| panic!("{e}"));
+        let u = ok("http://127.0.0.1:30007/");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 30007, "/")
+        );
+        assert_eq!(u.to_string(), "http://127.0.0.1:30007/");
+        let u = ok("HTTP://vector.local");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("vector.local", 80, "/")
+        );
+        assert_eq!(u.authority(), "vector.local");
+        let u = ok("http://[::1]:8080/in?tenant=a");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 8080, "/in?tenant=a")
+        );
+        assert_eq!(u.authority(), "[::1]:8080");
+        assert_eq!(ok("http://h?x").path, "/?x");
+        for bad in [
+            "https://127.0.0.1/",
+            "127.0.0.1:30007",
+            "http://",
+            "http://:80/",
+            "http://a:0/",
+            "http://a:99999/",
+            "http://user@a/",
+            "http://a/x y",
+            "http://a/x\r\nX-Evil: 1",
+            "http://a/#frag",
+            "http://[::1/",
+            "http://[zz]:1/",
+            "http://a_b/",
+        ] {
+            assert!(parse_http_url(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            parse_http_url("https://x/")
+                .unwrap_err()
+                .contains("https is not supported")
+        );
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(parse_node_name("node-a.eu").is_ok());
+        assert!(parse_node_name("${node.unique.name}").is_ok());
+        for bad in ["", "a b", "a\nb"] {
+            assert!(parse_node_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_node_name(&"n".repeat(254)).is_err());
     }
 
     #[test]

@@ -283,7 +283,12 @@ impl Tracer {
     }
 
     /// SIGINT, then every JSON line printed until exit.
-    pub fn stop_and_collect(mut self) -> Vec<serde_json::Value> {
+    pub fn stop_and_collect(self) -> Vec<serde_json::Value> {
+        self.stop_and_collect_with_stderr().0
+    }
+
+    /// Like [`Tracer::stop_and_collect`], with all the tracer wrote to stderr.
+    pub fn stop_and_collect_with_stderr(mut self) -> (Vec<serde_json::Value>, String) {
         // SAFETY: signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
@@ -293,7 +298,7 @@ impl Tracer {
                 out.push(v);
             }
         }
-        out
+        (out, self.stderr())
     }
 }
 

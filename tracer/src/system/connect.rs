@@ -10,9 +10,12 @@
 //! socket's uid, mark and ports). Only a route out of the sandbox's own host-side veth (or
 //! the bridge that holds it) is taken, and the socket is then bound to that device, so nothing
 //! it sends can leave by another one. Anything else is [`Withheld`], with what was read.
+//!
+//! The one other connection, [`connect_log_sink`], is not a probe: `watch --log-http` posting
+//! the tracer's records to the operator's own log collector.
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, ToSocketAddrs as _},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::atomic::{AtomicU64, Ordering},
     sync::mpsc::Sender,
@@ -538,4 +541,21 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
         },
         sin_zero: [0; 8],
     }
+}
+
+/// The one connection the tracer makes that is not a probe: `tracer watch --log-http` posting
+/// its records to the log collector the operator named (E2B: the node's Vector on 127.0.0.1).
+/// It needs no probe guard: it goes where the operator pointed it, to a collector of theirs,
+/// never toward a sandbox (no sandbox address or port comes into it), and carries only the
+/// tracer's own records. `host` is resolved here (a name or an address); each address is
+/// tried with `timeout`.
+pub fn connect_log_sink(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

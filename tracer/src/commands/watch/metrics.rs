@@ -38,6 +38,15 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogDropLabels {
+    /// Why records posted by `--log-http` were dropped: `full` (the queue was full: the
+    /// oldest go), `too_large` (one record over the queue's byte cap), `rejected` (the
+    /// collector answered 4xx: retrying would not help), `exit` (still waiting when the
+    /// watcher exited).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabels {
     pub program: String,
 }
@@ -60,6 +69,8 @@ pub struct Metrics {
     pub host_side_unverified: Counter,
     pub program_runs: Family<ProgramLabels, Counter>,
     pub program_run_seconds: Family<ProgramLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub log_records_sent: Counter,
+    pub log_records_dropped: Family<LogDropLabels, Counter>,
 }
 
 impl Metrics {
@@ -82,6 +93,8 @@ impl Metrics {
             host_side_unverified: Counter::default(),
             program_runs: Family::default(),
             program_run_seconds: Family::default(),
+            log_records_sent: Counter::default(),
+            log_records_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,6 +172,16 @@ impl Metrics {
             "tracer_bpf_program_run_seconds",
             "time spent in the tracer's kernel programs (kernel.bpf_stats_enabled=1)",
             m.program_run_seconds.clone(),
+        );
+        registry.register(
+            "tracer_log_records_sent",
+            "records the log collector accepted (--log-http)",
+            m.log_records_sent.clone(),
+        );
+        registry.register(
+            "tracer_log_records_dropped",
+            "records that never reached the log collector (--log-http), by reason (full, too_large, rejected, exit)",
+            m.log_records_dropped.clone(),
         );
         Self { registry, ..m }
     }

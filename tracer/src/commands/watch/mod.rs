@@ -11,10 +11,14 @@
 //! Threads, data flowing one way: the scanner (VMMs found and gone) → the event loop (kernel
 //! events → attempts, journeys, incidents; prints) ⇄ the attacher (owns the programs: zoom-ins
 //! attach and detach there) and the judge (verdicts, rule naming, the doctor). Nothing blocks
-//! the loop.
+//! the loop. Every record leaves through one place, [`Watcher::print`] (stamped with the
+//! fields a log pipeline indexes, `records`), to stdout and, with `--log-http`, to the
+//! log-http thread's queue (`logship`).
 mod detection;
 mod incidents;
+mod logship;
 pub mod metrics;
+mod records;
 mod registry;
 pub mod reports;
 mod scanner;
@@ -133,6 +137,14 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         }
         None => None,
     };
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => records::host_name()?,
+    };
+    let ship = match &args.log_http {
+        Some(url) => Some(logship::LogShip::start(url.clone(), metrics.clone())?),
+        None => None,
+    };
     let reports = match &args.report_dir {
         Some(dir) => Some(ReportDir::new(dir, args.report_max_files, args.report_max_bytes)?),
         None => None,
@@ -184,6 +196,8 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         ask_scan,
         metrics,
         reports,
+        node,
+        ship,
         out: Output::to_writer(Format::Json, Box::new(stdout)),
         shared_sources: HashMap::new(),
         host_cache: Arc::default(),
@@ -199,6 +213,26 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     // Last counts, then everything detaches with the programs.
     for r in w.incidents.repeats(Clock::now_mono_ns(), true) {
         let _ = w.print(&r);
+    }
+    // What still waits for the collector is posted, for a bounded time.
+    if let Some(ship) = w.ship.take() {
+        let url = ship.url().to_string();
+        let c = ship.finish(logship::EXIT_FLUSH);
+        let why: Vec<String> = logship::Dropped::ALL
+            .iter()
+            .filter(|d| c.dropped(**d) > 0)
+            .map(|d| format!("{} {}", c.dropped(*d), d.label()))
+            .collect();
+        eprintln!(
+            "tracer: watch: --log-http: {} records posted to {url}, {} dropped{}",
+            c.sent,
+            c.dropped_total(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join(", "))
+            }
+        );
     }
     drop(w);
     let _ = judges.finish(Duration::from_millis(500));
@@ -251,6 +285,10 @@ struct Watcher {
     ask_scan: mpsc::Sender<()>,
     metrics: Option<Arc<Metrics>>,
     reports: Option<ReportDir>,
+    /// The node's name, in every record.
+    node: String,
+    /// `--log-http`: records also go to the collector, from a thread of their own.
+    ship: Option<logship::LogShip>,
     out: Output,
     /// Verdicts whose host-side actor is being confirmed on other sandboxes, by key (at most
     /// [`MAX_SHARED_SOURCES`]).
@@ -304,7 +342,26 @@ impl Watcher {
         Ok(())
     }
 
+    /// Prints a record: the one way out for every kind, stamped first.
     fn print(&mut self, v: &Value) -> Result<()> {
+        let v = self.stamped(v);
+        self.emit(&v)
+    }
+
+    /// A record with the fields every record carries (`records::stamp`).
+    fn stamped(&self, v: &Value) -> Value {
+        let mut v = v.clone();
+        records::stamp(&mut v, &self.node, records::now_unix_ns());
+        v
+    }
+
+    /// A stamped record to the collector's queue (never waiting for it) and to stdout.
+    fn emit(&mut self, v: &Value) -> Result<()> {
+        if let Some(ship) = &self.ship {
+            let mut line = serde_json::to_vec(v)?;
+            line.push(b'\n');
+            ship.push(line);
+        }
         self.out.json_line(v).context("write to stdout")
     }
 

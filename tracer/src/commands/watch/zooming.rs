@@ -242,14 +242,15 @@ impl Watcher {
     }
 
     /// Writes an incident's report, prints it and counts it (the report exists by the time
-    /// the line does).
+    /// the line does; both have the record as stamped).
     pub(super) fn report(&mut self, v: &Value, record: Option<&JourneyRecord>) -> Result<()> {
+        let v = &self.stamped(v);
         if let Some(rd) = &self.reports
             && let Err(e) = rd.write(v, record)
         {
             eprintln!("tracer: watch: report not written: {e:#}");
         }
-        self.print(v)?;
+        self.emit(v)?;
         if let Some(m) = self.metrics() {
             m.incidents
                 .get_or_create(&OutcomeLabels {

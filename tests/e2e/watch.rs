@@ -207,6 +207,58 @@ fn a_host_side_rule_is_shared_with_the_sandboxes_it_matches_and_no_other() {
     );
 }
 
+/// Issue 27 (failure storms): six sandboxes broken each in its own namespace, one zoom-in slot.
+/// A slot is freed as soon as its attempt is handed to the judge, and zoom-ins started while
+/// others wait attach no tcx (their devices are blind spots saying why); each verdict is still
+/// followed hop by hop and names its own namespace's rule.
+#[test]
+fn a_storm_of_separate_faults_is_followed_one_by_one_without_tcx() {
+    let Some(mut lab) = lab_up(
+        "watch_storm",
+        LabConfig {
+            sandboxes: 6,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let ids = lab.sandbox_ids();
+    for i in 0..ids.len() {
+        lab.break_fault(i, Fault::ForwardDrop).unwrap();
+    }
+    let t = watch(&["--max-zoom", "1"]);
+    let orchestrator = lab.orchestrator_loop();
+    let mut incidents: HashMap<String, Value> = HashMap::new();
+    while incidents.len() < ids.len() {
+        let (v, _) = t.next_json(Duration::from_secs(30), |v| v["type"] == "incident");
+        incidents.insert(s(&v, "sandbox.id").to_string(), v);
+    }
+    orchestrator.stop().unwrap();
+    t.stop_and_collect();
+    let mut without_tcx = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let v = &incidents[id];
+        assert_eq!(s(v, "localized"), "followed", "{v}");
+        assert_eq!(
+            (s(v, "outcome"), s(v, "drop.netns"), s(v, "drop.hook")),
+            ("dropped", format!("ns-{}", i + 1).as_str(), "FORWARD"),
+            "{v}"
+        );
+        assert!(s(v, "drop.rule").contains("--dport 49983 -j DROP"), "{v}");
+        assert!(!v["hops"].as_array().unwrap().is_empty(), "{v}");
+        let storm = v["blind_spots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b.as_str().unwrap_or("").contains("a failure storm"));
+        without_tcx += usize::from(storm);
+    }
+    assert!(
+        without_tcx >= 1,
+        "zoom-ins started while others waited attach no tcx"
+    );
+}
+
 #[test]
 fn a_recycled_slot_is_reported_under_the_new_id() {
     let Some(mut lab) = lab_up(

@@ -11,7 +11,7 @@
 //!
 //! A benchmark, not a test: it asserts nothing.
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -294,7 +294,16 @@ impl Watcher {
         while reader.read_line(&mut line)? > 0 && !line.contains("sandboxes (scan") {
             line.clear();
         }
-        std::thread::spawn(move || for _ in reader.lines() {});
+        // TRACER_LOG=debug with BENCH_WATCH_STDERR=FILE keeps the watcher's timings.
+        let keep = std::env::var_os("BENCH_WATCH_STDERR").and_then(|p| std::fs::File::create(p).ok());
+        std::thread::spawn(move || {
+            let mut keep = keep;
+            for l in reader.lines().map_while(Result::ok) {
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{:.3} {l}", now_unix_ms() / 1000.0);
+                }
+            }
+        });
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("stdout")?;
         std::thread::spawn(move || {

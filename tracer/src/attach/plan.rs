@@ -97,6 +97,15 @@ impl<'a> PathPlan<'a> {
 
     /// Attaches tcx to each device of the plan that exists.
     pub fn attach_devices(&self, programs: &mut Programs) -> Result<Devices> {
+        self.devices(Some(programs), "")
+    }
+
+    /// The plan's devices, named, with no tcx attached: each is a blind spot, `why`.
+    pub fn devices_unattached(&self, why: &str) -> Result<Devices> {
+        self.devices(None, why)
+    }
+
+    fn devices(&self, mut programs: Option<&mut Programs>, why: &str) -> Result<Devices> {
         let mut out = Devices::default();
         let mut first_error = None;
         for side in &self.sides {
@@ -106,6 +115,11 @@ impl<'a> PathPlan<'a> {
             for dev in &side.devices {
                 // A missing device (tap-missing, ...) is a finding of the trace, not an error.
                 let Some(link) = links.iter().find(|l| l.name == *dev) else {
+                    continue;
+                };
+                let Some(programs) = programs.as_deref_mut() else {
+                    out.blind_spots
+                        .push(format!("{dev} in {} (tcx: {why})", side.ns.label()));
                     continue;
                 };
                 match attach_tcx(programs, side.ns, dev, link.ifindex) {

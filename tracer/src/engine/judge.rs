@@ -82,6 +82,9 @@ pub struct Judge {
     /// The rulesets read after a failure, per namespace inode, with when: shared by rule
     /// naming and the doctor, so a failure costs one read per namespace.
     rules_now: HashMap<u32, (Instant, Arc<Rulesets>)>,
+    /// When the journey being judged was handed in: rulesets read since are after its
+    /// packets, so rule naming reuses the ones the inventory read.
+    judging_since: Instant,
     /// Rules already named, by place: counters only grow, so once is enough (and a watch must
     /// not run iptables-save per attempt).
     named: HashMap<DropPlace, RuleName>,
@@ -114,6 +117,7 @@ impl Judge {
             baseline,
             nft_trace,
             rules_now: HashMap::new(),
+            judging_since: Instant::now(),
             host_inventory: None,
             host_cache: None,
             doctor_only_unnamed: false,
@@ -234,6 +238,7 @@ impl Judge {
         // A handshake whose request went unanswered failed too: its facts are read alike.
         let failed = !verdict::is_connected(j) || given.request_unanswered;
         let t0 = Instant::now();
+        self.judging_since = t0;
         let snaps = (failed || self.deep).then(|| self.snapshots());
         let t1 = Instant::now();
         let v = self.decide(j, guest_neigh, snaps.as_ref(), given);
@@ -324,7 +329,7 @@ impl Judge {
     /// The state the packets found, read now: both namespaces' devices and neighbours, the
     /// rules or routes that refuse the path's destinations, and the VMM that should read the
     /// tap.
-    fn read_facts(&self, j: &Journey, snaps: &Snapshots) -> ReadFacts {
+    fn read_facts(&mut self, j: &Journey, snaps: &Snapshots) -> ReadFacts {
         let mut facts = ReadFacts::default();
         let client = j.client().map(|(a, _)| a).or(self.path.host_veth_ip);
         // What each namespace routes, as (destination, source): the request toward the
@@ -376,7 +381,7 @@ impl Judge {
 
     /// Everything that can act on the journey's packets, in each namespace it crossed (the
     /// path's, and any other it reached), and on the client's connect().
-    fn read_inventory(&self, j: &Journey, facts: &mut ReadFacts) {
+    fn read_inventory(&mut self, j: &Journey, facts: &mut ReadFacts) {
         let namespaces = self
             .host_ns
             .iter()
@@ -405,6 +410,7 @@ impl Judge {
         .filter(|d| !d.is_empty())
         .collect();
         let decided = j.decided_at.unwrap_or(j.last_ns);
+        let mut read = Vec::new();
         let host = self.host_ns.as_ref().map(|h| h.inode);
         for ns in namespaces {
             let now = crate::events::decode::Clock::now_mono_ns();
@@ -414,11 +420,16 @@ impl Judge {
                 continue;
             }
             let before = self.baseline.get(ns.inode).map(|r| r.as_ref());
-            let inv = super::read_namespace(&ns, before, None, &devices);
+            let rules = Arc::new(Rulesets::read(&ns));
+            let inv = super::read_namespace(&ns, before, Some(&rules), &devices);
             if let Some(c) = shared {
                 c.put(ns.inode, now, &inv);
             }
             facts.namespaces.push(inv);
+            read.push((ns.inode, rules));
+        }
+        for (inode, rules) in read {
+            self.rules_now.insert(inode, (Instant::now(), rules));
         }
         facts.client = super::programs::on_client_cgroup();
     }
@@ -454,8 +465,16 @@ impl Judge {
             return Some(done.clone());
         }
         let ns = self.netns_by_inode(inode)?;
-        let now = Arc::new(Rulesets::read(&ns));
-        self.rules_now.insert(inode, (Instant::now(), now.clone()));
+        let read = self
+            .rules_now
+            .get(&inode)
+            .filter(|(at, _)| *at >= self.judging_since)
+            .map(|(_, r)| r.clone());
+        let now = read.unwrap_or_else(|| {
+            let now = Arc::new(Rulesets::read(&ns));
+            self.rules_now.insert(inode, (Instant::now(), now.clone()));
+            now
+        });
         let place = Place {
             hook,
             table: d.table.as_deref(),

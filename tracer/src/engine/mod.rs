@@ -48,6 +48,7 @@ pub fn read_namespace(
         label: ns.label(),
         ..Default::default()
     };
+    let t0 = std::time::Instant::now();
     let read_now;
     let now = match now {
         Some(r) => r,
@@ -60,9 +61,11 @@ pub fn read_namespace(
     if let Some(before) = before {
         inv.counted = naming::counted(before, now);
     }
+    let t1 = std::time::Instant::now();
     let Ok(read) = Rtnl::open(ns).and_then(|mut r| netlink::read(&mut r)) else {
         return inv;
     };
+    let t2 = std::time::Instant::now();
     let devices: Vec<(u32, String)> = read
         .links
         .iter()
@@ -76,7 +79,15 @@ pub fn read_namespace(
         .filter_map(|f| Some((f.ifindex, f.device.clone(), f.program?, f.direction == "ingress")))
         .collect();
     inv.programs = programs::on_devices(ns, &devices, &xdp, &tc_bpf);
+    let t3 = std::time::Instant::now();
     inv.sysctls = sysctls(ns, &devices);
+    tracing::debug!(
+        rules_ms = (t1 - t0).as_millis() as u64,
+        netlink_ms = (t2 - t1).as_millis() as u64,
+        programs_ms = (t3 - t2).as_millis() as u64,
+        sysctls_ms = t3.elapsed().as_millis() as u64,
+        "namespace read"
+    );
     inv.links = read.links;
     inv.addrs = read.addrs;
     inv.routes = read.routes;

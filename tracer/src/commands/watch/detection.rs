@@ -150,7 +150,7 @@ impl Watcher {
             }
             return Ok(());
         }
-        if self.zooms.len() < self.args.max_zoom {
+        if self.slots_used() < self.args.max_zoom {
             self.zoom(e.key, e.sandbox.clone());
         } else if self.queue.len() < MAX_QUEUE {
             self.queue.push_back(e.key);

@@ -249,7 +249,8 @@ struct Zoom {
     asked_at: Instant,
     /// Set once attached: the addresses and namespace its hops carry, and when it ends.
     attached: Option<Attached>,
-    /// A journey of it went to its judge (the first decides the zoom-in).
+    /// A journey of it went to its judge (the first decides the zoom-in): its programs are
+    /// detached and its slot is free while the judge reads and decides.
     handed: bool,
 }
 
@@ -475,11 +476,17 @@ impl Watcher {
         }
     }
 
+    /// Zoom-ins holding a slot: attached, or being attached, and not yet handed to their
+    /// judge (a handed one has let its programs go; its judge reads and decides).
+    fn slots_used(&self) -> usize {
+        self.zooms.values().filter(|z| !z.handed).count()
+    }
+
     fn gauges(&self) {
         if let Some(m) = self.metrics() {
             m.incidents_open.set(self.incidents.open_count() as i64);
             m.sandboxes.set(self.registry.running().count() as i64);
-            m.zoom_active.set(self.zooms.len() as i64);
+            m.zoom_active.set(self.slots_used() as i64);
             m.zoom_queued.set(self.queue.len() as i64);
         }
     }

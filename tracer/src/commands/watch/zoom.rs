@@ -33,6 +33,8 @@ pub enum Cmd {
     Zoom {
         key: Key,
         sandbox: Arc<Sandbox>,
+        /// Attach tcx to the path's devices (not in a failure storm: see `Watcher::zoom`).
+        tcx: bool,
     },
     Unzoom(Key),
     /// Read the kernel's counters (lost events, program run time) and report them.
@@ -84,6 +86,12 @@ pub struct Attacher {
     /// The host side's rulesets, per namespace, with when they were read.
     host_rules: HashMap<u32, (Instant, Arc<Rulesets>)>,
     zooms: HashMap<Key, Zoomed>,
+    /// tcx links whose zoom-in ended, detached when no command waits: each tcx attach or
+    /// detach waits for an RCU grace period under the RTNL lock (~15 ms here), so in a failure
+    /// storm detaching at once would double what each zoom-in in the queue waits for. Their
+    /// programs stay on the devices meanwhile, returning at once (no address of theirs is in
+    /// the kernel filter any more). Bounded by the sandboxes watched.
+    retired: Vec<(u32, u32)>,
 }
 
 impl Attacher {
@@ -94,6 +102,7 @@ impl Attacher {
             host_nf: HashMap::new(),
             host_rules: HashMap::new(),
             zooms: HashMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -112,7 +121,16 @@ impl Attacher {
 
     /// Runs until the loop hangs up; everything attached goes with the programs.
     pub fn run(mut self, cmds: mpsc::Receiver<Cmd>, replies: mpsc::Sender<Reply>) {
-        for cmd in cmds {
+        loop {
+            let cmd = match cmds.try_recv() {
+                Ok(cmd) => cmd,
+                Err(mpsc::TryRecvError::Empty) if self.detach_one_retired() => continue,
+                Err(mpsc::TryRecvError::Empty) => match cmds.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                },
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            };
             let reply = match cmd {
                 Cmd::Watch(ns) => {
                     let _ = self.programs.add_netns(ns);
@@ -120,9 +138,18 @@ impl Attacher {
                 }
                 Cmd::Unwatch(ns) => {
                     let _ = self.programs.remove_netns(ns);
+                    // Its devices are gone or going: their links must not be taken for attached
+                    // ones if the namespace's inode and an ifindex come back.
+                    for (n, ifindex) in std::mem::take(&mut self.retired) {
+                        if n == ns {
+                            let _ = self.programs.detach_tcx(n, ifindex);
+                        } else {
+                            self.retired.push((n, ifindex));
+                        }
+                    }
                     None
                 }
-                Cmd::Zoom { key, sandbox } => Some(self.zoom(key, &sandbox)),
+                Cmd::Zoom { key, sandbox, tcx } => Some(self.zoom(key, &sandbox, tcx)),
                 Cmd::Unzoom(key) => {
                     self.unzoom(key);
                     None
@@ -137,9 +164,9 @@ impl Attacher {
         }
     }
 
-    fn zoom(&mut self, key: Key, sb: &Sandbox) -> Reply {
+    fn zoom(&mut self, key: Key, sb: &Sandbox, tcx: bool) -> Reply {
         let start = Instant::now();
-        match self.try_zoom(key, sb) {
+        match self.try_zoom(key, sb, tcx) {
             Ok((path, ifnames, host_rules, blind_spots)) => Reply::Zoomed {
                 key,
                 path: Box::new(path),
@@ -164,6 +191,7 @@ impl Attacher {
         &mut self,
         key: Key,
         sb: &Sandbox,
+        tcx: bool,
     ) -> Result<(
         ExpectedPath,
         Vec<(u32, HashMap<u32, String>)>,
@@ -184,7 +212,13 @@ impl Attacher {
             },
         );
         let t0 = Instant::now();
-        let devices = plan.attach_devices(&mut self.programs)?;
+        let devices = if tcx {
+            plan.attach_devices(&mut self.programs)?
+        } else {
+            plan.devices_unattached(
+                "not attached: other sandboxes were waiting for a zoom-in (a failure storm)",
+            )?
+        };
         let t1 = Instant::now();
         if let Some(z) = self.zooms.get_mut(&key) {
             z.devices = devices.attached.clone();
@@ -237,9 +271,7 @@ impl Attacher {
 
     fn unzoom_now(&mut self, key: Key) {
         let Some(z) = self.zooms.remove(&key) else { return };
-        for (ns, ifindex) in z.devices {
-            let _ = self.programs.detach_tcx(ns, ifindex);
-        }
+        self.retired.extend(z.devices);
         // Another zoom-in on the same namespace (a recycled slot) keeps its slots.
         if !self.zooms.values().any(|o| o.ns == z.ns) && !self.host_nf.contains_key(&z.ns) {
             self.programs.detach_netfilter(z.ns);
@@ -258,6 +290,18 @@ impl Attacher {
         if self.zooms.is_empty() {
             let _ = self.programs.detach_tracepoints(zoom_tracepoints());
         }
+    }
+
+    /// Detaches one retired device's tcx links, unless a zoom-in uses it again (the links
+    /// are then its own). False when none is left.
+    fn detach_one_retired(&mut self) -> bool {
+        let Some((ns, ifindex)) = self.retired.pop() else {
+            return false;
+        };
+        if !self.zooms.values().any(|z| z.devices.contains(&(ns, ifindex))) {
+            let _ = self.programs.detach_tcx(ns, ifindex);
+        }
+        true
     }
 
     fn counters(&self) -> Reply {

@@ -15,18 +15,30 @@ impl Watcher {
                 handed: false,
             },
         );
-        let _ = self.to_attacher.send(Cmd::Zoom { key, sandbox });
+        // Others waiting too: a failure storm. Each tcx link waits for an RCU grace period
+        // under the RTNL lock, which every judge's netlink read also needs; in a storm the
+        // zoom-in follows the path by its netfilter hooks and the device tracepoints, and
+        // says which devices it left without tcx.
+        let tcx = self.queue.is_empty();
+        let _ = self.to_attacher.send(Cmd::Zoom { key, sandbox, tcx });
         if let Some(m) = self.metrics() {
             m.zooms.inc();
         }
     }
 
     pub(super) fn unzoom(&mut self, key: Key) {
-        if self.zooms.remove(&key).is_some() {
-            let _ = self.to_attacher.send(Cmd::Unzoom(key));
+        if let Some(z) = self.zooms.remove(&key) {
+            if !z.handed {
+                let _ = self.to_attacher.send(Cmd::Unzoom(key));
+            }
             let _ = self.to_judge.send(Work::Remove(key));
         }
-        while self.zooms.len() < self.args.max_zoom {
+        self.fill_slots();
+    }
+
+    /// Zooms in on the sandboxes waiting, while slots are free.
+    fn fill_slots(&mut self) {
+        while self.slots_used() < self.args.max_zoom {
             let Some(next) = self.queue.pop_front() else { break };
             let still = self
                 .incidents
@@ -273,6 +285,8 @@ impl Watcher {
             .zooms
             .iter()
             .filter(|(_, z)| match &z.attached {
+                // A handed one ends with its verdict; a judge that never answers, later.
+                Some(a) if z.handed => Instant::now() >= a.until + self.args.zoom_window,
                 Some(a) => Instant::now() >= a.until,
                 // An attach that never answered.
                 None => z.asked_at.elapsed() > self.args.zoom_window * 2,
@@ -348,6 +362,10 @@ impl Watcher {
             Some(z) if !z.handed => z.handed = true,
             _ => return,
         }
+        // Its programs are no longer needed: the slot goes to the next while this one is
+        // judged.
+        let _ = self.to_attacher.send(Cmd::Unzoom(key));
+        self.fill_slots();
         let guest_neigh = None;
         let item = Item::Journey {
             journey: Box::new(j),

@@ -1,5 +1,5 @@
 //! The faults the lab can inject: what each simulates in production and what the orchestrator
-//! would see. `lab.rs` applies and reverts them.
+//! would see. `lab/break_heal.rs` applies and reverts them.
 use serde::{Deserialize, Serialize};
 
 /// What the orchestrator stand-in sees while a fault is active.

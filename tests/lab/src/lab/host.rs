@@ -5,7 +5,7 @@ use std::fs;
 
 use anyhow::Result;
 
-use super::{Lab, netns_inode, split};
+use super::{Lab, split, teardown::netns_inode};
 use crate::{
     faults::Fault,
     sh::{ip, run_in, run_in_with_input, sysctl_in},

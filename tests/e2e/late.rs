@@ -43,6 +43,9 @@ fn a_late_reply_is_late_in_probe_mode_and_a_timely_one_connected_with_its_latenc
     assert_eq!(s(&v, "outcome"), "late", "{v}");
     assert!(num(&v, "late.reply_ms") >= 80.0, "{v}");
     assert!(num(&v, "late.after_timeout_ms") > 0.0, "{v}");
+    // The time was spent inside the VM (seen from the tap both ways), not on the way.
+    assert!(num(&v, "late.split.guest_ms") >= 75.0, "{v}");
+    assert!(num(&v, "late.split.to_guest_ms") < 10.0, "{v}");
     assert_eq!(
         s(&v, "late.fate.kind"),
         "reset",

@@ -191,6 +191,13 @@ fn variant(test: &str, breakage: impl FnOnce(&lab::Lab, &Sink), check: impl FnOn
         "nothing was sent: {ctx}"
     );
     check(&v, &ctx);
+    // What an operator reads (`--nocapture` shows it per variant).
+    eprintln!(
+        "{test}: exit {code}, {} ({}): {}",
+        s(&v, "outcome"),
+        s(&v, "kind"),
+        s(&v, "summary")
+    );
     assert_eq!(
         (isolated.sink.syns(), host_sink.syns()),
         before,

@@ -146,7 +146,7 @@ fn effect_actors(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
             }
         },
         Outcome::NoReply => silent_guest(ctx, at),
-        Outcome::Late => vec![guest(ctx, "answers later than the client waits")],
+        Outcome::Late => late(ctx, v),
         Outcome::Reset => match v.reset.as_ref().map(|r| r.by) {
             Some(ResetBy::Guest) => vec![guest(ctx, "nothing listens on the port (it answered RST)")],
             _ => Vec::new(),
@@ -240,12 +240,37 @@ fn reader_actor(ctx: &Ctx<'_>) -> Option<Actor> {
 
 /// ARP for the next hop went unanswered: the device and its peer, the sysctls that keep the
 /// peer from answering, the VMM behind a tap.
+/// A late reply: the guest when the time was spent inside the VM; when it was spent on the
+/// way, what keeps a neighbour from answering where the SYN waited (the only wait the
+/// inventory can explain); when where it went was not seen, no one.
+fn late(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
+    match v.late.as_ref().and_then(|l| l.split.as_ref()) {
+        Some(s) if s.guest_ms >= s.to_guest_ms => vec![guest(ctx, "answers later than the client waits")],
+        Some(s) => match &s.waited {
+            Some((_, netns, device)) => neighbour_at(ctx, Some(netns), device.as_deref(), None),
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    }
+}
+
 fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
     let Some(u) = v.unreachable.as_ref() else {
         return Vec::new();
     };
+    neighbour_at(ctx, u.netns.as_deref(), u.device.as_deref(), Some(u.address))
+}
+
+/// What keeps the neighbour of `device` in `netns` from answering ARP (for `address`, the one
+/// asked for when an entry failed; None when it did answer, only late).
+fn neighbour_at(
+    ctx: &Ctx<'_>,
+    netns: Option<&str>,
+    device: Option<&str>,
+    address: Option<std::net::Ipv4Addr>,
+) -> Vec<Actor> {
     let p = ctx.path;
-    let on_tap = u.device.as_deref() == Some(p.tap.as_str()) || u.device.as_deref() == p.bridge.as_deref();
+    let on_tap = device == Some(p.tap.as_str()) || device == p.bridge.as_deref();
     if on_tap {
         return reader_actor(ctx).into_iter().collect();
     }
@@ -254,7 +279,7 @@ fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
     let host_asks = p
         .host_ns
         .as_ref()
-        .is_some_and(|h| u.netns.as_deref() == Some(h.label().as_str()));
+        .is_some_and(|h| netns == Some(h.label().as_str()));
     let (responder, dev, asker, asker_dev) = if host_asks {
         (
             Some(p.sandbox_ns.inode),
@@ -295,17 +320,19 @@ fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
     if !out.is_empty() {
         return out;
     }
-    if !inv.addrs.iter().any(|a| a.addr == u.address) {
+    if let Some(address) = address
+        && !inv.addrs.iter().any(|a| a.addr == address)
+    {
         out.push(Actor {
             role: Role::Cause,
             how: How::State,
             netns: Some(inv.label.clone()),
             device: Some(dev.to_string()),
             place: "link".into(),
-            does: format!("{dev} has no address {}: nothing answers ARP for it", u.address),
+            does: format!("{dev} has no address {address}: nothing answers ARP for it"),
             id: ActorId::Address {
                 device: dev.to_string(),
-                address: u.address.to_string(),
+                address: address.to_string(),
                 missing: true,
             },
         });
@@ -319,7 +346,10 @@ fn neighbour(ctx: &Ctx<'_>, v: &Verdict) -> Vec<Actor> {
                 netns: Some(inv.label.clone()),
                 device: Some(dev.to_string()),
                 place: "ARP".into(),
-                does: format!("keeps {dev} from answering ARP for {}", u.address),
+                does: match address {
+                    Some(a) => format!("keeps {dev} from answering ARP for {a}"),
+                    None => format!("keeps {dev} from answering ARP for its address"),
+                },
                 id: ActorId::Sysctl {
                     name: key,
                     value: value.to_string(),

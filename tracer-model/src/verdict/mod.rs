@@ -273,6 +273,22 @@ pub struct LateInfo {
     /// From the client giving up to the reply.
     pub after_timeout_ms: f64,
     pub fate: Option<LateFate>,
+    /// Where the time went, when the SYN's last sighting and the reply's first are on one
+    /// device of one namespace (the guest's edge, its tap): None when they are not, and then
+    /// nothing is said of who was slow.
+    pub split: Option<LateSplit>,
+}
+
+/// A late reply's time, on either side of the guest's edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateSplit {
+    /// From the SYN to its last sighting (where it reached the guest's edge).
+    pub to_guest_ms: f64,
+    /// From there to the reply's first sighting at the same device.
+    pub guest_ms: f64,
+    /// The request's longest wait between two of its hops: how long, and where it was
+    /// before it went on (namespace label, device).
+    pub waited: Option<(f64, String, Option<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -699,9 +715,53 @@ mod tests {
             (l.reply, l.reply_ms, l.timeout_ms, l.after_timeout_ms),
             (ReplyKind::SynAck, 80.0, 50.0, 30.0)
         );
+        // Both sightings are on the tap: the time was the guest's.
+        let s = l.split.as_ref().expect("split");
+        assert!(s.guest_ms > s.to_guest_ms, "{s:?}");
         assert!(matches!(l.fate, Some(LateFate::Dropped { ref reason, .. }) if reason.name() == "NO_SOCKET"));
         // The same reply before the client gave up connects it.
         assert_eq!(v.reply_ms, Some(80.0));
+    }
+
+    /// The SYN waited on the way (here 70 ms before the host's veth sent it on, as while a
+    /// neighbour is resolved) and the guest answered at once: the time is the path's, and the
+    /// split says where it waited; without a sighting at the guest's edge there is no split.
+    #[test]
+    fn a_late_reply_says_where_the_time_went() {
+        let late = |edge: bool| {
+            let mut j = vec![
+                out_syn(0),
+                hop(70_000_000, "ns-1", "eth0", HopKind::Receive, syn()),
+                hop(70_100_000, "ns-1", "tap0", HopKind::Consumed, syn_dnat()),
+                hop(
+                    50_000_000,
+                    "e2b-host",
+                    "",
+                    sock(TCP_SYN_SENT, TCP_CLOSE),
+                    pkt("10.12.0.2", 40000, "10.11.0.1", 49983, 0, 0, 0),
+                ),
+                hop(
+                    70_400_000,
+                    "ns-1",
+                    "tap0",
+                    HopKind::Tcx { ingress: true },
+                    syn_ack_guest(),
+                ),
+            ];
+            if !edge {
+                j.remove(2);
+            }
+            decide(&journey(j), Some(&path()), &none())
+        };
+        let v = late(true);
+        assert_eq!(v.outcome, Outcome::Late, "{v:?}");
+        let s = v.late.as_ref().and_then(|l| l.split.clone()).expect("split");
+        assert!(s.to_guest_ms > 70.0 && s.guest_ms < 1.0, "{s:?}");
+        let (ms, netns, _) = s.waited.expect("the longest wait");
+        assert_eq!((ms, netns.as_str()), (70.0, "e2b-host"));
+        let v = late(false);
+        assert_eq!(v.outcome, Outcome::Late, "{v:?}");
+        assert_eq!(v.late.and_then(|l| l.split), None);
     }
 
     #[test]

@@ -126,6 +126,15 @@ impl VerdictParts {
                         reason: None,
                     },
                 }),
+                split: l.split.as_ref().map(|s| LateSplitRecord {
+                    to_guest_ms: s.to_guest_ms,
+                    guest_ms: s.guest_ms,
+                    waited: s.waited.as_ref().map(|(ms, netns, device)| WaitedRecord {
+                        ms: *ms,
+                        netns: netns.clone(),
+                        device: device.clone(),
+                    }),
+                }),
             }),
             misdirected: v.misdirected.as_ref().map(|m| MisdirectedRecord {
                 by: m.by,

@@ -142,6 +142,25 @@ pub struct LateRecord {
     pub after_timeout_ms: f64,
     /// What became of the reply: `{kind: dropped|reset, netns, device, reason}`.
     pub fate: Option<LateFateRecord>,
+    /// Where the time went (absent when the SYN's last sighting and the reply's first are not
+    /// on one device): `{to_guest_ms, guest_ms, waited: {ms, netns, device}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<LateSplitRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateSplitRecord {
+    pub to_guest_ms: f64,
+    pub guest_ms: f64,
+    /// The request's longest wait between two of its hops, and where it was.
+    pub waited: Option<WaitedRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitedRecord {
+    pub ms: f64,
+    pub netns: String,
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use crate::{
     journey::{Journey, Leg},
     path::ExpectedPath,
     tcp::{TCP_CLOSE, TCP_SYN_SENT},
-    verdict::{LateFate, LateInfo, Outcome, ReplyKind, ResetBy, ResetInfo, Verdict},
+    verdict::{LateFate, LateInfo, LateSplit, Outcome, ReplyKind, ResetBy, ResetInfo, Verdict},
 };
 
 use super::ms;
@@ -59,9 +59,38 @@ pub(super) fn late(j: &Journey) -> Option<Verdict> {
         timeout_ms: ms(closed.saturating_sub(start)),
         after_timeout_ms: ms(first.ts_ns.saturating_sub(closed)),
         fate,
+        split: split(j, start, first),
     });
     v.failing_hop = Some(i);
     Some(v)
+}
+
+/// Where a late reply's time went: the SYN's last packet hop before the reply and the reply's
+/// first must be on one device of one namespace (the guest's edge), else the split is unknown.
+fn split(j: &Journey, start: u64, reply: &crate::hop::Hop) -> Option<LateSplit> {
+    let request: Vec<&crate::hop::Hop> = j
+        .leg(Leg::Request)
+        .filter(|h| h.is_packet() && h.ts_ns <= reply.ts_ns)
+        .collect();
+    let last = request.iter().max_by_key(|h| h.ts_ns)?;
+    let at_edge =
+        |h: &&&crate::hop::Hop| h.netns == reply.netns && h.device.is_some() && h.device == reply.device;
+    if !at_edge(&last) {
+        return None;
+    }
+    // Its first arrival there: a retransmitted SYN arrives again, later.
+    let arrived = request.iter().filter(at_edge).map(|h| h.ts_ns).min()?;
+    let mut before: Vec<&&crate::hop::Hop> = request.iter().filter(|h| h.ts_ns <= arrived).collect();
+    before.sort_by_key(|h| h.ts_ns);
+    let waited = before
+        .windows(2)
+        .max_by_key(|w| w[1].ts_ns - w[0].ts_ns)
+        .map(|w| (ms(w[1].ts_ns - w[0].ts_ns), w[0].ns_label(), w[0].device.clone()));
+    Some(LateSplit {
+        to_guest_ms: ms(arrived.saturating_sub(start)),
+        guest_ms: ms(reply.ts_ns.saturating_sub(arrived)),
+        waited,
+    })
 }
 
 /// A namespace's own stack answered the SYN with RST (nothing listening there).

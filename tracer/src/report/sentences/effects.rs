@@ -293,10 +293,32 @@ fn late(v: &Verdict, target: &str) -> String {
         ),
         None => String::new(),
     };
-    format!(
-        "the guest answered the SYN to {target} with a {reply} {} ms after it was sent, {} ms after the client had given up (its timeout: {} ms): the path works, the guest is slow{fate}",
+    let when = format!(
+        "{} ms after it was sent, {} ms after the client had given up (its timeout: {} ms)",
         l.reply_ms, l.after_timeout_ms, l.timeout_ms
-    )
+    );
+    match &l.split {
+        Some(s) if s.guest_ms >= s.to_guest_ms => format!(
+            "the guest answered the SYN to {target} with a {reply} {when}; {} ms of it inside the VM: the path works, the guest is slow{fate}",
+            s.guest_ms
+        ),
+        Some(s) => {
+            let waited = match &s.waited {
+                Some((ms, netns, device)) => {
+                    format!(" (it waited {ms} ms in {})", place(&Some(netns.clone()), device))
+                }
+                None => String::new(),
+            };
+            format!(
+                "the {reply} to the SYN to {target} came {when}: the SYN took {} ms to reach the guest{waited}, the guest answered {} ms after it got it: the path is slow, not the guest{fate}",
+                s.to_guest_ms, s.guest_ms
+            )
+        }
+        // Neither side's time was seen: nothing is said of who was slow.
+        None => {
+            format!("the {reply} to the SYN to {target} came {when}; where the time went was not seen{fate}")
+        }
+    }
 }
 
 /// What was checked after the last place a packet was seen, for an unknown outcome.

@@ -76,9 +76,23 @@ pub fn fix(f: Facts<'_>) -> Option<String> {
         Outcome::Queued => Some(queued_fix(v)),
         Outcome::Late => {
             let l = v.late.as_ref()?;
+            let find = match &l.split {
+                Some(s) if s.guest_ms >= s.to_guest_ms => format!(
+                    "find out why envd answers only after {} ms (a busy or just booted guest, a CPU-starved node)",
+                    s.guest_ms
+                ),
+                Some(s) => match &s.waited {
+                    Some((ms, netns, device)) => format!(
+                        "find out why the SYN waited {ms} ms in {} (the time went on the way, not in the guest)",
+                        super::place(&Some(netns.clone()), device)
+                    ),
+                    None => format!("find out where the SYN's {} ms on the way went", s.to_guest_ms),
+                },
+                None => format!("find out where the {} ms went", l.reply_ms),
+            };
             Some(format!(
-                "find out why envd answers only after {} ms (a busy or just booted guest, a CPU-starved node), or give each attempt more than {} ms (the orchestrator's envd-init-request-timeout-milliseconds)",
-                l.reply_ms, l.timeout_ms
+                "{find}, or give each attempt more than {} ms (the orchestrator's envd-init-request-timeout-milliseconds)",
+                l.timeout_ms
             ))
         }
         Outcome::Connected | Outcome::Unknown => None,

@@ -466,6 +466,7 @@ mod tests {
                 timeout_ms: 50.0,
                 after_timeout_ms: 30.0,
                 fate,
+                split: None,
             });
             out.push(v);
         }

@@ -195,7 +195,7 @@ fn variant(test: &str, breakage: impl FnOnce(&lab::Lab, &Sink), check: impl FnOn
     eprintln!(
         "{test}: exit {code}, {} ({}): {}",
         s(&v, "outcome"),
-        s(&v, "kind"),
+        s(&v, "unreachable.kind"),
         s(&v, "summary")
     );
     assert_eq!(

@@ -48,6 +48,8 @@ pub const MAX_PENDING: usize = 8192;
 pub const MAX_FINISHED: usize = 65536;
 /// Most neighbour states remembered.
 pub const MAX_NEIGH: usize = 8192;
+/// At most this many rewritten client keys are remembered (one per SNAT'ed attempt).
+pub const MAX_ALIASES: usize = 8192;
 /// `-EAGAIN`: a fib table had no matching route (`fib_lookup` turns it into ENETUNREACH).
 const FIB_NO_MATCH: i32 = -11;
 const RT_TABLE_MAIN: u32 = 254;
@@ -78,6 +80,9 @@ pub struct Correlator {
     /// The journey and leg of each followed skb: a packet whose tuple a rewrite changed
     /// (REDIRECT to another port, a DNAT elsewhere) stays in its journey.
     by_skb: HashMap<u64, (ConnKey, Leg)>,
+    /// A client side rewritten on the way (SNAT, MASQUERADE): the key its packets carry after
+    /// the rewrite → the attempt's own key. The reply comes back to the rewritten address.
+    aliases: HashMap<ConnKey, ConnKey>,
 }
 
 impl Correlator {
@@ -95,6 +100,7 @@ impl Correlator {
             neigh: HashMap::new(),
             ready: Vec::new(),
             by_skb: HashMap::new(),
+            aliases: HashMap::new(),
         }
     }
 
@@ -153,7 +159,7 @@ impl Correlator {
             _ => None,
         };
         let key = match key {
-            Some(k) => k,
+            Some(k) => self.rewritten_from(k, &hop),
             // Other packets of the connection go to its latest journey, if still open.
             None => match self.by_client.get(&client) {
                 Some(k) if self.open.contains_key(k) => *k,
@@ -188,6 +194,35 @@ impl Correlator {
             j.decide(ts);
         }
         self.note_skb(skb, key, leg, freed);
+    }
+
+    /// The attempt a handshake packet belongs to: its own key, unless the client's side was
+    /// rewritten on the way. The same skb, with the same ISN and toward the same target,
+    /// already followed under another key is that attempt's SYN after a SNAT (which changes
+    /// the source only): its new key joins the attempt, and so does the reply addressed to it.
+    fn rewritten_from(&mut self, key: ConnKey, hop: &Hop) -> ConnKey {
+        if let Some(k) = self.aliases.get(&key) {
+            return *k;
+        }
+        match self.by_skb.get(&hop.skb) {
+            Some((k, Leg::Request))
+                if hop.skb != 0
+                    && hop.is_syn()
+                    && *k != key
+                    && k.isn == key.isn
+                    && self
+                        .open
+                        .get(k)
+                        .is_some_and(|j| j.target == Some((hop.dst(), hop.pkt.dport))) =>
+            {
+                let k = *k;
+                if self.aliases.len() < MAX_ALIASES {
+                    self.aliases.insert(key, k);
+                }
+                k
+            }
+            _ => key,
+        }
     }
 
     /// Remembers which journey an skb belongs to (forgets it once it is freed: its address
@@ -288,6 +323,17 @@ impl Correlator {
             self.by_client.remove(&(k.client, k.client_port));
         }
         self.by_skb.retain(|_, (key, _)| *key != k);
+        // Its rewritten keys are finished with it: their late packets are ignored too.
+        let aliases: Vec<ConnKey> = self
+            .aliases
+            .iter()
+            .filter(|(_, v)| **v == k)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in aliases {
+            self.aliases.remove(&a);
+            self.finished.insert(a, now_ns);
+        }
         self.ready.push(j);
     }
 
@@ -596,6 +642,35 @@ pub mod tests {
         let j = c.take_all().remove(0);
         let ts: Vec<u64> = j.hops.iter().map(|(_, h)| h.ts_ns).collect();
         assert_eq!(ts, [1, 2], "{:?}", j.hops);
+    }
+
+    /// SNAT on the host side: the SYN seen before it (the socket's, at OUTPUT) and after it
+    /// (same skb, same ISN, another source), and the reply addressed to the rewritten source,
+    /// are one attempt, under the client's own key.
+    #[test]
+    fn a_snat_of_the_client_side_stays_in_its_attempt() {
+        let mut c = Correlator::new(&[49983], Timing::default());
+        c.push(sock_hop(1, 7, TCP_SYN_SENT));
+        c.push(hop(2, "e2b-host", "", nf(Hook::Output, 0), syn()));
+        let snat = pkt("10.99.0.1", 40000, "10.11.0.1", 49983, tcp_flag::SYN, 1000, 0);
+        c.push(hop(
+            3,
+            "e2b-host",
+            "veth-1",
+            HopKind::Tcx { ingress: false },
+            snat,
+        ));
+        let mut reply = syn_ack_guest();
+        reply.daddr = crate::fixtures::ip("10.99.0.1");
+        let mut back = hop(4, "ns-1", "tap0", HopKind::Tcx { ingress: true }, reply);
+        back.skb = 0xffff_8880_0000_2000;
+        c.push(back);
+        let all = c.take_all();
+        assert_eq!(all.len(), 1, "{all:?}");
+        let j = &all[0];
+        assert_eq!(j.client(), Some(("10.12.0.2".parse().unwrap(), 40000)));
+        assert_eq!(j.hops.len(), 4, "{:?}", j.hops);
+        assert_eq!(j.leg(Leg::Reply).count(), 1);
     }
 
     #[test]

@@ -175,10 +175,24 @@ pub(super) fn windows_before(
     leg: Leg,
     h: &Hop,
 ) -> Vec<(HookPoint, (i32, i32))> {
-    let HopKind::Netfilter { hook, priority, .. } = h.kind else {
-        return Vec::new();
-    };
     let order = hook_order(ctx.route.side(h.netns), leg);
+    let (hook, priority) = match h.kind {
+        HopKind::Netfilter { hook, priority, .. } => (hook, priority),
+        // Leaving the namespace by a device right after one of its netfilter hops: what ran
+        // from that hop to the end of the namespace's last hook (a SNAT at POSTROUTING's nat
+        // priority, when the host side has only an entry slot there).
+        HopKind::Tcx { ingress: false } | HopKind::Xmit
+            if d.last_match
+                .and_then(|i| ctx.hop(i))
+                .is_some_and(|(_, p)| p.netns == h.netns && matches!(p.kind, HopKind::Netfilter { .. })) =>
+        {
+            match order.last() {
+                Some(last) => (*last, i32::MAX),
+                None => return Vec::new(),
+            }
+        }
+        _ => return Vec::new(),
+    };
     let at = |k: Hook| order.iter().position(|x| *x == k);
     let (from_hook, lo) = d
         .last_match

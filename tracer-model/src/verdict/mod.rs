@@ -502,6 +502,26 @@ mod tests {
         assert_eq!(v.outcome, Outcome::Reset);
         let r = v.reset.unwrap();
         assert_eq!((r.by, r.netns.as_deref()), (ResetBy::Guest, Some("ns-1")));
+        // The same RST dropped on its way back (a qdisc on eth0): the client never saw it,
+        // the drop decides.
+        let mut j = j;
+        let mut dropped = hop(
+            3,
+            "ns-1",
+            "eth0",
+            HopKind::Drop {
+                reason: DropReason::new("QDISC_DROP"),
+            },
+            rst,
+        );
+        dropped.skb = j.hops[1].1.skb;
+        j.hops.push((crate::journey::Leg::Reply, dropped));
+        let v = decide(&j, Some(&path()), &none());
+        assert_eq!(v.outcome, Outcome::Dropped, "{v:?}");
+        assert_eq!(
+            v.drop.map(|d| d.reason.name().to_string()).as_deref(),
+            Some("QDISC_DROP")
+        );
     }
 
     #[test]

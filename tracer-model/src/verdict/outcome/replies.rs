@@ -134,6 +134,14 @@ pub(super) fn peer_reset(j: &Journey, path: Option<&ExpectedPath>) -> Option<Ver
     if !from_guest && dropped_before {
         return None;
     }
+    // A RST dropped on its way back never reached the client: what it met was the drop (a
+    // qdisc, a rule on the reply path), and the drop decides.
+    let rst_dropped = j.hops[i..]
+        .iter()
+        .any(|(l, x)| *l == Leg::Reply && x.is_rst() && matches!(x.kind, HopKind::Drop { .. }));
+    if rst_dropped {
+        return None;
+    }
     let mut v = Verdict::new(Outcome::Reset);
     v.reset = Some(ResetInfo {
         by: if from_guest { ResetBy::Guest } else { ResetBy::Peer },

@@ -501,7 +501,7 @@ fn bad_ids_are_usage_errors() {
     let (code, _, stderr) = tracer(&["doctor", "--vm", "Not-An-Id"]);
     assert_eq!(code, 2, "{stderr}");
     let (code, _, stderr) = tracer(&["doctor", "--vm", "zzzzzzzzzzzzzzzzzzzz"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 5, "no such sandbox: {stderr}");
     assert!(stderr.contains("no sandbox zzzzzzzzzzzzzzzzzzzz"), "{stderr}");
     let (code, _, _) = tracer(&["doctor"]);
     assert_eq!(code, 2, "--vm or --all is required");

@@ -240,7 +240,7 @@ fn a_recycled_slot_is_not_traced_under_the_dead_id() {
         vec!["doctor", "--vm", old.as_str(), "--no-connect"],
     ] {
         let (code, out, err) = common::tracer(&args);
-        assert_eq!(code, 2, "{args:?}: {out}\n{err}");
+        assert_eq!(code, 5, "{args:?}: {out}\n{err}");
         assert!(
             err.contains(&format!("sandbox {old} is gone")) && err.contains(&new),
             "{args:?}: names the new holder: {err}"
@@ -294,7 +294,7 @@ fn a_process_posing_as_a_vmm_is_not_a_sandbox() {
         "{err}"
     );
     let (code, _, err) = common::tracer(&["trace", "--vm", fake, "--probe"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 5, "{err}");
     assert!(err.contains(&format!("no sandbox {fake}")), "{err}");
 }
 
@@ -742,7 +742,7 @@ fn a_slot_recycled_during_a_trace_and_a_doctor_is_never_mixed_up() {
     match serde_json::from_str::<Value>(&out) {
         Ok(v) => assert_eq!(v["id"], old.as_str(), "{out}"),
         Err(_) => assert!(
-            code == 2 && err.contains(&format!("sandbox {old} is gone")),
+            code == 5 && err.contains(&format!("sandbox {old} is gone")),
             "{out}\n{err}"
         ),
     }
@@ -750,14 +750,14 @@ fn a_slot_recycled_during_a_trace_and_a_doctor_is_never_mixed_up() {
     let mut watching = watching;
     let code = watching.wait_at_most(Duration::from_secs(10));
     let err = watching.stderr();
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(5), "{err}");
     assert!(
         err.contains(&format!("sandbox {old} is gone")) && err.contains(&new),
         "{err}"
     );
     // Afterwards: the old id is gone for every command, the new one is itself.
     let (code, _, err) = common::tracer(&["doctor", "--vm", &old, "--no-connect"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 5, "{err}");
     assert!(err.contains(&new), "{err}");
     let (code, out, _) = common::tracer(&["doctor", "--vm", &new, "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();

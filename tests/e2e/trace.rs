@@ -740,7 +740,7 @@ fn nothing_stays_attached_after_exit_signal_or_panic() {
 }
 
 #[test]
-fn errors_are_one_sentence_with_exit_code_2() {
+fn errors_are_one_sentence_with_the_exit_code_of_their_kind() {
     let Some(lab) = lab_up("errors", LabConfig::default()) else {
         return;
     };
@@ -751,7 +751,7 @@ fn errors_are_one_sentence_with_exit_code_2() {
     assert!(err.contains("is not a sandbox id"), "{err}");
 
     let (code, _, err) = tracer(&["trace", "--vm", "zzzzzzzzzzzzzzzzzzzz", "--probe"]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 5, "no such sandbox");
     assert!(
         err.contains("no sandbox zzzzzzzzzzzzzzzzzzzz") && err.contains(&id),
         "lists the known ids: {err}"
@@ -762,7 +762,7 @@ fn errors_are_one_sentence_with_exit_code_2() {
         .env("TRACER_BTF", "/nonexistent/vmlinux")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4), "the kernel lacks what is needed");
     assert!(String::from_utf8_lossy(&out.stderr).contains("BTF"), "{out:?}");
 
     // Without privileges (as nobody).
@@ -779,7 +779,7 @@ fn errors_are_one_sentence_with_exit_code_2() {
         .output()
         .unwrap();
     if out.status.code() != Some(126) && out.status.code() != Some(127) {
-        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert_eq!(out.status.code(), Some(3), "no privileges: {out:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("needs root"),
             "{out:?}"

@@ -19,7 +19,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
   tracer trace --port 49983                       every dropped envd packet, any namespace
   tracer doctor --vm ix7hj8hustuvlxiqc0g0u        read-only check of the sandbox's network
 
-Exit codes: 0 = path works, 1 = a failure was found and named, 2 = usage or environment error.")]
+Exit codes: 0 = path works, 1 = a failure was found and named, 2 = usage (or unexpected), 3 = no privileges, 4 = the kernel lacks what is needed, 5 = no such sandbox.")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -38,7 +38,7 @@ pub enum Command {
     Watch(WatchArgs),
     /// What the running kernel offers the tracer: the feature table (tracepoints and their
     /// arguments, tcx, netfilter links, drop and RST reasons), read from its BTF. Exit 0 when
-    /// `trace --vm` and `watch` can run here, 2 when something they need is missing.
+    /// `trace --vm` and `watch` can run here, 4 when something they need is missing.
     Check(CheckArgs),
     /// Render saved output (`trace --json`, `watch`'s incidents, one JSON object per line) as
     /// text or Markdown, the same rendering as live output: a capture taken at 3 a.m. reads

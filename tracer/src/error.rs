@@ -1,12 +1,19 @@
 //! Errors that are the operator's to fix, each one clear sentence, and the exit codes.
 //!
 //! Exit codes (all commands): 0 = the path works / nothing wrong, 1 = a failure was found and
-//! named, 2 = usage or environment error (the message says which and what to do).
+//! named; an error that kept the command from its job has a code per kind, so that a script
+//! can tell them apart: 2 = usage (a flag, an id that is not one, an ambiguous prefix, anything
+//! unexpected), 3 = no privileges, 4 = the kernel lacks what is needed (BTF, a program type or
+//! attach point), 5 = no such sandbox (unknown, or gone). The message says what to do.
 use std::fmt;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FOUND: i32 = 1;
+/// Usage, and any error that is not one of the kinds below.
 pub const EXIT_ENV: i32 = 2;
+pub const EXIT_PRIVILEGES: i32 = 3;
+pub const EXIT_KERNEL: i32 = 4;
+pub const EXIT_NO_SANDBOX: i32 = 5;
 
 /// A usage or environment error: printed as one sentence, exit code 2.
 #[derive(Debug)]
@@ -113,10 +120,15 @@ impl fmt::Display for EnvError {
 
 impl std::error::Error for EnvError {}
 
-/// The exit code for an error that ended a command. Unexpected failures count as environment
-/// errors too: either way the command could not do its job.
-pub fn exit_code(_err: &anyhow::Error) -> i32 {
-    EXIT_ENV
+/// The exit code for an error that ended a command, by its kind. Unexpected failures count
+/// as usage/environment errors: either way the command could not do its job.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match err.chain().find_map(|e| e.downcast_ref::<EnvError>()) {
+        Some(EnvError::NoPrivileges) => EXIT_PRIVILEGES,
+        Some(EnvError::NoBtf(_) | EnvError::KernelFeature { .. }) => EXIT_KERNEL,
+        Some(EnvError::UnknownSandbox { .. } | EnvError::SandboxGone { .. }) => EXIT_NO_SANDBOX,
+        _ => EXIT_ENV,
+    }
 }
 
 /// The sentence to print for an error: the EnvError's own words when there is one.
@@ -124,5 +136,53 @@ pub fn describe(err: &anyhow::Error) -> String {
     match err.chain().find_map(|e| e.downcast_ref::<EnvError>()) {
         Some(env) => env.to_string(),
         None => format!("{err:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind an operator must act on differently has its own code, wrapped in context or
+    /// not; anything else is a usage/environment error.
+    #[test]
+    fn each_kind_of_error_has_its_exit_code() {
+        let code = |e: EnvError| exit_code(&anyhow::Error::new(e).context("while doing it"));
+        assert_eq!(code(EnvError::Usage("x".into())), EXIT_ENV);
+        assert_eq!(code(EnvError::MalformedSandboxId("X".into())), EXIT_ENV);
+        assert_eq!(code(EnvError::NoPrivileges), EXIT_PRIVILEGES);
+        assert_eq!(code(EnvError::NoBtf("gone".into())), EXIT_KERNEL);
+        assert_eq!(
+            code(EnvError::KernelFeature {
+                program: "tcx".into(),
+                detail: "EINVAL".into()
+            }),
+            EXIT_KERNEL
+        );
+        assert_eq!(
+            code(EnvError::UnknownSandbox {
+                id: "z".into(),
+                known: vec![]
+            }),
+            EXIT_NO_SANDBOX
+        );
+        assert_eq!(
+            code(EnvError::SandboxGone {
+                id: "z".into(),
+                detail: "ended".into()
+            }),
+            EXIT_NO_SANDBOX
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("unexpected")), EXIT_ENV);
+        let all = [
+            EXIT_OK,
+            EXIT_FOUND,
+            EXIT_ENV,
+            EXIT_PRIVILEGES,
+            EXIT_KERNEL,
+            EXIT_NO_SANDBOX,
+        ];
+        let distinct: std::collections::BTreeSet<i32> = all.into_iter().collect();
+        assert_eq!(distinct.len(), all.len());
     }
 }

@@ -253,7 +253,10 @@ fn refuse(t: &mut Steps, tracer: &Path, id: &str) {
     ] {
         t.step(name, || {
             let (code, _, err) = tracer_out(tracer, &args)?;
-            ensure!(code == 2, "exit {code}, expected 2: {err}");
+            ensure!(
+                code == 4,
+                "exit {code}, expected 4 (the kernel lacks what is needed): {err}"
+            );
             for want in [
                 "tcx (Linux 6.6+)",
                 "netfilter links (Linux 6.4+)",

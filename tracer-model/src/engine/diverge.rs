@@ -31,6 +31,20 @@ pub enum Field {
     L2Destination,
 }
 
+/// Whether the reply leg's first RST came in from the guest (first seen at the tap or its
+/// bridge, in the sandbox's namespace).
+fn guest_answered_rst(j: &Journey, route: &Route<'_>) -> bool {
+    let p = route.path;
+    j.hops
+        .iter()
+        .find(|(l, h)| *l == Leg::Reply && h.is_packet() && h.pkt.flags & tracer_common::tcp_flag::RST != 0)
+        .is_some_and(|(_, h)| {
+            h.netns == p.sandbox_ns.inode
+                && (h.device.as_deref() == Some(p.tap.as_str()) || h.device.as_deref() == p.bridge.as_deref())
+                && matches!(h.kind, HopKind::Tcx { ingress: true } | HopKind::Receive)
+        })
+}
+
 /// The first difference between a packet and its path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Divergence {
@@ -49,15 +63,17 @@ pub struct Divergence {
 pub fn walk(j: &Journey, route: &Route<'_>) -> Vec<Divergence> {
     let mut out = Vec::new();
     let mut last_match: [Option<usize>; 2] = [None, None];
+    let from_guest = guest_answered_rst(j, route);
     for (i, (leg, h)) in j.hops.iter().enumerate() {
         let slot = match leg {
             Leg::Request => 0,
             Leg::Reply => 1,
             Leg::Control => continue,
         };
-        // A RST is an answer made on the way (a REJECT, a stack without the socket), not the
-        // packet the path carries: the outcome judges it, the walk does not.
-        if h.pkt.flags & tracer_common::tcp_flag::RST != 0 {
+        // A RST made on the way (a REJECT, a stack without the socket) is not the packet the
+        // path carries: the outcome judges it, the walk does not. The guest's own RST is its
+        // answer, and walks the reply path like a SYN-ACK.
+        if h.pkt.flags & tracer_common::tcp_flag::RST != 0 && !(from_guest && *leg == Leg::Reply) {
             continue;
         }
         // A drop is the effect, not a place on the path; a free elsewhere than at the tap

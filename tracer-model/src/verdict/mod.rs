@@ -524,6 +524,43 @@ mod tests {
         );
     }
 
+    /// The guest's own RST walks the reply path like a SYN-ACK: where it strays off the path
+    /// is a difference (a RST made on the way is not walked).
+    #[test]
+    fn the_guests_rst_is_walked_along_the_reply_path() {
+        let rst = pkt(
+            "169.254.0.21",
+            49983,
+            "10.12.0.2",
+            40000,
+            tcp_flag::RST | tcp_flag::ACK,
+            0,
+            1001,
+        );
+        let j = journey(vec![
+            out_syn(1),
+            hop(2, "ns-1", "tap0", HopKind::Consumed, syn_dnat()),
+            hop(3, "ns-1", "tap0", HopKind::Tcx { ingress: true }, rst),
+            hop(
+                4,
+                "ns-1",
+                "lo",
+                HopKind::Drop {
+                    reason: DropReason::new("OTHERHOST"),
+                },
+                rst,
+            ),
+        ]);
+        let v = decide(&j, Some(&path()), &none());
+        assert_eq!(v.outcome, Outcome::Dropped, "{v:?}");
+        let d = v.divergence.as_ref().expect("the RST strayed onto lo");
+        assert_eq!(
+            (d.leg, d.hop, d.field),
+            (crate::journey::Leg::Reply, 3, crate::engine::Field::Device),
+            "{d:?}"
+        );
+    }
+
     #[test]
     fn stack_rst_names_the_namespace() {
         let j = journey(vec![

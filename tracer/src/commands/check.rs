@@ -36,6 +36,6 @@ pub fn run(args: crate::cli::CheckArgs) -> anyhow::Result<i32> {
     Ok(if verdict.is_ok() {
         crate::error::EXIT_OK
     } else {
-        crate::error::EXIT_ENV
+        crate::error::EXIT_KERNEL
     })
 }

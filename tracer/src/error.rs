@@ -32,6 +32,8 @@ pub enum EnvError {
     SandboxGone { id: String, detail: String },
     /// A prefix that more than one sandbox id starts with.
     AmbiguousSandboxId { prefix: String, candidates: Vec<String> },
+    /// The kernel lacks features a command needs (the sentence names them and their versions).
+    KernelLacks(String),
     /// Anything else the operator must fix (bad flag combination, missing namespace, ...).
     Usage(String),
 }
@@ -113,7 +115,7 @@ impl fmt::Display for EnvError {
                 "{prefix:?} is the start of several sandbox ids: {}; give more characters",
                 candidates.join(", ")
             ),
-            Self::Usage(msg) => write!(f, "{msg}"),
+            Self::Usage(msg) | Self::KernelLacks(msg) => write!(f, "{msg}"),
         }
     }
 }
@@ -125,7 +127,7 @@ impl std::error::Error for EnvError {}
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match err.chain().find_map(|e| e.downcast_ref::<EnvError>()) {
         Some(EnvError::NoPrivileges) => EXIT_PRIVILEGES,
-        Some(EnvError::NoBtf(_) | EnvError::KernelFeature { .. }) => EXIT_KERNEL,
+        Some(EnvError::NoBtf(_) | EnvError::KernelFeature { .. } | EnvError::KernelLacks(_)) => EXIT_KERNEL,
         Some(EnvError::UnknownSandbox { .. } | EnvError::SandboxGone { .. }) => EXIT_NO_SANDBOX,
         _ => EXIT_ENV,
     }
@@ -152,6 +154,7 @@ mod tests {
         assert_eq!(code(EnvError::MalformedSandboxId("X".into())), EXIT_ENV);
         assert_eq!(code(EnvError::NoPrivileges), EXIT_PRIVILEGES);
         assert_eq!(code(EnvError::NoBtf("gone".into())), EXIT_KERNEL);
+        assert_eq!(code(EnvError::KernelLacks("no tcx".into())), EXIT_KERNEL);
         assert_eq!(
             code(EnvError::KernelFeature {
                 program: "tcx".into(),

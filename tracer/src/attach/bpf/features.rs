@@ -152,7 +152,7 @@ impl Features {
             .map(|f| format!("{} (Linux {}+)", f.name, f.since))
             .collect();
         let drops_only = self.missing(Need::Drops).is_empty();
-        Err(EnvError::Usage(format!(
+        Err(EnvError::KernelLacks(format!(
             "this kernel ({kernel}) lacks {}, which following a sandbox's path needs{}; `tracer check` lists what it has",
             names.join(" and "),
             if drops_only {
@@ -167,7 +167,7 @@ impl Features {
     pub fn require_drops(&self, kernel: &str) -> Result<(), EnvError> {
         match self.missing(Need::Drops).first() {
             None => Ok(()),
-            Some(f) => Err(EnvError::Usage(format!(
+            Some(f) => Err(EnvError::KernelLacks(format!(
                 "this kernel ({kernel}) lacks {} (Linux {}+), which reporting drops needs",
                 f.name, f.since
             ))),

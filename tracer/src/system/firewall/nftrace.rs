@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use tracer_model::{
     path::ExpectedPath,
@@ -207,33 +207,8 @@ fn subscribe(ns: &Netns) -> Result<Socket> {
     socket
         .add_membership(NFNLGRP_NFTRACE)
         .context("subscribe to nf_tables trace events")?;
-    set_timeout(&socket, Duration::from_millis(100))?;
+    crate::system::netstate::set_recv_timeout(&socket, Duration::from_millis(100))?;
     Ok(socket)
-}
-
-fn set_timeout(socket: &Socket, t: Duration) -> Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt on a valid fd with a live timeval of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "set the trace socket's timeout: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// One nf_tables trace event, as far as naming a drop needs it.
